@@ -1,0 +1,162 @@
+"""The component's typed arguments and their validation: pure, tested directly."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Required, TypedDict
+
+import pulumi
+
+from userdata.settings import ConfigError, RelaySettings
+
+DEFAULT_INSTANCE_TYPE: Final = "t3.small"
+
+_SECRET_ARN = re.compile(
+    r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z]{2}(-[a-z]+)+-\d):"
+    r"\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+)
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d:\d{12}:key/[0-9a-f-]{36}$")
+_AMI_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# Graviton families (t4g, m7g, c7gn, ...) run arm64 images.
+_ARM_INSTANCE_TYPE = re.compile(r"^[a-z]+\d+g[a-z]*\.")
+
+
+class RelayHostArgs(TypedDict, total=False):
+    """Arguments of :class:`components.RelayHost`; defaults as in the README's config table."""
+
+    vpc_id: Required[pulumi.Input[str]]
+    """VPC of the subnet; the security group is created in it."""
+    subnet_id: Required[pulumi.Input[str]]
+    """Subnet for the instance: public (routed to an internet gateway) for the Elastic IP."""
+    allowed_cidrs: Required[Sequence[str]]
+    """Client networks allowed to relay through the host (never 0.0.0.0/0)."""
+    allowed_security_group_ids: Sequence[pulumi.Input[str]]
+    """Security groups whose members may also connect to port 25."""
+    plan: str
+    """trial (default), standard or pro: chooses the SMTP host (G4)."""
+    subdomain: str
+    """Pro plan only, required there: SUBDOMAIN of SUBDOMAIN.smtps.jp."""
+    smtp_host: str
+    """Overrides the plan's SMTP host."""
+    smtp_port: int
+    """Port of the service's relay endpoint (default 10025)."""
+    auth_mode: str
+    """sasl (default, SMTP AUTH with the API user) or ip (Pro IP address authentication)."""
+    credentials_secret_arn: pulumi.Input[str]
+    """sasl: an existing secret whose value is {"username": ..., "password": ...}."""
+    api_user: str
+    """sasl: API user, with api_key: the component creates the secret itself."""
+    api_key: pulumi.Input[str]
+    """sasl: API key (pass it as a Pulumi secret)."""
+    kms_key_arn: str
+    """Customer-managed KMS key that encrypts the secret, if any."""
+    os: str
+    """al2023 (default), debian-12 or ubuntu-24.04."""
+    instance_type: str
+    """EC2 instance type (default t3.small); Graviton types get arm64 images."""
+    ami_id: str
+    """Pins the image; by default the newest official image of ``os`` is looked up."""
+    max_connections: int
+    """Sessions to the service per sending IP (default 10; 1-10, up to 100 on pro) (G9)."""
+    tls_level: str
+    """may (default, the guide's value), encrypt or secure (G11)."""
+    message_size_limit: int
+    """Largest message accepted, in bytes (default 10240000): the service's size limit."""
+    host_name: str
+    """Fully qualified host name of the relay (default cmc-relay.internal) (G2)."""
+    secret_refresh_minutes: int
+    """How often the host re-reads the secret to pick up rotation (default 5)."""
+    tags: Mapping[str, str]
+    """Tags added to every resource that takes tags."""
+
+
+_SETTINGS_FIELDS: Final = (
+    "allowed_cidrs", "plan", "subdomain", "smtp_host", "smtp_port", "auth_mode", "os",
+    "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
+)  # fmt: skip
+_KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """The validated arguments that shape AWS resources rather than files on the host."""
+
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    ami_id: str | None = None
+    kms_key_arn: str | None = None
+    api_user: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        return "arm64" if _ARM_INSTANCE_TYPE.match(self.instance_type) else "x86_64"
+
+
+def secret_region(arn: str) -> str:
+    """The region of a Secrets Manager secret ARN; the host reads the secret there."""
+    match = _SECRET_ARN.match(arn)
+    if match is None:
+        raise ConfigError(
+            "credentials_secret_arn",
+            f"{arn!r} is not a Secrets Manager secret ARN "
+            "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)",
+        )
+    return match["region"]
+
+
+def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
+    """Refuse every invalid argument, naming it, before any resource is created."""
+    unknown = sorted(set(args) - _KNOWN_ARGS)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown argument; known: {', '.join(sorted(_KNOWN_ARGS))}")
+    for required in ("vpc_id", "subnet_id", "allowed_cidrs"):
+        if args.get(required) is None:
+            raise ConfigError(required, "is required")
+    settings = RelaySettings(**{k: args[k] for k in _SETTINGS_FIELDS if args.get(k) is not None})
+
+    secret_arn = args.get("credentials_secret_arn")
+    api_user, api_key = args.get("api_user"), args.get("api_key")
+    if settings.uses_sasl:
+        if secret_arn is None and (api_user is None or api_key is None):
+            raise ConfigError(
+                "credentials_secret_arn",
+                "auth_mode sasl needs credentials: credentials_secret_arn, "
+                "or api_user together with api_key",
+            )
+        if secret_arn is not None and (api_user is not None or api_key is not None):
+            raise ConfigError(
+                "credentials_secret_arn", "give either credentials_secret_arn or api_user/api_key"
+            )
+        if api_user is not None and (
+            not api_user or ":" in api_user or api_user != api_user.strip()
+        ):
+            raise ConfigError("api_user", f"{api_user!r} is not a valid API user name")
+    elif any(value is not None for value in (secret_arn, api_user, api_key)):
+        raise ConfigError(
+            "auth_mode", "is ip: SMTP AUTH credentials are not used; remove them or use sasl"
+        )
+    if isinstance(secret_arn, str):
+        secret_region(secret_arn)  # an Output is checked when its value is known
+
+    instance_type = args.get("instance_type", DEFAULT_INSTANCE_TYPE)
+    if not isinstance(instance_type, str) or not _INSTANCE_TYPE.match(instance_type):
+        raise ConfigError("instance_type", f"{instance_type!r} is not an EC2 instance type")
+    ami_id = args.get("ami_id")
+    if ami_id is not None and not _AMI_ID.match(ami_id):
+        raise ConfigError("ami_id", f"{ami_id!r} is not an AMI id (ami-...)")
+    kms_key_arn = args.get("kms_key_arn")
+    if kms_key_arn is not None and not _KMS_KEY_ARN.match(kms_key_arn):
+        raise ConfigError("kms_key_arn", f"{kms_key_arn!r} is not a KMS key ARN")
+    if kms_key_arn is not None and not settings.uses_sasl:
+        raise ConfigError("kms_key_arn", "only applies to auth_mode sasl (it encrypts the secret)")
+    options = HostOptions(
+        instance_type=instance_type,
+        ami_id=ami_id,
+        kms_key_arn=kms_key_arn,
+        api_user=api_user,
+        tags=dict(args.get("tags") or {}),
+    )
+    return settings, options

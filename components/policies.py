@@ -1,0 +1,49 @@
+"""IAM policy documents of the relay host: pure functions, least privilege."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.args import secret_region
+
+PolicyDocument = dict[str, Any]
+
+EC2_ASSUME_ROLE_POLICY: PolicyDocument = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def ssm_managed_instance_policy_arn(partition: str) -> str:
+    """AWS's managed policy that lets Systems Manager manage the instance (no SSH needed)."""
+    return f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+
+def secret_read_policy(secret_arn: str, kms_key_arn: str | None = None) -> PolicyDocument:
+    """Read exactly one secret; decrypt with a customer key only through Secrets Manager."""
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ReadRelayCredentials",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": secret_arn,
+        }
+    ]
+    if kms_key_arn is not None:
+        via_secrets_manager = f"secretsmanager.{secret_region(secret_arn)}.amazonaws.com"
+        statements.append(
+            {
+                "Sid": "DecryptRelayCredentials",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": kms_key_arn,
+                "Condition": {"StringEquals": {"kms:ViaService": via_secrets_manager}},
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}

@@ -1,0 +1,181 @@
+"""Render the relay host's cloud-init payload: pure functions from settings to files.
+
+The payload is built as a data structure and dumped as ``#cloud-config`` YAML. Config files
+come from templates laid out like the files they become; the on-host scripts are shipped as
+they are. Nothing secret is rendered: the host fetches its credentials by ARN at boot.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import ipaddress
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+import jinja2
+import yaml
+
+from userdata.settings import OsName, RelaySettings
+
+USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses raw user data above 16 KB
+STAGE_DIR: Final = "/etc/cmc-relay"
+SCRIPT_DIR: Final = "/usr/local/sbin"
+UNIT_DIR: Final = "/etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class OsProfile:
+    """What differs between the supported operating systems."""
+
+    packages: tuple[str, ...]
+    ca_file: str
+    login_user: str
+    dhclient: bool  # the OS's DHCP client is dhclient (else systemd-networkd)
+
+
+_COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3")
+OS_PROFILES: Final[dict[OsName, OsProfile]] = {
+    "al2023": OsProfile(
+        packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain"),
+        ca_file="/etc/pki/tls/certs/ca-bundle.crt",
+        login_user="ec2-user",
+        dhclient=False,
+    ),
+    "debian-12": OsProfile(
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
+        ca_file="/etc/ssl/certs/ca-certificates.crt",
+        login_user="admin",
+        dhclient=True,
+    ),
+    "ubuntu-24.04": OsProfile(
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
+        ca_file="/etc/ssl/certs/ca-certificates.crt",
+        login_user="ubuntu",
+        dhclient=False,
+    ),
+}
+
+
+def postfix_network(cidr: str) -> str:
+    """Postfix writes IPv6 networks as ``[addr]/len`` in mynetworks."""
+    network = ipaddress.ip_network(cidr)
+    if network.version == 6:
+        return f"[{network.network_address.compressed}]/{network.prefixlen}"
+    return network.compressed
+
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("userdata", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # config files, not HTML
+)
+_templates.filters["postfix_network"] = postfix_network
+
+
+def render_template(name: str, settings: RelaySettings, secret_arn: str | None = None) -> str:
+    return _templates.get_template(f"{name}.j2").render(
+        s=settings, os=OS_PROFILES[settings.os], secret_arn=secret_arn
+    )
+
+
+def script(name: str) -> str:
+    return resources.files("userdata").joinpath("scripts", name).read_text()
+
+
+def _script_file(name: str) -> dict[str, str]:
+    """An on-host script, compressed: the scripts would not fit EC2's 16 KB otherwise."""
+    packed = gzip.compress(script(name).encode(), compresslevel=9, mtime=0)
+    return {
+        "path": f"{SCRIPT_DIR}/{name}",
+        "encoding": "gz+b64",
+        "content": base64.b64encode(packed).decode(),
+        "owner": "root:root",
+        "permissions": "0755",
+    }
+
+
+def parse_main_cf(text: str) -> dict[str, str]:
+    """``name = value`` lines of a main.cf fragment, in order; comments and blanks skipped."""
+    parameters = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            parameters[name.strip()] = value.strip()
+    return parameters
+
+
+def postfix_parameters(settings: RelaySettings) -> dict[str, str]:
+    """The main.cf parameters the host applies: for tests and the on-host verifier alike."""
+    return parse_main_cf(render_template("main.cf", settings))
+
+
+def write_files(settings: RelaySettings, secret_arn: str | None) -> list[dict[str, str]]:
+    """Every file the payload writes, in the order cloud-init writes them."""
+
+    def config_file(path: str, template: str) -> dict[str, str]:
+        content = render_template(template, settings, secret_arn)
+        return {"path": path, "content": content, "owner": "root:root", "permissions": "0644"}
+
+    files = [
+        config_file(f"{STAGE_DIR}/relay.env", "relay.env"),
+        config_file(f"{STAGE_DIR}/main.cf", "main.cf"),
+        config_file(f"{STAGE_DIR}/transport", "transport"),
+        config_file(f"{STAGE_DIR}/reply-filter", "reply-filter"),
+        config_file(f"{STAGE_DIR}/networkd-no-dns.conf", "networkd-no-dns.conf"),
+        config_file("/etc/dnsmasq.d/cmc-relay.conf", "dnsmasq.conf"),
+        _script_file("cmc-relay-setup"),
+    ]
+    if OS_PROFILES[settings.os].dhclient:
+        files.append(config_file("/etc/dhcp/dhclient-enter-hooks.d/cmc-relay", "dhclient-hook"))
+    if settings.uses_sasl:
+        files += [
+            _script_file("cmc-relay-fetch-secret"),
+            config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.service", "fetch-secret.service"),
+            config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
+        ]
+    return files
+
+
+def cloud_config(settings: RelaySettings, secret_arn: str | None = None) -> dict[str, Any]:
+    """The payload as a data structure."""
+    if settings.uses_sasl and not secret_arn:
+        raise ValueError("auth_mode sasl needs the credentials secret's ARN")
+    return {
+        # The host's own name, which the transport table keeps local (G2), also in /etc/hosts
+        # so dnsmasq and Postfix can resolve it (G14).
+        "hostname": settings.short_host_name,
+        "fqdn": settings.host_name,
+        "prefer_fqdn_over_hostname": False,
+        "manage_etc_hosts": True,
+        "package_update": True,
+        "packages": list(OS_PROFILES[settings.os].packages),
+        "write_files": write_files(settings, secret_arn),
+        "runcmd": [[f"{SCRIPT_DIR}/cmc-relay-setup"]],
+    }
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so the payload reads like the files it writes."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _represent_str)
+
+
+def render_user_data(settings: RelaySettings, secret_arn: str | None = None) -> str:
+    """The ``#cloud-config`` document given to the instance as user data."""
+    document = yaml.dump(
+        cloud_config(settings, secret_arn), Dumper=_LiteralDumper, sort_keys=False, width=100
+    )
+    user_data = "#cloud-config\n" + document
+    size = len(user_data.encode())
+    if size > USER_DATA_LIMIT:
+        raise ValueError(f"user data is {size} bytes; EC2 accepts at most {USER_DATA_LIMIT}")
+    return user_data

@@ -1,0 +1,177 @@
+"""What the relay host needs to know, validated: the single source for every rendered file.
+
+Each field maps to a stack config key (camelCase, read by ``__main__.py``) and a component
+argument (snake_case). Errors name both, say what is allowed, and are raised before any
+resource exists.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
+
+Plan = Literal["trial", "standard", "pro"]
+AuthMode = Literal["sasl", "ip"]
+OsName = Literal["al2023", "debian-12", "ubuntu-24.04"]
+TlsLevel = Literal["may", "encrypt", "secure"]
+
+PLANS: Final = get_args(Plan)
+AUTH_MODES: Final = get_args(AuthMode)
+OS_NAMES: Final = get_args(OsName)
+TLS_LEVELS: Final = get_args(TlsLevel)
+
+# G4: the service's SMTP host per plan; Pro hosts are per customer.
+PLAN_SMTP_HOSTS: Final[dict[str, str]] = {
+    "trial": "sandbox.smtps.jp",
+    "standard": "te.smtps.jp",
+    "pro": "{subdomain}.smtps.jp",
+}
+# G9 allows 10 sessions per sending IP; a Pro console may set up to 100.
+MAX_CONNECTIONS_LIMIT: Final[dict[str, int]] = {"trial": 10, "standard": 10, "pro": 100}
+
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+# snake_case field -> camelCase stack config key, for error messages.
+CONFIG_KEYS: Final[dict[str, str]] = {
+    "plan": "plan",
+    "subdomain": "subdomain",
+    "smtp_host": "smtpHost",
+    "smtp_port": "smtpPort",
+    "auth_mode": "authMode",
+    "os": "os",
+    "allowed_cidrs": "allowedCidrs",
+    "max_connections": "maxConnections",
+    "tls_level": "tlsLevel",
+    "message_size_limit": "messageSizeLimit",
+    "host_name": "hostName",
+    "secret_refresh_minutes": "secretRefreshMinutes",
+    "credentials_secret_arn": "credentialsSecretArn",
+    "api_user": "apiUser",
+    "api_key": "apiKey",
+    "kms_key_arn": "kmsKeyArn",
+    "instance_type": "instanceType",
+    "ami_id": "amiId",
+    "subnet_id": "subnetId",
+}
+
+
+class ConfigError(ValueError):
+    """An invalid setting, named by its component argument and its stack config key."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        key = CONFIG_KEYS.get(name, name)
+        label = name if key == name else f"{name} (config {key})"
+        super().__init__(f"{label}: {problem}")
+        self.name = name
+
+
+def is_dns_name(value: str) -> bool:
+    """A host name of one or more RFC 1123 labels, lower case, without a trailing dot."""
+    return len(value) <= 253 and all(_DNS_LABEL.match(label) for label in value.split("."))
+
+
+def require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def require_int(name: str, value: object, low: int, high: int, why: str = "") -> int:
+    # bool is an int in Python; a config typo like `true` must not become 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer; got {value!r}")
+    if not low <= value <= high:
+        suffix = f" {why}" if why else ""
+        raise ConfigError(name, f"must be between {low} and {high}{suffix}; got {value}")
+    return value
+
+
+def parse_allowed_cidrs(values: object) -> tuple[str, ...]:
+    """The client networks allowed to relay: valid, not the whole internet, normalised."""
+    name = "allowed_cidrs"
+    if isinstance(values, str) or not isinstance(values, list | tuple) or not values:
+        raise ConfigError(name, f"must be a non-empty list of CIDR blocks; got {values!r}")
+    networks = []
+    for value in values:
+        try:
+            network = ipaddress.ip_network(str(value), strict=True)
+        except ValueError as error:
+            raise ConfigError(name, f"{value!r} is not a valid CIDR block ({error})") from None
+        if network in _WORLD:
+            raise ConfigError(
+                name,
+                f"{value} would make the host an open relay to the internet; "
+                "list your client networks instead",
+            )
+        networks.append(network.compressed)
+    return tuple(dict.fromkeys(networks))
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Validated, plain-value settings of one relay host (no secrets, no Pulumi outputs)."""
+
+    allowed_cidrs: tuple[str, ...]
+    plan: Plan = "trial"
+    subdomain: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 10025
+    auth_mode: AuthMode = "sasl"
+    os: OsName = "al2023"
+    max_connections: int = 10
+    tls_level: TlsLevel = "may"
+    message_size_limit: int = 10_240_000
+    host_name: str = "cmc-relay.internal"
+    secret_refresh_minutes: int = 5
+    relay_host: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        require_choice("plan", self.plan, PLANS)
+        require_choice("auth_mode", self.auth_mode, AUTH_MODES)
+        require_choice("os", self.os, OS_NAMES)
+        require_choice("tls_level", self.tls_level, TLS_LEVELS)
+        object.__setattr__(self, "allowed_cidrs", parse_allowed_cidrs(self.allowed_cidrs))
+        if self.plan == "pro":
+            if not self.subdomain:
+                raise ConfigError("subdomain", "is required with plan pro (SUBDOMAIN.smtps.jp)")
+            if not _DNS_LABEL.match(self.subdomain):
+                raise ConfigError(
+                    "subdomain",
+                    f"{self.subdomain!r} is not a DNS label "
+                    "(1-63 lower-case letters, digits or '-', not at either end)",
+                )
+        elif self.subdomain is not None:
+            raise ConfigError("subdomain", f"only applies to plan pro; plan is {self.plan}")
+        if self.auth_mode == "ip" and self.plan != "pro":
+            raise ConfigError(
+                "auth_mode", f"'ip' (IP address authentication) needs plan pro; plan is {self.plan}"
+            )
+        if self.smtp_host is not None and not is_dns_name(self.smtp_host):
+            raise ConfigError("smtp_host", f"{self.smtp_host!r} is not a valid host name")
+        require_int("smtp_port", self.smtp_port, 1, 65535)
+        limit = MAX_CONNECTIONS_LIMIT[self.plan]
+        require_int("max_connections", self.max_connections, 1, limit, f"on plan {self.plan}")
+        # The service's size limit is set in KB; below 1 KB nothing useful gets through.
+        require_int("message_size_limit", self.message_size_limit, 1024, 2**31 - 1, "bytes")
+        if "." not in self.host_name or not is_dns_name(self.host_name):
+            raise ConfigError(
+                "host_name", f"{self.host_name!r} must be a fully qualified lower-case host name"
+            )
+        require_int("secret_refresh_minutes", self.secret_refresh_minutes, 1, 1440)
+        host = self.smtp_host or PLAN_SMTP_HOSTS[self.plan].format(subdomain=self.subdomain)
+        object.__setattr__(self, "relay_host", host)
+
+    @property
+    def next_hop(self) -> str:
+        """The transport's next hop, and so the password table's key (G3, G7)."""
+        return f"[{self.relay_host}]:{self.smtp_port}"
+
+    @property
+    def short_host_name(self) -> str:
+        return self.host_name.split(".", 1)[0]
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.auth_mode == "sasl"
