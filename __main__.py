@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pulumi
 import pulumi_aws as aws
 
@@ -18,14 +20,14 @@ _ARG_NAMES = {key: name for name, key in CONFIG_KEYS.items()} | {
 }
 
 
-def read_config(config: pulumi.Config) -> dict[str, object]:
+def read_config(config: pulumi.Config) -> dict[str, Any]:
     """Every component argument set in stack config, under its argument name."""
-    args: dict[str, object] = {}
+    args: dict[str, Any] = {}
     for key, name in _ARG_NAMES.items():
         if key in _NETWORK_KEYS:
             continue
         if key in _INT_KEYS:
-            value: object = config.get_int(key)
+            value: Any = config.get_int(key)
         elif key in _LIST_KEYS or key == "tags":
             value = config.get_object(key)
         elif key in _SECRET_KEYS:
@@ -58,12 +60,8 @@ def network(config: pulumi.Config) -> tuple[str, str, list[str]]:
 
 config = pulumi.Config()
 vpc_id, subnet_id, allowed_cidrs = network(config)
-relay = RelayHost(
-    "relay",
-    RelayHostArgs(  # type: ignore[typeddict-item]  # keys checked by validate_args
-        vpc_id=vpc_id, subnet_id=subnet_id, allowed_cidrs=allowed_cidrs, **read_config(config)
-    ),
-)
+args = {"vpc_id": vpc_id, "subnet_id": subnet_id, "allowed_cidrs": allowed_cidrs}
+relay = RelayHost("relay", cast(RelayHostArgs, args | read_config(config)))
 
 pulumi.export("instanceId", relay.instance_id)
 pulumi.export("privateIp", relay.private_ip)

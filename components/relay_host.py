@@ -194,7 +194,6 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        rule_opts = pulumi.ResourceOptions(parent=group)
         for index, cidr in enumerate(settings.allowed_cidrs):
             is_ipv6 = ":" in cidr
             aws.vpc.SecurityGroupIngressRule(
@@ -206,7 +205,7 @@ class RelayHost(pulumi.ComponentResource):
                 description=f"SMTP from allowed network {cidr}",
                 cidr_ipv4=None if is_ipv6 else cidr,
                 cidr_ipv6=cidr if is_ipv6 else None,
-                opts=rule_opts,
+                opts=child,
             )
         for index, source_group in enumerate(args.get("allowed_security_group_ids", ())):
             aws.vpc.SecurityGroupIngressRule(
@@ -217,7 +216,7 @@ class RelayHost(pulumi.ComponentResource):
                 to_port=SMTP_PORT,
                 referenced_security_group_id=source_group,
                 description="SMTP from an allowed security group",
-                opts=rule_opts,
+                opts=child,
             )
         egress = {
             settings.smtp_port: "the service's SMTP relay port",
@@ -232,7 +231,7 @@ class RelayHost(pulumi.ComponentResource):
                 to_port=port,
                 cidr_ipv4=_WORLD_IPV4,
                 description=purpose,
-                opts=rule_opts,
+                opts=child,
             )
         return group
 

@@ -169,12 +169,16 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _LiteralDumper.add_representer(str, _represent_str)
 
 
+def dump_cloud_config(document: dict[str, Any]) -> str:
+    """A ``#cloud-config`` document as YAML, keys in the order they were built."""
+    return "#cloud-config\n" + yaml.dump(
+        document, Dumper=_LiteralDumper, sort_keys=False, width=100
+    )
+
+
 def render_user_data(settings: RelaySettings, secret_arn: str | None = None) -> str:
     """The ``#cloud-config`` document given to the instance as user data."""
-    document = yaml.dump(
-        cloud_config(settings, secret_arn), Dumper=_LiteralDumper, sort_keys=False, width=100
-    )
-    user_data = "#cloud-config\n" + document
+    user_data = dump_cloud_config(cloud_config(settings, secret_arn))
     size = len(user_data.encode())
     if size > USER_DATA_LIMIT:
         raise ValueError(f"user data is {size} bytes; EC2 accepts at most {USER_DATA_LIMIT}")

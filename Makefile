@@ -1,0 +1,31 @@
+# The two front-door commands: `make sandbox` (the main job, no AWS account) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: sandbox test lint system-packages venv clean
+
+sandbox: system-packages venv  ## boot the relay host locally and relay a message (root)
+	$(BIN)/python -m sandbox
+
+test: system-packages venv lint  ## every test: unit, mocks, real Postfix/dnsmasq/cloud-init
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+system-packages:
+	scripts/install-system-packages
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,239 @@
+"""The RelayHost component under Pulumi mocks: each promised property, on the registered inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pytest
+
+from components import TYPE_TOKEN, RelayHost
+from tests.pulumi_harness import (
+    CREATED_SECRET_ARN,
+    LOOKED_UP_AMI,
+    Recorder,
+    run_program,
+    strings_in,
+)
+from userdata.settings import ConfigError
+
+SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
+KMS_KEY = "arn:aws:kms:ap-northeast-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+API_KEY = "api-key-marker-7Qx9"  # distinctive, so a leak anywhere is found
+# How the engine marks a secret value on the wire (pulumi.runtime.rpc's signature constants).
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+INSTANCE = "aws:ec2/instance:Instance"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+
+
+def relay(recorder: Recorder | None = None, **changes: Any) -> Recorder:
+    args: dict[str, Any] = {
+        "vpc_id": "vpc-team",
+        "subnet_id": "subnet-team",
+        "allowed_cidrs": ["10.20.0.0/16"],
+        "credentials_secret_arn": SECRET_ARN,
+        **changes,
+    }
+    present = {k: v for k, v in args.items() if v is not None}
+    return run_program(lambda: RelayHost("relay", present), recorder=recorder)  # type: ignore[arg-type]
+
+
+def user_data(recorder: Recorder) -> str:
+    value = recorder.one(INSTANCE).inputs["userData"]
+    assert isinstance(value, str)
+    return value
+
+
+def test_component_type_token_and_children_named_and_parented() -> None:
+    recorder = relay()
+    component = recorder.one(TYPE_TOKEN)
+    assert TYPE_TOKEN == "cmc-relay:index:RelayHost"
+    children = [r for r in recorder.resources if r is not component]
+    assert children
+    for child in children:
+        assert child.parent == component.urn, child.name
+        assert child.name.startswith("relay-"), child.name
+
+
+def test_security_group_admits_smtp_from_allowed_networks_only() -> None:
+    recorder = relay(
+        allowed_cidrs=["10.20.0.0/16", "fd00:20::/64"], allowed_security_group_ids=["sg-app"]
+    )
+    group = recorder.one("aws:ec2/securityGroup:SecurityGroup")
+    assert group.inputs["vpcId"] == "vpc-team"
+    assert "ingress" not in group.inputs and "egress" not in group.inputs  # rules are separate
+    ingress = recorder.of_type(INGRESS)
+    assert {(r.inputs["fromPort"], r.inputs["toPort"]) for r in ingress} == {(25, 25)}
+    sources = {
+        r.inputs.get("cidrIpv4")
+        or r.inputs.get("cidrIpv6")
+        or r.inputs["referencedSecurityGroupId"]
+        for r in ingress
+    }
+    assert sources == {"10.20.0.0/16", "fd00:20::/64", "sg-app"}  # no SSH, nothing from the world
+
+
+@pytest.mark.parametrize(
+    ("os_name", "ports"),
+    [("al2023", {10025, 443}), ("debian-12", {10025, 443, 80}), ("ubuntu-24.04", {10025, 443, 80})],
+)
+def test_egress_only_where_the_host_needs_it(os_name: str, ports: set[int]) -> None:
+    egress = relay(os=os_name).of_type(EGRESS)
+    assert {r.inputs["fromPort"] for r in egress} == ports
+    assert all(r.inputs["ipProtocol"] == "tcp" for r in egress)
+
+
+def test_egress_follows_the_configured_service_port() -> None:
+    egress = relay(smtp_port=2525).of_type(EGRESS)
+    assert 2525 in {r.inputs["fromPort"] for r in egress}
+
+
+def test_role_can_use_ssm_and_read_exactly_the_one_secret() -> None:
+    recorder = relay()
+    trust = json.loads(recorder.one("aws:iam/role:Role").inputs["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    attachment = recorder.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert attachment.inputs["policyArn"] == (
+        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    )
+    policy = json.loads(recorder.one(ROLE_POLICY).inputs["policy"])
+    (statement,) = policy["Statement"]
+    assert statement["Action"] == "secretsmanager:GetSecretValue"
+    assert statement["Resource"] == SECRET_ARN
+    profile = recorder.one("aws:iam/instanceProfile:InstanceProfile")
+    assert profile.inputs["role"] == "relay-role-7f3a2c1"
+    assert recorder.one(INSTANCE).inputs["iamInstanceProfile"] == "relay-profile-7f3a2c1"
+
+
+def test_customer_key_decrypts_only_through_secrets_manager() -> None:
+    policy = json.loads(relay(kms_key_arn=KMS_KEY).one(ROLE_POLICY).inputs["policy"])
+    decrypt = next(s for s in policy["Statement"] if s["Action"] == "kms:Decrypt")
+    assert decrypt["Resource"] == KMS_KEY
+    assert decrypt["Condition"] == {
+        "StringEquals": {"kms:ViaService": "secretsmanager.ap-northeast-1.amazonaws.com"}
+    }
+    assert all(s["Resource"] != "*" for s in policy["Statement"])
+
+
+def test_no_kms_statement_without_a_customer_key() -> None:
+    policy = json.loads(relay().one(ROLE_POLICY).inputs["policy"])
+    assert [s["Action"] for s in policy["Statement"]] == ["secretsmanager:GetSecretValue"]
+
+
+def test_instance_is_hardened() -> None:
+    inputs = relay().one(INSTANCE).inputs
+    assert inputs["metadataOptions"] == {
+        "httpEndpoint": "enabled",
+        "httpTokens": "required",  # IMDSv2 only
+        "httpPutResponseHopLimit": 1,
+    }
+    assert inputs["rootBlockDevice"] == {"volumeType": "gp3", "encrypted": True}
+    assert "keyName" not in inputs  # no SSH key: Systems Manager instead
+    assert inputs["userDataReplaceOnChange"] is True
+    assert inputs["subnetId"] == "subnet-team"
+    assert inputs["vpcSecurityGroupIds"] == ["relay-sg-id"]
+
+
+def test_elastic_ip_is_separate_and_associated() -> None:
+    recorder = relay()
+    assert recorder.one("aws:ec2/eip:Eip").inputs["domain"] == "vpc"
+    association = recorder.one("aws:ec2/eipAssociation:EipAssociation").inputs
+    assert association == {"allocationId": "eipalloc-0abc", "instanceId": "relay-instance-id"}
+    assert "instance" not in recorder.one("aws:ec2/eip:Eip").inputs
+
+
+def test_image_is_looked_up_for_the_os_and_architecture() -> None:
+    recorder = relay(os="debian-12", instance_type="m7g.large")
+    (lookup,) = recorder.invoked("aws:ec2/getAmi:getAmi")
+    assert lookup.args["owners"] == ["136693071363"]
+    filters = {f["name"]: f["values"] for f in lookup.args["filters"]}
+    assert filters["name"] == ["debian-12-arm64-*"]
+    assert filters["architecture"] == ["arm64"]
+    assert recorder.one(INSTANCE).inputs["ami"] == LOOKED_UP_AMI
+
+
+def test_pinned_image_skips_the_lookup() -> None:
+    recorder = relay(ami_id="ami-0123456789abcdef0")
+    assert recorder.invoked("aws:ec2/getAmi:getAmi") == []
+    assert recorder.one(INSTANCE).inputs["ami"] == "ami-0123456789abcdef0"
+
+
+def test_user_data_carries_the_arn_and_never_the_key() -> None:
+    recorder = relay(credentials_secret_arn=None, api_user="cmc-api-user", api_key=API_KEY)
+    text = user_data(recorder)
+    assert text.startswith("#cloud-config\n")
+    assert f"CMC_SECRET_ARN={CREATED_SECRET_ARN}" in text
+    assert API_KEY not in text
+    for resource in recorder.resources:
+        if resource.type != "aws:secretsmanager/secretVersion:SecretVersion":
+            assert not any(API_KEY in s for s in strings_in(resource.inputs)), resource.name
+    outputs = recorder.outputs[recorder.one(TYPE_TOKEN).urn]
+    assert not any(API_KEY in s for s in strings_in(outputs))
+
+
+def test_created_secret_holds_the_credentials_as_a_pulumi_secret() -> None:
+    recorder = relay(credentials_secret_arn=None, api_user="cmc-api-user", api_key=API_KEY)
+    version = recorder.one("aws:secretsmanager/secretVersion:SecretVersion")
+    secret_string = version.inputs["secretString"]
+    assert secret_string[SECRET_SIG_KEY] == SECRET_SIG  # marked secret in state and logs
+    assert json.loads(secret_string["value"]) == {"username": "cmc-api-user", "password": API_KEY}
+    # The instance boots only after the value exists.
+    assert version.urn in recorder.one(INSTANCE).dependencies
+
+
+def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
+    recorder = relay(plan="pro", subdomain="acme", auth_mode="ip", credentials_secret_arn=None)
+    assert recorder.of_type(ROLE_POLICY) == []
+    assert recorder.of_type("aws:secretsmanager/secret:Secret") == []
+    assert "CMC_SECRET_ARN" not in user_data(recorder)
+    assert "smtp_sasl_auth_enable = no" in user_data(recorder)
+
+
+def test_outputs_are_registered() -> None:
+    recorder = relay()
+    outputs = recorder.outputs[recorder.one(TYPE_TOKEN).urn]
+    assert outputs == {
+        "instance_id": "relay-instance-id",
+        "private_ip": "10.20.1.10",
+        "public_ip": "203.0.113.25",
+        "smtp_endpoint": "10.20.1.10:25",
+        "security_group_id": "relay-sg-id",
+        "smtp_relay_host": "[sandbox.smtps.jp]:10025",
+        "secret_arn": SECRET_ARN,
+    }
+
+
+def test_tags_reach_every_taggable_resource() -> None:
+    recorder = relay(tags={"team": "mail"})
+    tagged = [r for r in recorder.resources if "tags" in r.inputs]
+    assert {r.type for r in tagged} >= {INSTANCE, "aws:ec2/eip:Eip", "aws:iam/role:Role"}
+    assert all(r.inputs["tags"]["team"] == "mail" for r in tagged)
+
+
+def test_bad_input_fails_before_any_resource_exists() -> None:
+    recorder = Recorder()
+    with pytest.raises(ConfigError, match="allowed_cidrs"):
+        relay(allowed_cidrs=["0.0.0.0/0"], recorder=recorder)
+    assert recorder.resources == []  # not even the component
+
+
+def test_secret_arn_known_only_at_deploy_time_is_still_checked() -> None:
+    def program() -> None:
+        late_arn = pulumi.Output.from_input("arn:aws:s3:::not-a-secret")
+        RelayHost(
+            "relay",
+            {
+                "vpc_id": "vpc-team",
+                "subnet_id": "subnet-team",
+                "allowed_cidrs": ["10.20.0.0/16"],
+                "credentials_secret_arn": late_arn,
+            },
+        )
+
+    with pytest.raises(Exception, match="is not a Secrets Manager secret ARN"):
+        run_program(program)

@@ -1,0 +1,133 @@
+"""The stack program and a consumer program, run under Pulumi mocks with stack config."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.pulumi_harness import Recorder, run_program, strings_in
+
+ROOT = Path(__file__).parent.parent
+INSTANCE = "aws:ec2/instance:Instance"
+SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
+API_KEY = "stack-api-key-marker-Zt4"
+
+
+def stack(
+    config: dict[str, Any], secret_keys: tuple[str, ...] = (), recorder: Recorder | None = None
+) -> Recorder:
+    """Run __main__.py with this stack config (values as `pulumi config set` stores them)."""
+    as_strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    program = lambda: runpy.run_path(str(ROOT / "__main__.py"))  # noqa: E731
+    return run_program(program, as_strings, secret_keys, recorder)
+
+
+def test_defaults_use_the_default_vpc() -> None:
+    recorder = stack({"credentialsSecretArn": SECRET_ARN})
+    assert recorder.one(INSTANCE).inputs["subnetId"] == "subnet-a"  # first default subnet
+    group = recorder.one("aws:ec2/securityGroup:SecurityGroup")
+    assert group.inputs["vpcId"] == "vpc-default"
+    ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert [r.inputs["cidrIpv4"] for r in ingress] == ["172.31.0.0/16"]  # the VPC's CIDR
+
+
+def test_every_config_key_reaches_the_component() -> None:
+    recorder = stack(
+        {
+            "plan": "pro",
+            "subdomain": "acme",
+            "smtpPort": 2525,
+            "authMode": "sasl",
+            "credentialsSecretArn": SECRET_ARN,
+            "subnetId": "subnet-team",
+            "allowedCidrs": ["10.20.0.0/24"],
+            "allowedSecurityGroupIds": ["sg-app"],
+            "os": "ubuntu-24.04",
+            "instanceType": "t3.medium",
+            "amiId": "ami-0123456789abcdef0",
+            "maxConnections": 40,
+            "tlsLevel": "encrypt",
+            "messageSizeLimit": 20_000_000,
+            "hostName": "relay.corp.example",
+            "secretRefreshMinutes": 15,
+            "kmsKeyArn": (
+                "arn:aws:kms:ap-northeast-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+            ),
+            "tags": {"team": "mail"},
+        }
+    )
+    instance = recorder.one(INSTANCE).inputs
+    assert (instance["subnetId"], instance["instanceType"]) == ("subnet-team", "t3.medium")
+    assert instance["ami"] == "ami-0123456789abcdef0"
+    assert instance["tags"]["team"] == "mail"
+    user_data = instance["userData"]
+    for expected in (
+        "CMC_NEXT_HOP=[acme.smtps.jp]:2525",
+        "CMC_OS=ubuntu-24.04",
+        "default_destination_concurrency_limit = 40",
+        "smtp_tls_security_level = encrypt",
+        "message_size_limit = 20000000",
+        "myhostname = relay.corp.example",
+        "OnUnitActiveSec=15min",
+        "mynetworks = 127.0.0.0/8 [::1]/128 10.20.0.0/24",
+    ):
+        assert expected in user_data
+    policy = recorder.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"]
+    assert "kms:Decrypt" in policy
+    ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert any(r.inputs.get("referencedSecurityGroupId") == "sg-app" for r in ingress)
+
+
+def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:
+    recorder = stack({"apiUser": "cmc-user", "apiKey": API_KEY}, secret_keys=("apiKey",))
+    outputs = recorder.stack_outputs
+    assert set(outputs) == {
+        "instanceId", "privateIp", "publicIp", "smtpEndpoint", "securityGroupId",
+        "smtpRelayHost", "secretArn",
+    }  # fmt: skip
+    assert outputs["smtpEndpoint"] == "10.20.1.10:25"
+    assert outputs["publicIp"] == "203.0.113.25"
+    assert not any(API_KEY in s for s in strings_in(outputs))
+    assert API_KEY not in recorder.one(INSTANCE).inputs["userData"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"credentialsSecretArn": SECRET_ARN, "maxConnections": 11}, "(config maxConnections)"),
+        ({"credentialsSecretArn": SECRET_ARN, "allowedCidrs": ["0.0.0.0/0"]}, "open relay"),
+        ({"plan": "pro", "credentialsSecretArn": SECRET_ARN}, "subdomain: is required"),
+        ({}, "(config credentialsSecretArn): auth_mode sasl needs credentials"),
+    ],
+)
+def test_bad_stack_config_is_refused_with_the_key_named(
+    config: dict[str, Any], message: str
+) -> None:
+    recorder = Recorder()
+    with pytest.raises(Exception) as error:
+        stack(config, recorder=recorder)
+    assert message in str(error.value)
+    assert recorder.resources == []
+
+
+def test_consumer_program_composes_the_component_with_its_own_network() -> None:
+    recorder = run_program(
+        lambda: runpy.run_path(str(ROOT / "tests" / "consumer" / "__main__.py")),
+        {"apiKey": API_KEY},
+        ("apiKey",),
+    )
+    vpc = recorder.by_name("app-vpc")
+    subnet = recorder.by_name("app-public-a")
+    relay_group = recorder.by_name("mail-relay-sg")
+    assert relay_group.inputs["vpcId"] == "app-vpc-id"
+    assert vpc.urn in relay_group.dependencies
+    instance = recorder.one(INSTANCE)
+    assert instance.inputs["subnetId"] == "app-public-a-id"
+    assert subnet.urn in instance.dependencies
+    ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert any(r.inputs.get("referencedSecurityGroupId") == "app-servers-id" for r in ingress)
+    assert "smtp:[te.smtps.jp]:10025" in instance.inputs["userData"]

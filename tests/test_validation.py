@@ -1,0 +1,248 @@
+"""Every invalid input is refused before any resource exists, with a message naming the key."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from components.args import validate_args
+from userdata.render import postfix_parameters
+from userdata.settings import ConfigError, RelaySettings
+
+SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
+BASE: dict[str, Any] = {
+    "vpc_id": "vpc-1",
+    "subnet_id": "subnet-1",
+    "allowed_cidrs": ["10.0.0.0/16"],
+    "credentials_secret_arn": SECRET_ARN,
+}
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    args = {**BASE, **changes}
+    return {k: v for k, v in args.items() if v is not None}
+
+
+BAD_INPUTS = [
+    pytest.param(with_(plan="gold"), "plan: got 'gold'; allowed: trial, standard, pro", id="plan"),
+    pytest.param(with_(os="centos-7"), "os: got 'centos-7'; allowed: al2023", id="os"),
+    pytest.param(
+        with_(tls_level="none"), "tls_level (config tlsLevel): got 'none'; allowed: may", id="tls"
+    ),
+    pytest.param(
+        with_(auth_mode="oauth"), "auth_mode (config authMode): got 'oauth'", id="auth-mode"
+    ),
+    pytest.param(with_(plan="pro"), "subdomain: is required with plan pro", id="pro-no-subdomain"),
+    pytest.param(
+        with_(plan="pro", subdomain="Acme_Corp"),
+        "subdomain: 'Acme_Corp' is not a DNS label",
+        id="subdomain-label",
+    ),
+    pytest.param(
+        with_(plan="pro", subdomain="-acme"),
+        "subdomain: '-acme' is not a DNS label",
+        id="subdomain-hyphen",
+    ),
+    pytest.param(
+        with_(subdomain="acme"),
+        "subdomain: only applies to plan pro; plan is trial",
+        id="subdomain-not-pro",
+    ),
+    pytest.param(
+        with_(auth_mode="ip", credentials_secret_arn=None),
+        "auth_mode (config authMode): 'ip' (IP address authentication) needs plan pro",
+        id="ip-not-pro",
+    ),
+    pytest.param(
+        with_(credentials_secret_arn=None),
+        "credentials_secret_arn (config credentialsSecretArn): auth_mode sasl needs credentials",
+        id="sasl-no-credentials",
+    ),
+    pytest.param(
+        with_(credentials_secret_arn=None, api_user="user"),
+        "auth_mode sasl needs credentials",
+        id="api-user-without-key",
+    ),
+    pytest.param(
+        with_(api_user="user", api_key="key"),
+        "give either credentials_secret_arn or api_user",
+        id="both-credentials",
+    ),
+    pytest.param(
+        with_(credentials_secret_arn=None, api_user="us:er", api_key="k"),
+        "api_user (config apiUser): 'us:er' is not a valid API user name",
+        id="api-user-colon",
+    ),
+    pytest.param(
+        with_(credentials_secret_arn="arn:aws:s3:::bucket"),
+        "credentials_secret_arn (config credentialsSecretArn): 'arn:aws:s3:::bucket' is not a "
+        "Secrets Manager secret ARN",
+        id="secret-arn",
+    ),
+    pytest.param(
+        with_(max_connections=11),
+        "max_connections (config maxConnections): must be between 1 and 10 on plan trial; got 11",
+        id="max-connections-trial",
+    ),
+    pytest.param(
+        with_(max_connections=0),
+        "must be between 1 and 10 on plan trial; got 0",
+        id="max-connections-zero",
+    ),
+    pytest.param(
+        with_(plan="pro", subdomain="acme", max_connections=101),
+        "must be between 1 and 100 on plan pro; got 101",
+        id="max-connections-pro",
+    ),
+    pytest.param(
+        with_(max_connections=True),
+        "max_connections (config maxConnections): must be an integer; got True",
+        id="max-connections-bool",
+    ),
+    pytest.param(
+        with_(smtp_port=70000),
+        "smtp_port (config smtpPort): must be between 1 and 65535",
+        id="smtp-port-high",
+    ),
+    pytest.param(with_(smtp_port=0), "smtp_port (config smtpPort): must be between", id="port-0"),
+    pytest.param(
+        with_(allowed_cidrs=["10.0.0.0/33"]),
+        "allowed_cidrs (config allowedCidrs): '10.0.0.0/33' is not a valid CIDR block",
+        id="cidr-invalid",
+    ),
+    pytest.param(
+        with_(allowed_cidrs=["10.0.0.5/16"]),
+        "'10.0.0.5/16' is not a valid CIDR block (10.0.0.5/16 has host bits set)",
+        id="cidr-host-bits",
+    ),
+    pytest.param(
+        with_(allowed_cidrs=["10.0.0.0/8", "0.0.0.0/0"]),
+        "allowed_cidrs (config allowedCidrs): 0.0.0.0/0 would make the host an open relay",
+        id="cidr-world-v4",
+    ),
+    pytest.param(
+        with_(allowed_cidrs=["::/0"]), "::/0 would make the host an open relay", id="cidr-world-v6"
+    ),
+    pytest.param(
+        with_(allowed_cidrs=[]),
+        "allowed_cidrs (config allowedCidrs): must be a non-empty list",
+        id="cidr-empty",
+    ),
+    pytest.param(
+        with_(allowed_cidrs="10.0.0.0/16"),
+        "must be a non-empty list of CIDR blocks",
+        id="cidr-string",
+    ),
+    pytest.param(
+        with_(message_size_limit=0),
+        "message_size_limit (config messageSizeLimit): must be between 1024 and",
+        id="size-zero",
+    ),
+    pytest.param(
+        with_(smtp_host="smtp host"),
+        "smtp_host (config smtpHost): 'smtp host' is not a valid",
+        id="smtp-host",
+    ),
+    pytest.param(
+        with_(host_name="relay"),
+        "host_name (config hostName): 'relay' must be a fully qualified",
+        id="host-name",
+    ),
+    pytest.param(
+        with_(instance_type="huge"),
+        "instance_type (config instanceType): 'huge' is not",
+        id="instance-type",
+    ),
+    pytest.param(with_(ami_id="ami-xyz"), "ami_id (config amiId): 'ami-xyz' is not", id="ami"),
+    pytest.param(
+        with_(kms_key_arn="alias/foo"),
+        "kms_key_arn (config kmsKeyArn): 'alias/foo' is not",
+        id="kms-arn",
+    ),
+    pytest.param(
+        with_(secret_refresh_minutes=0),
+        "secret_refresh_minutes (config secretRefreshMinutes)",
+        id="refresh",
+    ),
+    pytest.param(with_(max_conections=5), "max_conections: unknown argument", id="typo"),
+    pytest.param(with_(subnet_id=None), "subnet_id (config subnetId): is required", id="subnet"),
+    pytest.param(
+        with_(plan="pro", subdomain="acme", auth_mode="ip"),
+        "auth_mode (config authMode): is ip: SMTP AUTH credentials are not used",
+        id="ip-with-credentials",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_is_refused_with_a_message_naming_the_key(
+    args: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        validate_args(args)
+    assert message in str(error.value)
+
+
+def test_defaults_follow_the_guide() -> None:
+    settings, options = validate_args(BASE)
+    assert (settings.plan, settings.auth_mode, settings.os) == ("trial", "sasl", "al2023")
+    assert settings.next_hop == "[sandbox.smtps.jp]:10025"
+    assert (settings.max_connections, settings.tls_level) == (10, "may")
+    assert options.instance_type == "t3.small"
+    assert options.architecture == "x86_64"
+
+
+@pytest.mark.parametrize(
+    ("changes", "host"),
+    [
+        ({"plan": "trial"}, "sandbox.smtps.jp"),
+        ({"plan": "standard"}, "te.smtps.jp"),
+        ({"plan": "pro", "subdomain": "acme"}, "acme.smtps.jp"),
+        ({"plan": "standard", "smtp_host": "te2.smtps.jp"}, "te2.smtps.jp"),
+    ],
+)
+def test_plan_chooses_the_smtp_host(changes: dict[str, Any], host: str) -> None:
+    settings, _ = validate_args(with_(**changes))
+    assert settings.relay_host == host
+
+
+def test_pro_ip_mode_needs_no_credentials() -> None:
+    settings, _ = validate_args(
+        with_(plan="pro", subdomain="acme", auth_mode="ip", credentials_secret_arn=None)
+    )
+    assert not settings.uses_sasl
+
+
+def test_graviton_instance_types_get_arm64_images() -> None:
+    _, options = validate_args(with_(instance_type="t4g.small"))
+    assert options.architecture == "arm64"
+
+
+def test_duplicate_networks_are_listed_once() -> None:
+    settings, _ = validate_args(with_(allowed_cidrs=["10.0.0.0/16", "10.0.0.0/16", "fd00::/8"]))
+    assert settings.allowed_cidrs == ("10.0.0.0/16", "fd00::/8")
+
+
+networks = st.one_of(
+    st.ip_addresses(v=4).flatmap(
+        lambda a: st.integers(1, 32).map(lambda n: ipaddress.ip_network(f"{a}/{n}", strict=False))
+    ),
+    st.ip_addresses(v=6).flatmap(
+        lambda a: st.integers(1, 128).map(lambda n: ipaddress.ip_network(f"{a}/{n}", strict=False))
+    ),
+)
+
+
+@given(st.lists(networks, min_size=1, max_size=8))
+def test_every_allowed_network_and_only_those_may_relay(
+    allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> None:
+    settings = RelaySettings(allowed_cidrs=tuple(str(n) for n in allowed))
+    mynetworks = postfix_parameters(settings)["mynetworks"].split()
+    assert mynetworks[:2] == ["127.0.0.0/8", "[::1]/128"]
+    parsed = [ipaddress.ip_network(n.replace("[", "").replace("]", "")) for n in mynetworks[2:]]
+    assert set(parsed) == set(allowed)
