@@ -1,0 +1,35 @@
+"""A test CA and a server certificate, so clients can verify the stand-in like the real host."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import trustme
+
+CA_CERT_FILE = "ca.pem"
+CA_KEY_FILE = "ca-key.pem"
+
+
+def server_context(tls_dir: Path, names: tuple[str, ...]) -> ssl.SSLContext:
+    """A server context with a fresh certificate for ``names``, signed by the CA in ``tls_dir``.
+
+    The CA is created on first use and reused afterwards, so a Postfix configured with
+    ``smtp_tls_CAfile = tls_dir/ca.pem`` keeps trusting stand-ins restarted on that directory.
+    """
+    cert_path, key_path = tls_dir / CA_CERT_FILE, tls_dir / CA_KEY_FILE
+    if cert_path.exists() and key_path.exists():
+        ca = trustme.CA.from_pem(cert_path.read_bytes(), key_path.read_bytes())
+    else:
+        ca = trustme.CA(organization_name="CMC relay stand-in")
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(ca.private_key_pem.bytes())
+        cert_path.write_bytes(ca.cert_pem.bytes())
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
+
+
+def client_context(ca_path: Path) -> ssl.SSLContext:
+    """A client context that trusts only the stand-in's CA, names checked."""
+    return ssl.create_default_context(cafile=str(ca_path))
