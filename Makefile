@@ -15,6 +15,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	shellcheck userdata/scripts/cmc-relay-setup scripts/install-system-packages .ci/run
 
 system-packages:
 	scripts/install-system-packages

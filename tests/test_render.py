@@ -244,3 +244,32 @@ def test_real_cloud_init_rejects_a_broken_payload(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("postmap") is None, reason="Postfix is not installed")
+@pytest.mark.parametrize(
+    ("reply", "filtered"),
+    [
+        ("530 5.7.0 Authentication required", "454 4.7.0 Authentication required"),
+        ("530-5.7.0 Authentication required", "454-4.7.0 Authentication required"),
+        ("530 Authentication required", "454 Authentication required"),
+        ("250 2.0.0 Ok: queued", None),
+        ("535 5.7.8 Authentication credentials invalid", None),
+    ],
+)
+def test_reply_filter_defers_what_would_bounce_unauthenticated_mail(
+    reply: str, filtered: str | None, tmp_path: Path
+) -> None:
+    """Real postmap reads the rendered regexp table exactly as the smtp client will."""
+    # myhostname set: otherwise postmap looks up this machine's name in DNS first.
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\nmyhostname = test.invalid\n")
+    (tmp_path / "master.cf").write_text("")
+    table = tmp_path / "reply-filter"
+    table.write_text(render_template("reply-filter", variant("trial", "debian-12")))
+    result = subprocess.run(
+        ["postmap", "-c", str(tmp_path), "-q", reply, f"regexp:{table}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.stdout.strip() or None) == filtered, result.stderr
