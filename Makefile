@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+HOST_SCRIPTS := userdata/scripts/cmc-relay-fetch-secret userdata/scripts/cmc-relay-verify
 
 .PHONY: sandbox test lint system-packages venv clean
 
@@ -15,6 +16,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	for entry in __main__.py provider/__main__.py $(HOST_SCRIPTS); do $(BIN)/mypy $$entry || exit 1; done
 	shellcheck userdata/scripts/cmc-relay-setup scripts/install-system-packages .ci/run
 
 system-packages:

@@ -11,8 +11,9 @@ from components import RelayHost, RelayHostArgs
 from userdata.settings import CONFIG_KEYS
 
 _INT_KEYS = {"smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes"}
-_LIST_KEYS = {"allowedCidrs", "allowedSecurityGroupIds"}
-_SECRET_KEYS = {"apiKey"}
+_BOOL_KEYS = {"ephemeral"}
+_LIST_KEYS = {"allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs"}
+_SECRET_KEYS = {"apiKey", "sshPrivateKey"}
 _NETWORK_KEYS = {"subnetId", "allowedCidrs"}  # resolved by network(), from AWS if unset
 _ARG_NAMES = {key: name for name, key in CONFIG_KEYS.items()} | {
     "allowedSecurityGroupIds": "allowed_security_group_ids",
@@ -28,6 +29,8 @@ def read_config(config: pulumi.Config) -> dict[str, Any]:
             continue
         if key in _INT_KEYS:
             value: Any = config.get_int(key)
+        elif key in _BOOL_KEYS:
+            value = config.get_bool(key)
         elif key in _LIST_KEYS or key == "tags":
             value = config.get_object(key)
         elif key in _SECRET_KEYS:
@@ -70,3 +73,4 @@ pulumi.export("smtpEndpoint", relay.smtp_endpoint)
 pulumi.export("securityGroupId", relay.security_group_id)
 pulumi.export("smtpRelayHost", relay.smtp_relay_host)
 pulumi.export("secretArn", relay.secret_arn)
+pulumi.export("verificationReport", relay.verification_report)

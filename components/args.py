@@ -1,6 +1,8 @@
-"""The component's typed arguments and their validation: pure, tested directly."""
+"""The component's typed arguments and their validation: pure, tested directly.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Pulumi's schema analyzer (the component used
+from other languages, ``components/provider.py``) reads these annotations as live types.
+"""
 
 import re
 from collections.abc import Mapping, Sequence
@@ -9,7 +11,14 @@ from typing import Any, Final, Required, TypedDict
 
 import pulumi
 
-from userdata.settings import ConfigError, RelaySettings
+from userdata.settings import (
+    VERIFICATION_MODES,
+    ConfigError,
+    RelaySettings,
+    Verification,
+    parse_cidrs,
+    require_choice,
+)
 
 DEFAULT_INSTANCE_TYPE: Final = "t3.small"
 
@@ -22,6 +31,11 @@ _AMI_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # Graviton families (t4g, m7g, c7gn, ...) run arm64 images.
 _ARM_INSTANCE_TYPE = re.compile(r"^[a-z]+\d+g[a-z]*\.")
+_SSH_PUBLIC_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)"
+    r"|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}( [^\n]*)?$"
+)
 
 
 class RelayHostArgs(TypedDict, total=False):
@@ -71,6 +85,16 @@ class RelayHostArgs(TypedDict, total=False):
     """How often the host re-reads the secret to pick up rotation (default 5)."""
     tags: Mapping[str, str]
     """Tags added to every resource that takes tags."""
+    verification: str
+    """Post-boot check that gates the deployment: ssm (default), ssh or none."""
+    ssh_public_key: str
+    """ssh verification: OpenSSH public key authorized for the OS's default user."""
+    ssh_private_key: pulumi.Input[str]
+    """ssh verification: the private key of that public key (pass it as a Pulumi secret)."""
+    ssh_allowed_cidrs: Sequence[str]
+    """ssh verification, required there: networks allowed to port 22 (never 0.0.0.0/0)."""
+    ephemeral: bool
+    """For throwaway stacks: the created secret is deleted at once, not after 30 days."""
 
 
 _SETTINGS_FIELDS: Final = (
@@ -78,6 +102,9 @@ _SETTINGS_FIELDS: Final = (
     "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
 )  # fmt: skip
 _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
+# Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.
+_INT_ARGS: Final = frozenset(k for k, t in RelayHostArgs.__annotations__.items() if t is int)
+_SSH_ARGS: Final = ("ssh_public_key", "ssh_private_key", "ssh_allowed_cidrs")
 
 
 @dataclass(frozen=True)
@@ -89,6 +116,10 @@ class HostOptions:
     kms_key_arn: str | None = None
     api_user: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    verification: Verification = "ssm"
+    ssh_public_key: str | None = None
+    ssh_allowed_cidrs: tuple[str, ...] = ()
+    ephemeral: bool = False
 
     @property
     def architecture(self) -> str:
@@ -115,6 +146,7 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
     for required in ("vpc_id", "subnet_id", "allowed_cidrs"):
         if args.get(required) is None:
             raise ConfigError(required, "is required")
+    args = {k: whole_number(v) if k in _INT_ARGS else v for k, v in args.items()}
     settings = RelaySettings(**{k: args[k] for k in _SETTINGS_FIELDS if args.get(k) is not None})
 
     secret_arn = args.get("credentials_secret_arn")
@@ -152,11 +184,51 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
         raise ConfigError("kms_key_arn", f"{kms_key_arn!r} is not a KMS key ARN")
     if kms_key_arn is not None and not settings.uses_sasl:
         raise ConfigError("kms_key_arn", "only applies to auth_mode sasl (it encrypts the secret)")
+    ephemeral = args.get("ephemeral", False)
+    if not isinstance(ephemeral, bool):
+        raise ConfigError("ephemeral", f"must be true or false; got {ephemeral!r}")
+    verification, ssh_public_key, ssh_allowed_cidrs = verification_options(args)
     options = HostOptions(
         instance_type=instance_type,
         ami_id=ami_id,
         kms_key_arn=kms_key_arn,
         api_user=api_user,
         tags=dict(args.get("tags") or {}),
+        verification=verification,
+        ssh_public_key=ssh_public_key,
+        ssh_allowed_cidrs=ssh_allowed_cidrs,
+        ephemeral=ephemeral,
     )
     return settings, options
+
+
+def verification_options(
+    args: Mapping[str, Any],
+) -> tuple[Verification, str | None, tuple[str, ...]]:
+    """The verification mode and, for ssh (only), its public key and allowed networks."""
+    verification: Verification = args.get("verification", "ssm")
+    require_choice("verification", verification, VERIFICATION_MODES)
+    if verification != "ssh":
+        given = [name for name in _SSH_ARGS if args.get(name) is not None]
+        if given:
+            raise ConfigError(given[0], f"only applies to verification ssh; it is {verification}")
+        return verification, None, ()
+    for name in _SSH_ARGS:
+        if args.get(name) is None:
+            raise ConfigError(name, "is required with verification ssh")
+    public_key = args["ssh_public_key"]
+    if not isinstance(public_key, str) or not _SSH_PUBLIC_KEY.match(public_key.strip()):
+        raise ConfigError(
+            "ssh_public_key", "must be one OpenSSH public key line (ssh-ed25519 AAAA... comment)"
+        )
+    cidrs = parse_cidrs(
+        "ssh_allowed_cidrs",
+        args["ssh_allowed_cidrs"],
+        "would open SSH to the whole internet; list the networks you deploy from instead",
+    )
+    return verification, public_key.strip(), cidrs
+
+
+def whole_number(value: Any) -> Any:
+    """2525.0 as 2525; anything else unchanged, for validation to judge."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value

@@ -1,25 +1,31 @@
-"""RelayHost: one EC2 Postfix relay to Customers Mail Cloud, as a Pulumi component."""
+"""RelayHost: one EC2 Postfix relay to Customers Mail Cloud, as a Pulumi component.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Pulumi's schema analyzer (the component used
+from other languages, ``components/provider.py``) reads the annotations as live types.
+"""
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Final
 
 import pulumi
 import pulumi_aws as aws
+from pulumi_command import local, remote
 
+from components import verification
 from components.args import HostOptions, RelayHostArgs, secret_region, validate_args
 from components.policies import (
     EC2_ASSUME_ROLE_POLICY,
     secret_read_policy,
     ssm_managed_instance_policy_arn,
 )
-from userdata.render import render_user_data
+from userdata.render import OS_PROFILES, pack_user_data, render_user_data
 from userdata.settings import RelaySettings
 
 TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
 SMTP_PORT: Final = 25
+SSH_PORT: Final = 22
 _WORLD_IPV4: Final = "0.0.0.0/0"
 
 
@@ -58,25 +64,24 @@ PACKAGE_PORTS: Final[dict[str, tuple[int, ...]]] = {
 
 
 class RelayHost(pulumi.ComponentResource):
-    """A Postfix relay host that forwards the team's mail to Customers Mail Cloud.
-
-    Outputs:
-        instance_id: the EC2 instance.
-        private_ip: the instance's private address.
-        public_ip: the Elastic IP, the sending IP the service sees (register it for Pro IP auth).
-        smtp_endpoint: ``host:port`` that applications send to.
-        security_group_id: the host's security group (reference it from application groups).
-        smtp_relay_host: the service's next hop, ``[host]:port``.
-        secret_arn: the credentials secret's ARN (None with IP authentication).
-    """
+    """A Postfix relay host on EC2 that forwards the team's mail to Customers Mail Cloud."""
 
     instance_id: pulumi.Output[str]
+    """The EC2 instance."""
     private_ip: pulumi.Output[str]
+    """The instance's private address."""
     public_ip: pulumi.Output[str]
+    """The Elastic IP: the sending IP the service sees (register it for Pro IP auth)."""
     smtp_endpoint: pulumi.Output[str]
+    """host:port that applications send to (the private address, port 25)."""
     security_group_id: pulumi.Output[str]
+    """The host's security group (reference it from application groups)."""
     smtp_relay_host: pulumi.Output[str]
+    """The service's next hop, [host]:port."""
     secret_arn: pulumi.Output[str | None]
+    """The credentials secret's ARN (none with IP authentication)."""
+    verification_report: pulumi.Output[str | None]
+    """The on-host verifier's JSON report {"ok": ..., "checks": [...]} (none if not verified)."""
 
     def __init__(
         self, name: str, args: RelayHostArgs, opts: pulumi.ResourceOptions | None = None
@@ -88,14 +93,15 @@ class RelayHost(pulumi.ComponentResource):
         tags = {"Name": name, **options.tags}
 
         secret_arn = self._credentials_secret(name, args, options, tags, child)
-        security_group = self._security_group(name, args, settings, tags, child)
-        profile = self._instance_profile(name, secret_arn, options, tags, child)
+        security_group = self._security_group(name, args, settings, options, tags, child)
+        profile, policies = self._instance_profile(name, secret_arn, options, tags, child)
+        public_key = options.ssh_public_key
         user_data = (
             pulumi.Output.from_input(secret_arn).apply(
-                lambda arn: render_user_data(settings, checked_secret_arn(arn))
+                lambda arn: render_user_data(settings, checked_secret_arn(arn), public_key)
             )
             if secret_arn is not None
-            else pulumi.Output.from_input(render_user_data(settings))
+            else pulumi.Output.from_input(render_user_data(settings, None, public_key))
         )
         instance = aws.ec2.Instance(
             f"{name}-instance",
@@ -104,7 +110,7 @@ class RelayHost(pulumi.ComponentResource):
             subnet_id=args["subnet_id"],
             vpc_security_group_ids=[security_group.id],
             iam_instance_profile=profile.name,
-            user_data=user_data,
+            user_data_base64=user_data.apply(pack_user_data),
             user_data_replace_on_change=True,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
@@ -118,11 +124,21 @@ class RelayHost(pulumi.ComponentResource):
         )
         # Separate from the instance, so the sending IP survives the instance's replacement.
         elastic_ip = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
-        aws.ec2.EipAssociation(
+        association = aws.ec2.EipAssociation(
             f"{name}-eip-association",
             allocation_id=elastic_ip.allocation_id,
             instance_id=instance.id,
             opts=child,
+        )
+        report = self._verification(
+            name,
+            args,
+            settings,
+            options,
+            instance,
+            elastic_ip,
+            user_data,
+            after=[instance, association, *policies],
         )
 
         self.instance_id = instance.id
@@ -132,6 +148,7 @@ class RelayHost(pulumi.ComponentResource):
         self.security_group_id = security_group.id
         self.smtp_relay_host = pulumi.Output.from_input(settings.next_hop)
         self.secret_arn = pulumi.Output.from_input(secret_arn)
+        self.verification_report = pulumi.Output.from_input(report)
         self.register_outputs(
             {
                 "instance_id": self.instance_id,
@@ -141,6 +158,7 @@ class RelayHost(pulumi.ComponentResource):
                 "security_group_id": self.security_group_id,
                 "smtp_relay_host": self.smtp_relay_host,
                 "secret_arn": self.secret_arn,
+                "verification_report": self.verification_report,
             }
         )
 
@@ -161,6 +179,8 @@ class RelayHost(pulumi.ComponentResource):
             f"{name}-credentials",
             description=f"SMTP AUTH credentials of the CMC relay host {name}",
             kms_key_id=options.kms_key_arn,
+            # Throwaway stacks delete it at once instead of leaving it scheduled for 30 days.
+            recovery_window_in_days=0 if options.ephemeral else None,
             tags=tags,
             opts=child,
         )
@@ -180,10 +200,12 @@ class RelayHost(pulumi.ComponentResource):
         name: str,
         args: RelayHostArgs,
         settings: RelaySettings,
+        options: HostOptions,
         tags: dict[str, str],
         child: pulumi.ResourceOptions,
     ) -> aws.ec2.SecurityGroup:
-        """SMTP in from the allowed clients only; out only to the service and HTTPS APIs.
+        """SMTP in from the allowed clients only (SSH too, for ssh verification only); out only
+        to the service and HTTPS APIs.
 
         DNS needs no rule: security groups do not filter traffic to the VPC resolver.
         """
@@ -218,6 +240,19 @@ class RelayHost(pulumi.ComponentResource):
                 description="SMTP from an allowed security group",
                 opts=child,
             )
+        for index, cidr in enumerate(options.ssh_allowed_cidrs):
+            is_ipv6 = ":" in cidr
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-ssh-in-{index}",
+                security_group_id=group.id,
+                ip_protocol="tcp",
+                from_port=SSH_PORT,
+                to_port=SSH_PORT,
+                description=f"SSH for post-boot verification from {cidr}",
+                cidr_ipv4=None if is_ipv6 else cidr,
+                cidr_ipv6=cidr if is_ipv6 else None,
+                opts=child,
+            )
         egress = {
             settings.smtp_port: "the service's SMTP relay port",
             **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[settings.os]},
@@ -242,7 +277,8 @@ class RelayHost(pulumi.ComponentResource):
         options: HostOptions,
         tags: dict[str, str],
         child: pulumi.ResourceOptions,
-    ) -> aws.iam.InstanceProfile:
+    ) -> tuple[aws.iam.InstanceProfile, list[pulumi.Resource]]:
+        """The instance's profile, and the policies it needs before the host can be verified."""
         role = aws.iam.Role(
             f"{name}-role",
             assume_role_policy=json.dumps(EC2_ASSUME_ROLE_POLICY),
@@ -251,14 +287,16 @@ class RelayHost(pulumi.ComponentResource):
             opts=child,
         )
         partition = aws.get_partition(opts=pulumi.InvokeOptions(parent=self)).partition
-        aws.iam.RolePolicyAttachment(
-            f"{name}-ssm",
-            role=role.name,
-            policy_arn=ssm_managed_instance_policy_arn(partition),
-            opts=child,
-        )
+        policies: list[pulumi.Resource] = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-ssm",
+                role=role.name,
+                policy_arn=ssm_managed_instance_policy_arn(partition),
+                opts=child,
+            )
+        ]
         if secret_arn is not None:
-            aws.iam.RolePolicy(
+            policy = aws.iam.RolePolicy(
                 f"{name}-read-credentials",
                 role=role.id,
                 policy=pulumi.Output.from_input(secret_arn).apply(
@@ -266,7 +304,73 @@ class RelayHost(pulumi.ComponentResource):
                 ),
                 opts=child,
             )
-        return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+            policies.append(policy)
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+        return profile, policies
+
+    def _verification(
+        self,
+        name: str,
+        args: RelayHostArgs,
+        settings: RelaySettings,
+        options: HostOptions,
+        instance: aws.ec2.Instance,
+        elastic_ip: aws.ec2.Eip,
+        user_data: pulumi.Output[str],
+        after: list[pulumi.Resource],
+    ) -> pulumi.Output[str] | None:
+        """Run the on-host verifier once the host is up; its report, or None for ``none``.
+
+        A failed check fails the command, and so the deployment.
+        """
+        if options.verification == "none":
+            return None
+        # Once the host is reachable at its address with its permissions (``after``), and again
+        # only when the instance or its payload changes; gone with the instance.
+        opts = pulumi.ResourceOptions(parent=self, depends_on=after, deleted_with=instance)
+        triggers = [instance.id, user_data.apply(verification.payload_digest)]
+        if options.verification == "ssm":
+            region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+            # The interpreter running this program has boto3 (a runtime dependency).
+            driver = instance.id.apply(
+                lambda instance_id: verification.ssm_driver_command(
+                    sys.executable, instance_id, region
+                )
+            )
+            return local.Command(
+                f"{name}-verify",
+                create=driver,
+                triggers=triggers,
+                add_previous_output_in_env=False,
+                opts=opts,
+            ).stdout
+        connection = remote.ConnectionArgs(
+            host=elastic_ip.public_ip,
+            user=OS_PROFILES[settings.os].login_user,
+            private_key=pulumi.Output.secret(args["ssh_private_key"]),
+            dial_error_limit=-1,  # until cloud-init has installed the key, or the timeout
+        )
+        waited = opts.merge(
+            pulumi.ResourceOptions(
+                custom_timeouts=pulumi.CustomTimeouts(create=verification.SSH_TIMEOUT)
+            )
+        )
+        ready = remote.Command(
+            f"{name}-ssh-ready",
+            connection=connection,
+            create=verification.SSH_READY_SCRIPT,
+            triggers=triggers,
+            add_previous_output_in_env=False,
+            opts=waited,
+        )
+        return remote.Command(
+            f"{name}-verify",
+            connection=connection,
+            create=verification.SSH_VERIFY_SCRIPT,
+            triggers=triggers,
+            add_previous_output_in_env=False,
+            opts=waited.merge(pulumi.ResourceOptions(depends_on=[ready])),
+        ).stdout
 
     def _image_id(self, settings: RelaySettings, options: HostOptions) -> str:
         image = IMAGES[settings.os]

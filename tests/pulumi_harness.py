@@ -7,6 +7,8 @@ these tests check the inputs our code gives to AWS resources, not what AWS would
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,8 @@ SUBNETS = {
     "subnet-team": {"id": "subnet-team", "vpc_id": "vpc-team"},
 }
 VPCS = {"vpc-default": DEFAULT_VPC, "vpc-team": {"id": "vpc-team", "cidr_block": "10.20.0.0/16"}}
+# What a passing verifier prints; the mocks give it as every verification command's stdout.
+VERIFIER_REPORT = '{"ok": true, "checks": [{"name": "postfix", "ok": true, "detail": "active"}]}'
 
 
 @dataclass
@@ -37,6 +41,8 @@ class Registered:
     parent: str
     dependencies: list[str]
     urn: str
+    deleted_with: str = ""  # URN of the resource whose deletion removes this one
+    create_timeout: str = ""  # the custom create timeout, e.g. "20m"
 
 
 @dataclass
@@ -56,6 +62,8 @@ class Recorder(pulumi.runtime.Mocks):
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},
+            "command:local:Command": {"stdout": VERIFIER_REPORT},
+            "command:remote:Command": {"stdout": VERIFIER_REPORT},
         }
         outputs.update(computed.get(args.typ, {}))
         if args.typ.startswith("aws:iam/"):
@@ -67,6 +75,8 @@ class Recorder(pulumi.runtime.Mocks):
         token, inputs = args.token, args.args
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "id": "aws"}, []
+        if token == "aws:index/getRegion:getRegion":
+            return {"region": REGION, "name": REGION, "id": REGION}, []
         if token == "aws:ec2/getAmi:getAmi":
             return {"id": LOOKED_UP_AMI, "architecture": "x86_64"}, []
         if token == "aws:ec2/getVpc:getVpc":
@@ -113,6 +123,8 @@ class RecordingMonitor(MockMonitor):
                     parent=request.parent,
                     dependencies=list(request.dependencies),
                     urn=response.urn,
+                    deleted_with=request.deletedWith,
+                    create_timeout=request.customTimeouts.create,
                 )
             )
         return response
@@ -175,3 +187,10 @@ def strings_in(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from strings_in(item)
+
+
+def user_data_of(instance: Registered) -> str:
+    """The cloud-config an instance boots with, unpacked as cloud-init does."""
+    packed = instance.inputs["userDataBase64"]
+    assert "userData" not in instance.inputs
+    return gzip.decompress(base64.b64decode(packed)).decode()

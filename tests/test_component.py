@@ -12,9 +12,11 @@ from components import TYPE_TOKEN, RelayHost
 from tests.pulumi_harness import (
     CREATED_SECRET_ARN,
     LOOKED_UP_AMI,
+    VERIFIER_REPORT,
     Recorder,
     run_program,
     strings_in,
+    user_data_of,
 )
 from userdata.settings import ConfigError
 
@@ -44,9 +46,7 @@ def relay(recorder: Recorder | None = None, **changes: Any) -> Recorder:
 
 
 def user_data(recorder: Recorder) -> str:
-    value = recorder.one(INSTANCE).inputs["userData"]
-    assert isinstance(value, str)
-    return value
+    return user_data_of(recorder.one(INSTANCE))
 
 
 def test_component_type_token_and_children_named_and_parented() -> None:
@@ -205,6 +205,7 @@ def test_outputs_are_registered() -> None:
         "security_group_id": "relay-sg-id",
         "smtp_relay_host": "[sandbox.smtps.jp]:10025",
         "secret_arn": SECRET_ARN,
+        "verification_report": VERIFIER_REPORT,
     }
 
 

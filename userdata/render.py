@@ -19,7 +19,7 @@ import yaml
 
 from userdata.settings import OsName, RelaySettings
 
-USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses raw user data above 16 KB
+USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses user data above 16 KB (before base64)
 STAGE_DIR: Final = "/etc/cmc-relay"
 SCRIPT_DIR: Final = "/usr/local/sbin"
 UNIT_DIR: Final = "/etc/systemd/system"
@@ -86,12 +86,10 @@ def script(name: str) -> str:
 
 
 def _script_file(name: str) -> dict[str, str]:
-    """An on-host script, compressed: the scripts would not fit EC2's 16 KB otherwise."""
-    packed = gzip.compress(script(name).encode(), compresslevel=9, mtime=0)
+    """An on-host script, installed as a root-owned command."""
     return {
         "path": f"{SCRIPT_DIR}/{name}",
-        "encoding": "gz+b64",
-        "content": base64.b64encode(packed).decode(),
+        "content": script(name),
         "owner": "root:root",
         "permissions": "0755",
     }
@@ -127,6 +125,7 @@ def write_files(settings: RelaySettings, secret_arn: str | None) -> list[dict[st
         config_file(f"{STAGE_DIR}/networkd-no-dns.conf", "networkd-no-dns.conf"),
         config_file("/etc/dnsmasq.d/cmc-relay.conf", "dnsmasq.conf"),
         _script_file("cmc-relay-setup"),
+        _script_file("cmc-relay-verify"),
     ]
     if OS_PROFILES[settings.os].dhclient:
         files.append(config_file("/etc/dhcp/dhclient-enter-hooks.d/cmc-relay", "dhclient-hook"))
@@ -139,11 +138,13 @@ def write_files(settings: RelaySettings, secret_arn: str | None) -> list[dict[st
     return files
 
 
-def cloud_config(settings: RelaySettings, secret_arn: str | None = None) -> dict[str, Any]:
-    """The payload as a data structure."""
+def cloud_config(
+    settings: RelaySettings, secret_arn: str | None = None, ssh_public_key: str | None = None
+) -> dict[str, Any]:
+    """The payload as a data structure; ``ssh_public_key`` lets the default user log in."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
-    return {
+    document: dict[str, Any] = {
         # The host's own name, which the transport table keeps local (G2), also in /etc/hosts
         # so dnsmasq and Postfix can resolve it (G14).
         "hostname": settings.short_host_name,
@@ -155,6 +156,9 @@ def cloud_config(settings: RelaySettings, secret_arn: str | None = None) -> dict
         "write_files": write_files(settings, secret_arn),
         "runcmd": [[f"{SCRIPT_DIR}/cmc-relay-setup"]],
     }
+    if ssh_public_key is not None:
+        document["ssh_authorized_keys"] = [ssh_public_key]
+    return document
 
 
 class _LiteralDumper(yaml.SafeDumper):
@@ -176,10 +180,24 @@ def dump_cloud_config(document: dict[str, Any]) -> str:
     )
 
 
-def render_user_data(settings: RelaySettings, secret_arn: str | None = None) -> str:
-    """The ``#cloud-config`` document given to the instance as user data."""
-    user_data = dump_cloud_config(cloud_config(settings, secret_arn))
-    size = len(user_data.encode())
-    if size > USER_DATA_LIMIT:
-        raise ValueError(f"user data is {size} bytes; EC2 accepts at most {USER_DATA_LIMIT}")
+def render_user_data(
+    settings: RelaySettings, secret_arn: str | None = None, ssh_public_key: str | None = None
+) -> str:
+    """The ``#cloud-config`` document given to the instance (see ``pack_user_data``)."""
+    user_data = dump_cloud_config(cloud_config(settings, secret_arn, ssh_public_key))
+    pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists
     return user_data
+
+
+def pack_user_data(user_data: str) -> str:
+    """Gzip and base64 the document for EC2, which takes at most 16 KB before base64.
+
+    cloud-init recognises gzip by its magic bytes; ``mtime=0`` keeps the bytes, and so the
+    instance's replace-on-change trigger, stable from one ``pulumi up`` to the next.
+    """
+    packed = gzip.compress(user_data.encode(), compresslevel=9, mtime=0)
+    if len(packed) > USER_DATA_LIMIT:
+        raise ValueError(
+            f"user data is {len(packed)} bytes gzipped; EC2 accepts at most {USER_DATA_LIMIT}"
+        )
+    return base64.b64encode(packed).decode()

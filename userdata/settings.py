@@ -16,11 +16,13 @@ Plan = Literal["trial", "standard", "pro"]
 AuthMode = Literal["sasl", "ip"]
 OsName = Literal["al2023", "debian-12", "ubuntu-24.04"]
 TlsLevel = Literal["may", "encrypt", "secure"]
+Verification = Literal["ssm", "ssh", "none"]
 
 PLANS: Final = get_args(Plan)
 AUTH_MODES: Final = get_args(AuthMode)
 OS_NAMES: Final = get_args(OsName)
 TLS_LEVELS: Final = get_args(TlsLevel)
+VERIFICATION_MODES: Final = get_args(Verification)
 
 # G4: the service's SMTP host per plan; Pro hosts are per customer.
 PLAN_SMTP_HOSTS: Final[dict[str, str]] = {
@@ -55,6 +57,11 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "instance_type": "instanceType",
     "ami_id": "amiId",
     "subnet_id": "subnetId",
+    "verification": "verification",
+    "ssh_public_key": "sshPublicKey",
+    "ssh_private_key": "sshPrivateKey",
+    "ssh_allowed_cidrs": "sshAllowedCidrs",
+    "ephemeral": "ephemeral",
 }
 
 
@@ -90,7 +97,15 @@ def require_int(name: str, value: object, low: int, high: int, why: str = "") ->
 
 def parse_allowed_cidrs(values: object) -> tuple[str, ...]:
     """The client networks allowed to relay: valid, not the whole internet, normalised."""
-    name = "allowed_cidrs"
+    return parse_cidrs(
+        "allowed_cidrs",
+        values,
+        "would make the host an open relay to the internet; list your client networks instead",
+    )
+
+
+def parse_cidrs(name: str, values: object, world_problem: str) -> tuple[str, ...]:
+    """Networks admitted to a port: valid, not the whole internet, normalised, deduplicated."""
     if isinstance(values, str) or not isinstance(values, list | tuple) or not values:
         raise ConfigError(name, f"must be a non-empty list of CIDR blocks; got {values!r}")
     networks = []
@@ -100,11 +115,7 @@ def parse_allowed_cidrs(values: object) -> tuple[str, ...]:
         except ValueError as error:
             raise ConfigError(name, f"{value!r} is not a valid CIDR block ({error})") from None
         if network in _WORLD:
-            raise ConfigError(
-                name,
-                f"{value} would make the host an open relay to the internet; "
-                "list your client networks instead",
-            )
+            raise ConfigError(name, f"{value} {world_problem}")
         networks.append(network.compressed)
     return tuple(dict.fromkeys(networks))
 

@@ -1,0 +1,33 @@
+"""Post-boot verification: what runs on the host, and how a deployment runs it. Pure."""
+
+import hashlib
+import shlex
+from typing import Final
+
+VERIFIER: Final = "/usr/local/sbin/cmc-relay-verify"
+# The verifier judges the host; it must only start once cloud-init has finished configuring
+# it, whatever cloud-init's own verdict (the verifier's checks say what went wrong).
+HOST_SCRIPT: Final = f"cloud-init status --wait >/dev/null; {VERIFIER}"
+# Boot, package installation, cloud-init and, for ssm, the agent's registration.
+TIMEOUT_SECONDS: Final = 1200
+SSH_TIMEOUT: Final = f"{TIMEOUT_SECONDS // 60}m"
+# The first ssh step only proves that the host accepts the key: any command will do.
+SSH_READY_SCRIPT: Final = "true"
+SSH_VERIFY_SCRIPT: Final = f"sudo sh -c {shlex.quote(HOST_SCRIPT)}"
+
+
+def ssm_driver_command(python: str, instance_id: str, region: str) -> str:
+    """The local command running the SSM driver with ``python`` (an interpreter with boto3)."""
+    return shlex.join(
+        [
+            python, "-m", "components.ssm_verify",
+            "--instance-id", instance_id,
+            "--region", region,
+            "--timeout", str(TIMEOUT_SECONDS),
+        ]
+    )  # fmt: skip
+
+
+def payload_digest(user_data: str) -> str:
+    """Stands for the user data in triggers: a new payload is verified again."""
+    return hashlib.sha256(user_data.encode()).hexdigest()

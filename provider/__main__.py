@@ -1,0 +1,5 @@
+"""Entry point of the cmc-relay component plugin: the Python language host runs this file."""
+
+from components.provider import main
+
+main()

@@ -1,0 +1,285 @@
+"""Post-boot verification under Pulumi mocks: which command runs where, after what, and when.
+
+The commands themselves do not run here (no provider plugin): these tests check the inputs and
+options the engine would get. The SSM driver is tested in test_ssm_driver.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components import TYPE_TOKEN, RelayHost
+from components.args import validate_args
+from components.verification import HOST_SCRIPT, TIMEOUT_SECONDS
+from tests.pulumi_harness import (
+    REGION,
+    VERIFIER_REPORT,
+    Recorder,
+    Registered,
+    run_program,
+    strings_in,
+    user_data_of,
+)
+from userdata.render import OS_PROFILES, cloud_config
+from userdata.settings import OS_NAMES, ConfigError, RelaySettings
+
+ROOT = Path(__file__).parent.parent
+SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVlcmlmaWNhdGlvbi10ZXN0LWtleQ deployer@ci"
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nprivate-marker-Kq7\n"
+DEPLOYERS = "198.51.100.0/24"
+# How the engine marks a secret value on the wire (pulumi.runtime.rpc's signature constants).
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+LOCAL = "command:local:Command"
+REMOTE = "command:remote:Command"
+INSTANCE = "aws:ec2/instance:Instance"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+SSH_ARGS = {
+    "verification": "ssh",
+    "ssh_public_key": PUBLIC_KEY,
+    "ssh_private_key": PRIVATE_KEY,
+    "ssh_allowed_cidrs": [DEPLOYERS],
+}
+
+
+def relay(**changes: Any) -> Recorder:
+    args = {
+        "vpc_id": "vpc-team",
+        "subnet_id": "subnet-team",
+        "allowed_cidrs": ["10.20.0.0/16"],
+        "credentials_secret_arn": SECRET_ARN,
+        **changes,
+    }
+    present = {k: v for k, v in args.items() if v is not None}
+    return run_program(lambda: RelayHost("relay", present))  # type: ignore[arg-type]
+
+
+def urn(recorder: Recorder, type_token: str) -> str:
+    return recorder.one(type_token).urn
+
+
+def user_data(recorder: Recorder) -> str:
+    return user_data_of(recorder.one(INSTANCE))
+
+
+def secret_value(value: Any) -> Any:
+    """The value inside the engine's secret wrapper; fails if the value is not marked secret."""
+    assert isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG, value
+    return value["value"]
+
+
+def assert_runs_after_the_host_is_reachable(recorder: Recorder, command: Registered) -> None:
+    component = recorder.one(TYPE_TOKEN)
+    assert command.parent == component.urn
+    for needed in (
+        INSTANCE,
+        "aws:ec2/eipAssociation:EipAssociation",
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment",  # Systems Manager access
+        "aws:iam/rolePolicy:RolePolicy",  # the secret the host reads at boot
+    ):
+        assert urn(recorder, needed) in command.dependencies, needed
+    assert command.deleted_with == urn(recorder, INSTANCE)
+    assert command.inputs["addPreviousOutputInEnv"] is False
+    assert "environment" not in command.inputs
+    assert command.inputs["triggers"] == [
+        "relay-instance-id",
+        hashlib.sha256(user_data(recorder).encode()).hexdigest(),
+    ]
+
+
+def test_ssm_is_the_default_and_runs_the_driver_locally() -> None:
+    recorder = relay()
+    command = recorder.one(LOCAL)
+    assert command.name == "relay-verify"
+    assert recorder.of_type(REMOTE) == []
+    assert_runs_after_the_host_is_reachable(recorder, command)
+    assert shlex.split(command.inputs["create"]) == [
+        sys.executable, "-m", "components.ssm_verify",
+        "--instance-id", "relay-instance-id",
+        "--region", REGION,
+        "--timeout", str(TIMEOUT_SECONDS),
+    ]  # fmt: skip
+    (region_lookup,) = recorder.invoked("aws:index/getRegion:getRegion")
+    assert region_lookup.args == {}  # the provider's region: where the instance is
+
+
+def test_ssm_mode_opens_no_port_and_authorizes_no_key() -> None:
+    recorder = relay()
+    assert {r.inputs["fromPort"] for r in recorder.of_type(INGRESS)} == {25}
+    assert "ssh_authorized_keys" not in yaml.safe_load(user_data(recorder))
+
+
+def test_the_report_becomes_the_component_output() -> None:
+    recorder = relay()
+    outputs = recorder.outputs[urn(recorder, TYPE_TOKEN)]
+    assert outputs["verification_report"] == VERIFIER_REPORT
+
+
+def test_triggers_follow_the_payload_only() -> None:
+    first = relay().one(LOCAL).inputs["triggers"]
+    again = relay().one(LOCAL).inputs["triggers"]
+    changed = relay(max_connections=5).one(LOCAL).inputs["triggers"]
+    assert first == again  # a second `up` with the same payload does not verify again
+    assert first[0] == changed[0] and first[1] != changed[1]
+
+
+@pytest.mark.parametrize("os_name", OS_NAMES)
+def test_ssh_mode_connects_as_the_default_user_with_a_secret_key(os_name: str) -> None:
+    recorder = relay(os=os_name, **SSH_ARGS)
+    assert recorder.of_type(LOCAL) == []
+    ready = recorder.by_name("relay-ssh-ready")
+    verify = recorder.by_name("relay-verify")
+    assert ready.type == verify.type == REMOTE
+    for command in (ready, verify):
+        assert_runs_after_the_host_is_reachable(recorder, command)
+        connection = secret_value(command.inputs["connection"])
+        assert connection["user"] == OS_PROFILES[os_name].login_user  # type: ignore[index]
+        assert connection["host"] == "203.0.113.25"  # the Elastic IP
+        assert connection["privateKey"] == PRIVATE_KEY
+        assert connection["dialErrorLimit"] == -1  # keep dialling while the host boots
+        assert command.create_timeout == f"{TIMEOUT_SECONDS // 60}m"
+    assert ready.urn in verify.dependencies
+    assert verify.inputs["create"] == f"sudo sh -c {shlex.quote(HOST_SCRIPT)}"
+    outputs = recorder.outputs[urn(recorder, TYPE_TOKEN)]
+    assert outputs["verification_report"] == VERIFIER_REPORT
+
+
+def test_ssh_mode_opens_port_22_to_the_given_networks_only() -> None:
+    recorder = relay(**{**SSH_ARGS, "ssh_allowed_cidrs": [DEPLOYERS, "2001:db8::/48"]})
+    ssh = [r for r in recorder.of_type(INGRESS) if r.inputs["fromPort"] == 22]
+    assert {r.inputs["toPort"] for r in ssh} == {22}
+    assert {r.inputs.get("cidrIpv4") or r.inputs["cidrIpv6"] for r in ssh} == {
+        DEPLOYERS,
+        "2001:db8::/48",
+    }
+    assert recorder.invoked("aws:index/getRegion:getRegion") == []
+
+
+def test_ssh_mode_authorizes_the_public_key_and_keeps_the_private_key_out() -> None:
+    recorder = relay(**SSH_ARGS)
+    assert yaml.safe_load(user_data(recorder))["ssh_authorized_keys"] == [PUBLIC_KEY]
+    for resource in recorder.resources:
+        if resource.type != REMOTE:  # where it is, it is marked secret (checked above)
+            assert not any("private-marker" in s for s in strings_in(resource.inputs))
+    outputs = recorder.outputs[urn(recorder, TYPE_TOKEN)]
+    assert not any("private-marker" in s for s in strings_in(outputs))
+
+
+def test_none_creates_no_command() -> None:
+    recorder = relay(verification="none")
+    assert recorder.of_type(LOCAL) == recorder.of_type(REMOTE) == []
+    assert recorder.outputs[urn(recorder, TYPE_TOKEN)].get("verification_report") is None
+    assert recorder.invoked("aws:index/getRegion:getRegion") == []
+
+
+def test_ephemeral_secret_is_deleted_without_a_recovery_window() -> None:
+    kept = relay(credentials_secret_arn=None, api_user="cmc-user", api_key="k")
+    gone = relay(credentials_secret_arn=None, api_user="cmc-user", api_key="k", ephemeral=True)
+    secret = "aws:secretsmanager/secret:Secret"
+    assert "recoveryWindowInDays" not in kept.one(secret).inputs  # AWS's 30 days
+    assert gone.one(secret).inputs["recoveryWindowInDays"] == 0
+
+
+def test_cloud_config_has_no_key_unless_given() -> None:
+    settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",))
+    assert "ssh_authorized_keys" not in cloud_config(settings, SECRET_ARN)
+    with_key = cloud_config(settings, SECRET_ARN, PUBLIC_KEY)
+    assert with_key["ssh_authorized_keys"] == [PUBLIC_KEY]
+
+
+BASE = {
+    "vpc_id": "vpc-1",
+    "subnet_id": "subnet-1",
+    "allowed_cidrs": ["10.0.0.0/16"],
+    "credentials_secret_arn": SECRET_ARN,
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"verification": "http"}, "verification: got 'http'; allowed: ssm, ssh, none"),
+        (
+            {**SSH_ARGS, "ssh_public_key": None},
+            "ssh_public_key (config sshPublicKey): is required with verification ssh",
+        ),
+        (
+            {**SSH_ARGS, "ssh_private_key": None},
+            "ssh_private_key (config sshPrivateKey): is required with verification ssh",
+        ),
+        (
+            {**SSH_ARGS, "ssh_allowed_cidrs": None},
+            "ssh_allowed_cidrs (config sshAllowedCidrs): is required with verification ssh",
+        ),
+        (
+            {**SSH_ARGS, "ssh_allowed_cidrs": ["0.0.0.0/0"]},
+            "ssh_allowed_cidrs (config sshAllowedCidrs): 0.0.0.0/0 would open SSH to the whole",
+        ),
+        (
+            {**SSH_ARGS, "ssh_public_key": "-----BEGIN OPENSSH PRIVATE KEY-----"},
+            "ssh_public_key (config sshPublicKey): must be one OpenSSH public key line",
+        ),
+        (
+            {"ssh_allowed_cidrs": [DEPLOYERS]},
+            "ssh_allowed_cidrs (config sshAllowedCidrs): only applies to verification ssh",
+        ),
+        (
+            {"verification": "none", "ssh_public_key": PUBLIC_KEY},
+            "ssh_public_key (config sshPublicKey): only applies to verification ssh; it is none",
+        ),
+        ({"ephemeral": "yes"}, "ephemeral: must be true or false; got 'yes'"),
+    ],
+)
+def test_bad_verification_arguments_are_refused(changes: dict[str, Any], message: str) -> None:
+    args = {k: v for k, v in {**BASE, **changes}.items() if v is not None}
+    with pytest.raises(ConfigError) as error:
+        validate_args(args)
+    assert message in str(error.value)
+
+
+def stack(config: dict[str, Any], secret_keys: tuple[str, ...] = ()) -> Recorder:
+    as_strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    program = lambda: runpy.run_path(str(ROOT / "__main__.py"))  # noqa: E731
+    return run_program(program, as_strings, secret_keys)
+
+
+def test_stack_config_reaches_ssh_verification() -> None:
+    recorder = stack(
+        {
+            "credentialsSecretArn": SECRET_ARN,
+            "verification": "ssh",
+            "sshPublicKey": PUBLIC_KEY,
+            "sshPrivateKey": PRIVATE_KEY,
+            "sshAllowedCidrs": [DEPLOYERS],
+            "ephemeral": True,
+        },
+        secret_keys=("sshPrivateKey",),
+    )
+    verify = recorder.by_name("relay-verify")
+    assert secret_value(verify.inputs["connection"])["privateKey"] == PRIVATE_KEY
+    assert recorder.stack_outputs["verificationReport"] == VERIFIER_REPORT
+    assert not any("private-marker" in s for s in strings_in(recorder.stack_outputs))
+
+
+def test_stack_config_names_the_missing_ssh_key() -> None:
+    with pytest.raises(Exception, match=r"\(config sshPublicKey\): is required"):
+        stack({"credentialsSecretArn": SECRET_ARN, "verification": "ssh"})
+
+
+def test_pulumi_yaml_declares_every_new_key() -> None:
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    new_keys = ("verification", "sshPublicKey", "sshPrivateKey", "sshAllowedCidrs", "ephemeral")
+    assert set(new_keys) <= set(declared)
+    assert declared["sshPrivateKey"]["secret"] is True
+    assert declared["ephemeral"]["type"] == "boolean"
