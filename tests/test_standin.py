@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -323,17 +323,17 @@ def test_receiving_interval_holds_each_message_without_serialising_sessions(
             errors.append(error)
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
-    elapsed = time.monotonic() - started
 
     assert errors == []
     records = standin.wait_for_messages(4)
     assert all(r.accepted_at - r.received_at >= 0.29 for r in records)
-    assert 0.3 <= elapsed < 1.0  # four in a row would take 1.2 s
+    # The interval of one session does not block the others: their waits overlap in time.
+    spans = sorted((r.received_at, r.accepted_at) for r in records)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
     stats = standin.stats()
     assert stats.peak_deliveries == 4
     assert stats.peak_deliveries_by_ip == {LOOPBACK: 4}

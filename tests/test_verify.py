@@ -1,0 +1,182 @@
+"""userdata/scripts/cmc-relay-verify on a relay host booted by the sandbox (real cloud-init).
+
+One boot serves the module: each test breaks one thing on the booted host, runs the verifier
+there, checks that exactly the right check fails, and restores what it broke. The SMTP password
+carries a marker that must never show up in the verifier's output.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox import prereq
+from sandbox.rig import Unsupported
+from sandbox.session import BOOT_ENV, SETTINGS, Sandbox
+from userdata.render import postfix_parameters
+
+pytestmark = pytest.mark.integration
+
+MARK = "Zq9-SECRET-MARKER-7xW"
+PASSWORD = f"{MARK}-{secrets.token_urlsafe(12)}"
+# Skipped only where the machine cannot host the sandbox; missing packages fail the tests.
+UNSUITABLE = prereq.unsuitable(prereq.gather())
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[Sandbox]:
+    if UNSUITABLE:
+        pytest.skip("the sandbox cannot run here: " + "; ".join(UNSUITABLE))
+    assert prereq.problems(prereq.gather()) == []
+    sandbox = Sandbox(PASSWORD)
+    try:
+        try:
+            sandbox.open()
+            sandbox.wire_network()
+        except Unsupported as error:
+            pytest.skip(f"the sandbox cannot run here: {error}")
+        sandbox.start_syslog()
+        sandbox.start_secrets_manager()
+        sandbox.start_resolver()
+        sandbox.start_standin()
+        sandbox.prepare_overlay(sandbox.render()[1])
+        for _ in sandbox.boot():
+            pass
+        yield sandbox
+        leaks, _ = sandbox.secret_leaks()
+        assert leaks == [], f"the password leaked into {leaks}"
+    finally:
+        assert sandbox.close() == []
+
+
+def verify(host: Sandbox, *options: str) -> tuple[int, dict[str, str], str]:
+    """Exit code, {check name: detail} of the failed checks, and everything it printed."""
+    result = host.machine.run(["cmc-relay-verify", *options], check=False)
+    printed = result.stdout + result.stderr
+    assert MARK not in printed
+    report = json.loads(result.stdout)
+    failed = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+    assert report["ok"] is (not failed)
+    return result.returncode, failed, printed
+
+
+def sh(host: Sandbox, script: str) -> str:
+    return host.machine.run(["sh", "-c", script]).stdout
+
+
+def test_a_good_boot_passes_every_check(host: Sandbox) -> None:
+    result = host.machine.run(["cmc-relay-verify"], check=False)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = [c["name"] for c in report["checks"]]
+    assert names == [
+        "cloud-init",
+        "postfix-running",
+        "dnsmasq-running",
+        "transport-table",
+        *(f"postconf:{name}" for name in postfix_parameters(SETTINGS)),
+        "password-table",
+        "password-table-mode",
+        "resolver",
+        "dhcp-dns-override",
+        "dns-cache",
+        "smtp-service",
+    ]
+    details = {c["name"]: c["detail"] for c in report["checks"]}
+    assert details["dns-cache"] == "2 record(s) for sandbox.smtps.jp"
+    assert details["smtp-service"] == "sandbox.smtps.jp:10025 STARTTLS verified, AUTH sasl"
+    assert details["postconf:transport_maps"] == "hash:/etc/postfix/transport"  # expanded
+    assert MARK not in result.stdout + result.stderr
+
+
+def test_dnsmasq_stopped(host: Sandbox) -> None:
+    sh(host, "kill $(cat /run/dnsmasq/dnsmasq.pid)")
+    try:
+        code, failed, printed = verify(host)
+    finally:  # the setup script is safe to re-run; it starts dnsmasq again
+        host.machine.run(["cmc-relay-setup"], env=BOOT_ENV)
+    assert code == 1
+    assert set(failed) == {"dnsmasq-running", "dns-cache"}
+    assert "FAILED: dnsmasq-running, dns-cache" in printed
+    assert verify(host)[0] == 0
+
+
+def test_password_table_readable_by_others(host: Sandbox) -> None:
+    sh(host, "chmod 0644 /etc/postfix/relay_password")
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        sh(host, "chmod 0600 /etc/postfix/relay_password")
+    assert code == 1
+    assert list(failed) == ["password-table-mode"]
+    assert "/etc/postfix/relay_password 644/0" in failed["password-table-mode"]
+
+
+@pytest.mark.parametrize(
+    ("name", "wrong"),
+    [("default_destination_concurrency_limit", "50"), ("smtp_tls_security_level", "none")],
+)
+def test_a_wrong_postfix_setting(host: Sandbox, name: str, wrong: str) -> None:
+    right = postfix_parameters(SETTINGS)[name]
+    host.machine.run(["postconf", "-e", f"{name} = {wrong}"])
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        host.machine.run(["postconf", "-e", f"{name} = {right}"])
+    assert code == 1
+    assert failed == {f"postconf:{name}": f"is {wrong!r}, staged {right!r}"}
+
+
+def test_resolver_not_asking_the_cache(host: Sandbox) -> None:
+    original = host.machine.read("/etc/resolv.conf")
+    host.machine.write("/etc/resolv.conf", "nameserver 169.254.169.253\n")
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        host.machine.write("/etc/resolv.conf", original)
+    assert code == 1
+    assert list(failed) == ["resolver"]
+    assert "127.0.0.1 first" in failed["resolver"]
+
+
+def test_dhclient_free_to_rewrite_the_resolver(host: Sandbox) -> None:
+    hook = "/etc/dhcp/dhclient-enter-hooks.d/cmc-relay"
+    saved = host.machine.read(hook)
+    sh(host, f"rm {hook}")
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        host.machine.write(hook, saved)
+    assert code == 1
+    assert list(failed) == ["dhcp-dns-override"]
+    assert hook in failed["dhcp-dns-override"]
+
+
+def test_transport_table_not_compiled_after_a_change(host: Sandbox) -> None:
+    sh(host, "touch -d '+1 minute' /etc/postfix/transport")
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        sh(host, "touch /etc/postfix/transport && postmap /etc/postfix/transport")
+    assert code == 1
+    assert list(failed) == ["transport-table"]
+
+
+def test_skip_marks_checks_as_skipped(host: Sandbox) -> None:
+    result = host.machine.run(["cmc-relay-verify", "--skip", "cloud-init", "--skip", "postconf"])
+    report = json.loads(result.stdout)
+    skipped = [c["name"] for c in report["checks"] if c["detail"] == "skipped"]
+    assert skipped == ["cloud-init", *(f"postconf:{n}" for n in postfix_parameters(SETTINGS))]
+
+
+def test_the_leak_check_finds_a_planted_password(host: Sandbox) -> None:
+    host.machine.write("/var/log/planted.log", f"oops {PASSWORD}\n")
+    try:
+        leaks, searched = host.secret_leaks()
+    finally:
+        sh(host, "rm /var/log/planted.log")
+    assert leaks == ["relay /var/log/planted.log"]
+    assert searched > 20
