@@ -1,0 +1,789 @@
+"""The rendered relay on real Postfix and dnsmasq, in network namespaces, against the stand-in.
+
+Two namespaces joined by a veth pair stand for the relay host and the internet::
+
+    relay ns    cmc0  198.51.100.2/24   the relay's sending address (its Elastic IP)
+                      192.0.2.10        a client inside allowedCidrs (192.0.2.0/26)
+                      192.0.2.200       a client outside it
+                lo    127.0.0.1         dnsmasq cache (rendered dnsmasq.conf, G13)
+                Postfix (Debian's stock config + the rendered parameters) on *:25
+                /etc/resolv.conf = nameserver 127.0.0.1, then the upstream (G14)
+    service ns  cmc0  198.51.100.1/24
+                      198.51.100.53     upstream DNS: the SMTP host name -> 3 addresses
+                      203.0.113.10-12   the SMTP host's round robin: one stand-in, port 10025
+
+The relay namespace's /etc/resolv.conf and /etc/hosts are ``ip netns exec``'s bind mounts
+from /etc/netns/NAME/, created and removed here; the machine's own files are never touched.
+Only loopback (moto, for the fetch script) and addresses inside these namespaces see traffic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from tests.standin import (
+    Event,
+    MessageRecord,
+    StandInConfig,
+    Stats,
+    messages_from_events,
+    read_events,
+    stats_from_events,
+)
+from userdata.render import postfix_parameters, render_template
+from userdata.settings import RelaySettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+T = TypeVar("T")
+
+REPO: Final = Path(__file__).resolve().parents[2]
+FETCH_SECRET: Final = REPO / "userdata" / "scripts" / "cmc-relay-fetch-secret"
+SMTP_CLIENT: Final = Path(__file__).with_name("smtp_client.py")
+WIRE_TAP: Final = Path(__file__).with_name("wire_tap.py")
+
+# Debian 12's postfix package: its stock config and the chroot sync its init and unit run.
+DEBIAN_MAIN_CF: Final = (
+    Path("/usr/share/postfix/main.cf.debian"),
+    Path("/usr/share/postfix/main.cf.tls"),
+)
+DEBIAN_MASTER_CF: Final = Path("/usr/share/postfix/master.cf.dist")
+CONFIGURE_INSTANCE: Final = Path("/usr/lib/postfix/configure-instance.sh")
+# What Debian's postinst adds to main.cf for "Internet Site", the installer's default answer,
+# beyond what the rendered parameters set anyway (myhostname, mydestination, mynetworks).
+DEBIAN_INTERNET_SITE: Final = {
+    "smtpd_relay_restrictions": (
+        "permit_mynetworks permit_sasl_authenticated defer_unauth_destination"
+    ),
+    "alias_maps": "hash:/etc/aliases",
+    "alias_database": "hash:/etc/aliases",
+    "relayhost": "",
+    "mailbox_size_limit": "0",
+    "recipient_delimiter": "+",
+    "inet_interfaces": "all",
+    "inet_protocols": "all",
+}
+# Where cmc-relay-setup installs the rendered tables: /etc/postfix/NAME <- template.
+POSTFIX_TABLES: Final = {"transport": "transport", "cmc-relay-reply-filter": "reply-filter"}
+REQUIRED_FILES: Final = (*DEBIAN_MAIN_CF, DEBIAN_MASTER_CF, CONFIGURE_INSTANCE)
+REQUIRED_BINARIES: Final = (
+    "ip", "postfix", "postconf", "postmap", "postalias", "postqueue", "dnsmasq",
+)  # fmt: skip
+
+RELAY_IP: Final = "198.51.100.2"
+SERVICE_GATEWAY: Final = "198.51.100.1"
+UPSTREAM_DNS: Final = "198.51.100.53"
+SERVICE_IPS: Final = ("203.0.113.10", "203.0.113.11", "203.0.113.12")
+CLIENT_INSIDE: Final = "192.0.2.10"
+CLIENT_OUTSIDE: Final = "192.0.2.200"
+ALLOWED_CIDRS: Final = ("192.0.2.0/26",)
+API_USER: Final = "cmc-api-user"
+AWS_REGION: Final = "ap-northeast-1"
+
+# Kept for a post-mortem in pytest's tmp_path (never the password table).
+ARTIFACTS: Final = (
+    "maillog", "standin-events.jsonl", "dns-upstream.log", "dnsmasq-cache.log",
+    "postfix/main.cf", "postfix/transport",
+)  # fmt: skip
+
+_rig_numbers = itertools.count(1)
+
+
+def relay_settings(**changes: Any) -> RelaySettings:
+    """The debian-12 relay the rig runs, clients allowed from 192.0.2.0/26."""
+    return RelaySettings(**{"allowed_cidrs": ALLOWED_CIDRS, "os": "debian-12", **changes})
+
+
+def missing_requirements() -> list[str]:
+    """Why the rig cannot run here (not root, a binary or file missing); empty if it can."""
+    missing = [] if os.geteuid() == 0 else ["root (network namespaces, Postfix)"]
+    missing += [b for b in REQUIRED_BINARIES if not shutil.which(b)]
+    missing += [str(f) for f in REQUIRED_FILES if not f.exists()]
+    return missing
+
+
+def run(*cmd: str | Path, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; a failure raises with its output in the message."""
+    args = [str(c) for c in cmd]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(args)} exited {result.returncode}\n{result.stdout}{result.stderr}"
+        )
+    return result
+
+
+def wait_until(
+    ready: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll ``ready`` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = ready()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds: this one process, by its PID."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --------------------------------------------------------------------------- network
+
+
+class Network:
+    """The relay and service namespaces, created on construction; ``destroy`` undoes it all."""
+
+    def __init__(self, tag: str, host_name: str) -> None:
+        self.relay = tag
+        self.service = f"{tag}-svc"
+        self.etc = Path("/etc/netns") / self.relay
+        self.created: list[str] = []
+        try:
+            self._create(host_name)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _create(self, host_name: str) -> None:
+        for name in (self.relay, self.service):
+            run("ip", "netns", "add", name)
+            self.created.append(name)
+            run("ip", "-n", name, "link", "set", "lo", "up")
+        # ip netns exec bind-mounts these over /etc/resolv.conf and /etc/hosts in the relay ns.
+        self.etc.mkdir()
+        resolv = f"nameserver 127.0.0.1\nnameserver {UPSTREAM_DNS}\n"
+        (self.etc / "resolv.conf").write_text(resolv)
+        short = host_name.split(".", 1)[0]
+        hosts = f"127.0.0.1 localhost\n::1 localhost\n{RELAY_IP} {host_name} {short}\n"
+        (self.etc / "hosts").write_text(hosts)
+        run(
+            "ip", "link", "add", "cmc0", "netns", self.relay,
+            "type", "veth", "peer", "name", "cmc0", "netns", self.service,
+        )  # fmt: skip
+        addresses = {
+            self.relay: (f"{RELAY_IP}/24", f"{CLIENT_INSIDE}/32", f"{CLIENT_OUTSIDE}/32"),
+            self.service: (
+                f"{SERVICE_GATEWAY}/24",
+                f"{UPSTREAM_DNS}/32",
+                *(f"{ip}/32" for ip in SERVICE_IPS),
+            ),
+        }
+        for name, cidrs in addresses.items():
+            for cidr in cidrs:
+                run("ip", "-n", name, "addr", "add", cidr, "dev", "cmc0")
+            run("ip", "-n", name, "link", "set", "cmc0", "up")
+        run("ip", "-n", self.relay, "route", "add", "default", "via", SERVICE_GATEWAY)
+
+    def exec(self, netns: str, *cmd: str | Path) -> list[str]:
+        return ["ip", "netns", "exec", netns, *(str(c) for c in cmd)]
+
+    def destroy(self) -> None:
+        """Kill what still runs inside (only our processes live there), then delete."""
+        for name in self.created:
+            pids = subprocess.run(
+                ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+            ).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        shutil.rmtree(self.etc, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- DNS
+
+
+class Dnsmasq:
+    """A foreground dnsmasq in a namespace, logging every query to its own file."""
+
+    def __init__(self, network: Network, netns: str, log: Path, args: Sequence[str]) -> None:
+        self.log = log
+        command = network.exec(
+            netns, "dnsmasq", "--keep-in-foreground", "--pid-file=", "--log-queries",
+            f"--log-facility={log}", *args,
+        )  # fmt: skip
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(self._started, 10, f"dnsmasq in {netns}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _started(self) -> bool:
+        if self.process.poll() is not None:
+            assert self.process.stderr is not None
+            raise RuntimeError(f"dnsmasq exited: {self.process.stderr.read()}")
+        return self.log.exists() and " started, version " in self.log.read_text()
+
+    def queries(self, kind: str, name: str) -> list[str]:
+        """Log lines of queries of ``kind`` (``query`` asked to forward, ``auth`` answered
+        authoritatively) for ``name``, any record type."""
+        pattern = re.compile(rf": {kind}\[\w+\] {re.escape(name)} from ")
+        return [line for line in self.log.read_text().splitlines() if pattern.search(line)]
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def upstream_dns(
+    network: Network, log: Path, host: str, ttl: int, addresses: Sequence[str]
+) -> Dnsmasq:
+    """The resolver the relay falls back to, answering ``host`` with ``addresses``.
+
+    Authoritative for ``host`` (auth-zone): A answers carry ``ttl``, and AAAA gets an empty
+    answer with an SOA, so a cache keeps both like a real resolver's (plain ``--host-record``
+    answers AAAA with REFUSED, which no cache keeps).
+    """
+    records = [f"--host-record={host},{ip}" for ip in addresses]
+    return Dnsmasq(
+        network,
+        network.service,
+        log,
+        [
+            "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
+            f"--listen-address={UPSTREAM_DNS}", f"--auth-server=ns.{host},{UPSTREAM_DNS}",
+            f"--auth-zone={host}", f"--auth-ttl={ttl}", *records,
+        ],
+    )  # fmt: skip
+
+
+def dns_cache(network: Network, root: Path, settings: RelaySettings) -> Dnsmasq:
+    """The relay's cache, run with exactly the rendered dnsmasq.conf (plus the query log)."""
+    conf = root / "dnsmasq.conf"
+    conf.write_text(render_template("dnsmasq.conf", settings))
+    return Dnsmasq(network, network.relay, root / "dnsmasq-cache.log", [f"--conf-file={conf}"])
+
+
+# --------------------------------------------------------------------------- stand-in
+
+
+class StandInProcess:
+    """``python -m tests.standin`` in the service namespace, controlled over its stdin."""
+
+    def __init__(self, network: Network, root: Path, config: StandInConfig) -> None:
+        self.events_path = root / "standin-events.jsonl"
+        config_path = root / "standin.json"
+        config_path.write_text(json.dumps(config.to_dict()))
+        command = network.exec(
+            network.service, sys.executable, "-m", "tests.standin", "--config", config_path,
+            "--events", self.events_path, "--control-stdin",
+        )  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        try:
+            line = self._next_line(30)
+            while not line.startswith("CAFILE "):
+                line = self._next_line(30)
+        except BaseException:
+            self.stop()
+            raise
+        self.ca_path = Path(line.split(" ", 1)[1])
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.strip())
+
+    def _next_line(self, timeout: float) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"stand-in said nothing within {timeout} s") from None
+
+    def command(self, op: str, **fields: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        reply = self._next_line(15)
+        if reply != f"OK {op}":
+            raise RuntimeError(f"stand-in {op}: {reply}")
+
+    def reconfigure(self, **changes: Any) -> None:
+        self.command("reconfigure", changes=changes)
+
+    def down(self) -> None:
+        self.command("down")
+
+    def up(self) -> None:
+        self.command("up")
+
+    def events(self) -> list[Event]:
+        return read_events(self.events_path)
+
+    def stats(self) -> Stats:
+        return stats_from_events(self.events())
+
+    def messages(self) -> list[MessageRecord]:
+        return messages_from_events(self.events())
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+# --------------------------------------------------------------------------- Postfix
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One ``to=<…>, relay=…, status=…`` line of the mail log."""
+
+    queue_id: str
+    recipient: str
+    relay: str
+    status: str
+    detail: str
+
+
+_DELIVERY = re.compile(
+    r": (?P<qid>\w+): to=<(?P<to>[^>]*)>,(?: orig_to=<[^>]*>,)? relay=(?P<relay>[^,]+), "
+    r".*? status=(?P<status>\w+) \((?P<detail>.*)\)$"
+)
+_MESSAGE_ID = re.compile(r": (?P<qid>\w+): message-id=(?P<mid>\S+)")
+
+
+class Postfix:
+    """One Postfix instance: private config, queue and data directories, in the relay ns."""
+
+    def __init__(self, network: Network, root: Path) -> None:
+        self.network = network
+        self.config_dir = root / "postfix"
+        self.queue_dir = root / "spool"
+        self.data_dir = root / "data"
+        self.mail_spool = root / "mail"
+        self.maillog = root / "maillog"
+
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run(*self.network.exec(self.network.relay, *args))
+
+    def start(self) -> None:
+        # Debian's unit runs this before every start: it copies the namespace's resolv.conf
+        # (and hosts, CA dir, NSS libraries) into the chroot the smtp client runs in.
+        self.command("env", f"MAIL_CONFIG={self.config_dir}", str(CONFIGURE_INSTANCE))
+        try:
+            self.command("postfix", "-c", str(self.config_dir), "start")
+        except RuntimeError as error:  # the reason is in the mail log
+            raise RuntimeError(f"{error}\n{self.log()[-3000:]}") from None
+
+    def stop(self) -> None:
+        if (self.queue_dir / "pid" / "master.pid").exists():
+            subprocess.run(
+                self.network.exec(self.network.relay, "postfix", "-c", self.config_dir, "stop"),
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def flush(self) -> None:
+        run("postqueue", "-c", self.config_dir, "-f")
+
+    def queue(self) -> list[dict[str, Any]]:
+        """``postqueue -j``: one object per queued message (queue_name, recipients, …)."""
+        out = run("postqueue", "-c", self.config_dir, "-j").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_for_empty_queue(self, timeout: float = 60) -> None:
+        try:
+            wait_until(lambda: not self.queue(), timeout, "an empty queue", interval=0.25)
+        except TimeoutError:
+            queued = self.queue()
+            reasons = {r.get("delay_reason", "") for q in queued for r in q["recipients"]}
+            raise TimeoutError(
+                f"Postfix still holds {len(queued)} messages after {timeout} s: {reasons}"
+            ) from None
+
+    def log(self) -> str:
+        return self.maillog.read_text() if self.maillog.exists() else ""
+
+    def deliveries(self) -> list[Delivery]:
+        return [
+            Delivery(m["qid"], m["to"], m["relay"], m["status"], m["detail"])
+            for m in map(_DELIVERY.search, self.log().splitlines())
+            if m
+        ]
+
+    def queue_ids(self, message_id: str) -> set[str]:
+        """Queue IDs Postfix gave the message with this Message-ID."""
+        return {
+            m["qid"]
+            for m in map(_MESSAGE_ID.search, self.log().splitlines())
+            if m and m["mid"] == message_id
+        }
+
+    def deliveries_of(self, message_id: str) -> list[Delivery]:
+        ids = self.queue_ids(message_id)
+        return [d for d in self.deliveries() if d.queue_id in ids]
+
+    def first_attempt(self, message_id: str, timeout: float = 60) -> Delivery:
+        """The outcome of the message's first delivery attempt, once logged."""
+        return wait_until(
+            lambda: next(iter(self.deliveries_of(message_id)), None),
+            timeout,
+            f"a delivery attempt for {message_id}",
+        )
+
+
+def write_postfix_config(postfix: Postfix, settings: RelaySettings, ca_file: Path) -> None:
+    """Turn settings into the rig's Postfix config: the one path every test takes.
+
+    As on the host: Debian's stock main.cf (main.cf.debian + main.cf.tls, plus what its postinst
+    adds for "Internet Site") and master.cf, then every parameter of the debian-12 rendering
+    applied with ``postconf -e``, the rendered transport table and reply filter installed under
+    the names cmc-relay-setup gives them, and ``postmap`` (G5).
+
+    Rig overrides, and nothing else:
+
+    - ``config_directory``, ``queue_directory``, ``data_directory``: private to this rig.
+    - ``/etc/postfix/`` in rendered values (transport, relay_password, reply filter) ->
+      the private config directory.
+    - ``alias_maps``, ``alias_database``: a private copy of postinst's ``hash:/etc/aliases``.
+    - ``mail_spool_directory``: private, instead of /var/mail (local delivery is checked there).
+    - ``maillog_file`` (``maillog_file_prefixes`` widened to allow it): there is no syslog.
+    - ``smtp_tls_CAfile``: the stand-in's test CA instead of the OS bundle.
+
+    master.cf stays Debian's: smtpd listens on *:25, confined by the namespace; smtp runs
+    chrooted, and ``Postfix.start`` syncs the chroot as Debian does.
+    """
+    root = postfix.config_dir.parent
+    conf = postfix.config_dir
+    for directory in (conf, postfix.queue_dir, postfix.data_dir):
+        directory.mkdir()
+    shutil.chown(postfix.data_dir, "postfix")  # as Debian's package owns /var/lib/postfix
+    postfix.mail_spool.mkdir()
+    postfix.mail_spool.chmod(0o1777)  # like /var/mail: local(8) creates mailboxes in it
+    (conf / "main.cf").write_text("".join(p.read_text() for p in DEBIAN_MAIN_CF))
+    shutil.copyfile(DEBIAN_MASTER_CF, conf / "master.cf")
+    rendered = {
+        name: value.replace("/etc/postfix/", f"{conf}/")
+        for name, value in postfix_parameters(settings).items()
+    }
+    overrides = {
+        "config_directory": str(conf),
+        "queue_directory": str(postfix.queue_dir),
+        "data_directory": str(postfix.data_dir),
+        "alias_maps": f"hash:{conf}/aliases",
+        "alias_database": f"hash:{conf}/aliases",
+        "mail_spool_directory": str(postfix.mail_spool),
+        "maillog_file": str(postfix.maillog),
+        "maillog_file_prefixes": f"/var, /dev/stdout, {root}",
+        "smtp_tls_CAfile": str(ca_file),
+    }
+    parameters = {**DEBIAN_INTERNET_SITE, **rendered, **overrides}
+    run("postconf", "-c", conf, "-e", *(f"{k}={v}" for k, v in parameters.items()))
+    for name, template in POSTFIX_TABLES.items():
+        (conf / name).write_text(render_template(template, settings))
+    (conf / "aliases").write_text("postmaster: root\n")
+    run("postmap", "-c", conf, conf / "transport")
+    run("postalias", "-c", conf, conf / "aliases")
+    run("postfix", "-c", conf, "check")
+
+
+# --------------------------------------------------------------------------- mail
+
+
+@dataclass(frozen=True)
+class Mail:
+    """A test message with a unique Message-ID and body."""
+
+    recipient: str
+    message_id: str
+    data: str
+    sender: str = "app@client.example"
+
+    @property
+    def body_sha256(self) -> str:
+        """As the stand-in computes it: the bytes after the header block."""
+        return hashlib.sha256(self.data.partition("\r\n\r\n")[2].encode()).hexdigest()
+
+
+def new_mail(recipient: str = "user@example.com", *, padding: int = 0) -> Mail:
+    token = uuid.uuid4().hex
+    message_id = f"<{token}@cmcrt.test>"
+    body = f"cmc relay integration test {token}\r\n" + ("x" * 76 + "\r\n") * (padding // 78)
+    data = (
+        f"From: <app@client.example>\r\nTo: <{recipient}>\r\nSubject: relay test\r\n"
+        f"Message-ID: {message_id}\r\n\r\n{body}"
+    )
+    return Mail(recipient, message_id, data)
+
+
+def new_mails(count: int, recipient: str = "user@example.com") -> list[Mail]:
+    return [new_mail(recipient) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The relay's final answer to one submitted message."""
+
+    stage: str
+    code: int
+    text: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.stage == "data" and self.code == 250
+
+
+# --------------------------------------------------------------------------- the rig
+
+
+@dataclass
+class WireCount:
+    """The relay's connections to the service, seen on the wire (see ``wire_tap``)."""
+
+    connections: int = 0
+    peak_open: int = 0
+
+
+@dataclass
+class Credentials:
+    """The API key's way to Postfix: a secret in Secrets Manager (moto), the rendered relay.env
+    naming it, and the real cmc-relay-fetch-secret writing the password table from it."""
+
+    secrets: Secrets
+    arn: str
+    env_file: Path
+    config_dir: Path
+
+    def store(self, api_key: str) -> None:
+        self.secrets.update(self.arn, api_key)
+
+    def install(self) -> subprocess.CompletedProcess[str]:
+        return self.secrets.fetch(self.env_file, self.config_dir)
+
+
+@dataclass
+class Rig:
+    """Everything one test runs against; built by ``build_rig``."""
+
+    settings: RelaySettings
+    network: Network
+    upstream: Dnsmasq
+    cache: Dnsmasq
+    standin: StandInProcess
+    postfix: Postfix
+    api_key: str
+    """The key the stand-in accepts for API_USER."""
+    credentials: Credentials | None
+    """None in IP address authentication mode."""
+
+    def submit(
+        self, mails: Iterable[Mail], *, source: str = CLIENT_INSIDE, declare_size: bool = True
+    ) -> list[Reply]:
+        """Send over SMTP to the relay's port 25 from ``source``, inside the relay ns."""
+        request = {
+            "server": RELAY_IP,
+            "port": 25,
+            "source": source,
+            "declare_size": declare_size,
+            "messages": [
+                {"sender": m.sender, "recipients": [m.recipient], "data": m.data} for m in mails
+            ],
+        }
+        out = run(
+            *self.network.exec(self.network.relay, sys.executable, SMTP_CLIENT),
+            input=json.dumps(request),
+        ).stdout
+        return [Reply(**reply) for reply in json.loads(out)]
+
+    @contextlib.contextmanager
+    def wire_tap(self) -> Iterator[WireCount]:
+        """Count the relay's connections to the service port while the block runs; the
+        counts are filled in when it ends."""
+        count = WireCount()
+        command = self.network.exec(
+            self.network.relay, sys.executable, WIRE_TAP, "cmc0", str(self.settings.smtp_port)
+        )
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            assert process.stdout is not None
+            ready = process.stdout.readline()
+            if ready.strip() != "READY":
+                raise RuntimeError(f"wire tap did not start: {ready!r}")
+            yield count
+            process.send_signal(signal.SIGTERM)
+            result = json.loads(process.communicate(timeout=10)[0])
+            count.connections, count.peak_open = result["connections"], result["peak_open"]
+        finally:
+            stop_process(process)
+
+    def send(self, mails: Sequence[Mail]) -> None:
+        """Submit from inside allowedCidrs; every message must be accepted."""
+        replies = self.submit(mails)
+        refused = [r for r in replies if not r.accepted]
+        assert not refused, f"relay refused {len(refused)} of {len(replies)}: {refused[0]}"
+
+    def delivered_once(self, mails: Sequence[Mail], timeout: float = 60) -> list[MessageRecord]:
+        """Wait until Postfix's queue is empty, then check each mail reached the stand-in
+        exactly once, intact. Nothing is left to retry then, so no duplicate can follow."""
+        self.postfix.wait_for_empty_queue(timeout)
+        by_id = {m.message_id: m for m in mails}
+        arrived = [
+            (r, by_id[r.message_id])
+            for r in self.standin.messages()
+            if r.message_id is not None and r.message_id in by_id
+        ]
+        counts = Counter(mail.message_id for _, mail in arrived)
+        duplicates = sorted(i for i, n in counts.items() if n > 1)
+        assert not duplicates, f"delivered more than once: {duplicates}"
+        lost = sorted(by_id.keys() - counts.keys())
+        assert not lost, f"{len(lost)} of {len(mails)} never delivered: {lost[:3]}"
+        damaged = [r.message_id for r, mail in arrived if r.body_sha256 != mail.body_sha256]
+        assert not damaged, f"bodies changed in transit: {damaged}"
+        return [record for record, _ in arrived]
+
+
+MakeRig = Callable[..., Rig]
+"""The ``make_rig`` fixture: ``make_rig(settings=None, **RigOptions fields)``."""
+
+
+@dataclass(frozen=True)
+class RigOptions:
+    """What a test may vary besides the relay settings."""
+
+    standin: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """StandInConfig changes on top of the rig's defaults (hosts, port, name, user, TLS dir)."""
+    dns_ttl: int = 300
+    dns_addresses: tuple[str, ...] = SERVICE_IPS
+    """What DNS answers for the SMTP host (the stand-in listens on all three regardless)."""
+    api_key: str | None = None
+    """The key stored in the secret; None = the key the stand-in accepts."""
+
+
+class Secrets:
+    """Secrets Manager (moto, on loopback in the root namespace) for the fetch script."""
+
+    def __init__(self, endpoint: str, client: SecretsManagerClient) -> None:
+        self.endpoint = endpoint
+        self.client = client
+
+    def create(self, name: str, password: str) -> str:
+        secret = json.dumps({"username": API_USER, "password": password})
+        return self.client.create_secret(Name=name, SecretString=secret)["ARN"]
+
+    def update(self, arn: str, password: str) -> None:
+        secret = json.dumps({"username": API_USER, "password": password})
+        self.client.put_secret_value(SecretId=arn, SecretString=secret)
+
+    def fetch(self, env_file: Path, config_dir: Path) -> subprocess.CompletedProcess[str]:
+        """The real cmc-relay-fetch-secret (with the venv's boto3) writing the table."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        return run(
+            sys.executable, FETCH_SECRET, "--env-file", env_file,
+            "--postfix-config-dir", config_dir, "--max-wait", "10",
+            env=env,
+        )  # fmt: skip
+
+
+def build_rig(
+    stack: contextlib.ExitStack,
+    root: Path,
+    settings: RelaySettings,
+    options: RigOptions,
+    secrets: Secrets,
+) -> Rig:
+    """Start everything in order; ``stack`` stops it all again, in reverse, whatever fails."""
+    tag = f"cmcrt-{os.getpid()}-{next(_rig_numbers)}"
+    network = Network(tag, settings.host_name)
+    stack.callback(network.destroy)
+    upstream = upstream_dns(
+        network,
+        root / "dns-upstream.log",
+        settings.relay_host,
+        options.dns_ttl,
+        options.dns_addresses,
+    )
+    stack.callback(upstream.stop)
+    api_key = uuid.uuid4().hex
+    standin_config = StandInConfig(
+        hosts=SERVICE_IPS,
+        port=settings.smtp_port,
+        hostname=settings.relay_host,
+        tls_dir=str(root / "tls"),
+        users={API_USER: api_key},
+        # The console's session cap matches what the relay is configured for (G9).
+        max_sessions_per_ip=settings.max_connections,
+    ).with_changes(**options.standin)
+    standin = StandInProcess(network, root, standin_config)
+    stack.callback(standin.stop)
+    cache = dns_cache(network, root, settings)
+    stack.callback(cache.stop)
+    postfix = Postfix(network, root)
+    write_postfix_config(postfix, settings, standin.ca_path)
+    credentials = None
+    if settings.uses_sasl:
+        arn = secrets.create(f"{tag}-smtp", options.api_key or api_key)
+        env_file = root / "relay.env"
+        env_file.write_text(render_template("relay.env", settings, arn))
+        credentials = Credentials(secrets, arn, env_file, postfix.config_dir)
+        credentials.install()  # before the start, as cmc-relay-setup does
+    stack.callback(postfix.stop)
+    postfix.start()
+    return Rig(settings, network, upstream, cache, standin, postfix, api_key, credentials)
+
+
+@contextlib.contextmanager
+def rig_directory(artifacts: Path) -> Iterator[Path]:
+    """A root-owned 0755 directory for one rig (Postfix's daemons, running as ``postfix``, must
+    traverse it, which pytest's 0700 tmp_path forbids); logs and events are copied to
+    ``artifacts`` when it goes."""
+    root = Path(f"/tmp/cmcrt-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    root.mkdir(mode=0o755)
+    try:
+        yield root
+    finally:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        for name in ARTIFACTS:
+            with contextlib.suppress(OSError):
+                shutil.copy(root / name, artifacts / name.replace("/", "-"))
+        shutil.rmtree(root, ignore_errors=True)
