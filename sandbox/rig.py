@@ -3,11 +3,14 @@
 ``unshare`` creates mount, pid, uts, ipc and network namespaces whose pid 1 is a tiny reaper.
 Everything else enters them with ``nsenter``: so every process the sandbox starts is in its
 pid namespace, and killing that pid 1 makes the kernel kill them all. Every mount (a tmpfs on
-the namespaces' own /tmp, the overlay, /proc, /dev, /run in it) exists only in the private
-mount namespace and vanishes with its last process: nothing of the sandbox lands on the
-host's file system, not even a directory, however the sandbox ends.
+the rig's work directory, the overlay, /proc, /dev, /run in it) exists only in the private
+mount namespace and vanishes with its last process: of the sandbox, only that work directory,
+empty, is on the host's file system, and the rig removes it when it closes.
 
-Paths: ``WORK`` (on that private /tmp) holds ``upper``/``work`` (the overlay's layers),
+The tmpfs goes on a directory of its own, not over /tmp: the processes that play the network
+run from this checkout and its virtualenv, which may well be under /tmp.
+
+Paths: the work directory (``WORK_PREFIX``…) holds ``upper``/``work`` (the overlay's layers),
 ``root`` (the relay's root file system) and ``world`` (files of the processes that play the
 network around the relay). The host reaches ``world`` through ``/proc/<pid>/root``; files of
 the relay's root are only read and written by commands chrooted into it, so its symlinks cannot
@@ -23,6 +26,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,14 +52,13 @@ while True:
         time.sleep(0.1)
 """
 
-WORK = "/tmp/cmc-sandbox"
-# Run in the namespaces, not chrooted. `mount -n`: libmount would otherwise keep notes in the
-# host's /run/mount.
-_MOUNTS = f"""
+WORK_PREFIX = "cmc-sandbox-"
+# Run in the namespaces, not chrooted, with the work directory as $1. `mount -n`: libmount
+# would otherwise keep notes in the host's /run/mount.
+_MOUNTS = """
 set -eu
-mount -n -t tmpfs -o mode=1777 cmc-sandbox /tmp
-mkdir -m 0700 {WORK}
-cd {WORK}
+mount -n -t tmpfs -o mode=0700 cmc-sandbox "$1"
+cd "$1"
 mkdir upper work root world
 mount -n -t overlay cmc-sandbox -o lowerdir=/,upperdir=upper,workdir=work root
 cd root
@@ -90,14 +93,17 @@ class Rig:
     """The namespaces, the overlay and the processes started in them."""
 
     def __init__(self) -> None:
-        self.root = f"{WORK}/root"
-        self.world = f"{WORK}/world"
+        self.work = tempfile.mkdtemp(prefix=WORK_PREFIX)
+        self.root = f"{self.work}/root"
+        self.world = f"{self.work}/world"
         self.pid: int | None = None  # host pid of the namespaces' pid 1
         self.processes: list[subprocess.Popen[Any]] = []
         self.transcript: list[str] = []  # every captured output, for the secret leak check
         try:
             self._enter_namespaces()
-            mounted = self.run(["sh", "-c", _MOUNTS], chroot=False, check=False)
+            mounted = self.run(
+                ["sh", "-c", _MOUNTS, "mounts", self.work], chroot=False, check=False
+            )
             if mounted.returncode:
                 raise Unsupported(f"cannot mount the overlay: {mounted.stderr.strip()}")
         except BaseException:
@@ -246,6 +252,8 @@ class Rig:
                 break
             time.sleep(0.1)
             left = list(self.processes_inside())
+        with contextlib.suppress(OSError):  # still a mount point while a process lingers
+            os.rmdir(self.work)
         return left
 
 

@@ -8,13 +8,14 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from sandbox import __main__ as cli
 from sandbox import prereq
-from sandbox.rig import WORK
+from sandbox.rig import WORK_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "Zq9-SECRET-MARKER-7xW"
@@ -35,11 +36,11 @@ def assert_nothing_left(output: str) -> None:
     init = re.search(r"their pid 1 is host pid (\d+)", output)
     assert init, output
     assert not Path(f"/proc/{init.group(1)}").exists()
-    assert WORK not in Path("/proc/self/mountinfo").read_text()
-    assert not Path(WORK).exists()
+    assert WORK_PREFIX not in Path("/proc/self/mountinfo").read_text()
+    assert not list(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*"))
     for entry in Path("/proc").iterdir():
         try:
-            assert WORK.encode() not in (entry / "cmdline").read_bytes()
+            assert WORK_PREFIX.encode() not in (entry / "cmdline").read_bytes()
         except (NotADirectoryError, FileNotFoundError, ProcessLookupError):
             continue
 
