@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-HOST_SCRIPTS := userdata/scripts/cmc-relay-fetch-secret userdata/scripts/cmc-relay-verify
+HOST_SCRIPTS := userdata/scripts/cmc-relay-fetch-secret userdata/scripts/cmc-relay-verify userdata/scripts/cmc-relay-drain
 
 .PHONY: sandbox test lint system-packages venv clean
 

@@ -1,4 +1,4 @@
-"""Stack program: one relay host per stack. The only place that reads stack config."""
+"""Stack program: one relay (one host or several) per stack. The only reader of stack config."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import pulumi
 import pulumi_aws as aws
 
 from components import RelayHost, RelayHostArgs
+from components.args import check_subnet_placement
 from userdata.settings import CONFIG_KEYS
 
-_INT_KEYS = {"smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes"}
-_BOOL_KEYS = {"ephemeral"}
-_LIST_KEYS = {"allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs"}
+_INT_KEYS = {
+    "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",
+    "proMaxSessions", "drainTimeoutSeconds",
+}  # fmt: skip
+_BOOL_KEYS = {"ephemeral", "drainOnDelete"}
+_LIST_KEYS = {
+    "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
+}  # fmt: skip
 _SECRET_KEYS = {"apiKey", "sshPrivateKey"}
 _NETWORK_KEYS = {"subnetId", "allowedCidrs"}  # resolved by network(), from AWS if unset
 _ARG_NAMES = {key: name for name, key in CONFIG_KEYS.items()} | {
@@ -43,20 +49,27 @@ def read_config(config: pulumi.Config) -> dict[str, Any]:
 
 
 def network(config: pulumi.Config) -> tuple[str, str, list[str]]:
-    """VPC, subnet and allowed client networks: from config, else the default VPC's."""
-    subnet_id = config.get("subnetId")
+    """VPC, (first) subnet and allowed client networks: from config, else the default VPC's.
+
+    The hosts' subnets (subnetIds) must share the VPC and each be in a zone of its own.
+    """
+    subnet_ids = config.get_object("subnetIds")
+    subnet_ids = subnet_ids if isinstance(subnet_ids, list) else []  # else the component refuses
+    subnet_id = config.get("subnetId") or next(iter(subnet_ids), None)
     if subnet_id is None:
         default_vpc = aws.ec2.get_vpc(default=True)
-        subnets = aws.ec2.get_subnets(
+        defaults = aws.ec2.get_subnets(
             filters=[
                 aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[default_vpc.id]),
                 aws.ec2.GetSubnetsFilterArgs(name="default-for-az", values=["true"]),
             ]
         )
-        if not subnets.ids:
+        if not defaults.ids:
             raise pulumi.RunError("subnetId: not set, and the default VPC has no default subnet")
-        subnet_id = sorted(subnets.ids)[0]
-    vpc_id = aws.ec2.get_subnet(id=subnet_id).vpc_id
+        subnet_id = sorted(defaults.ids)[0]
+    subnets = [aws.ec2.get_subnet(id=subnet) for subnet in dict.fromkeys([subnet_id, *subnet_ids])]
+    check_subnet_placement([(s.id, s.vpc_id, s.availability_zone) for s in subnets])
+    vpc_id = subnets[0].vpc_id
     allowed_cidrs = config.get_object("allowedCidrs") or [aws.ec2.get_vpc(id=vpc_id).cidr_block]
     return vpc_id, subnet_id, list(allowed_cidrs)
 
@@ -69,6 +82,7 @@ relay = RelayHost("relay", cast(RelayHostArgs, args | read_config(config)))
 pulumi.export("instanceId", relay.instance_id)
 pulumi.export("privateIp", relay.private_ip)
 pulumi.export("publicIp", relay.public_ip)
+pulumi.export("sendingIps", relay.sending_ips)
 pulumi.export("smtpEndpoint", relay.smtp_endpoint)
 pulumi.export("securityGroupId", relay.security_group_id)
 pulumi.export("smtpRelayHost", relay.smtp_relay_host)

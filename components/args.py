@@ -4,7 +4,9 @@ No ``from __future__ import annotations`` here: Pulumi's schema analyzer (the co
 from other languages, ``components/provider.py``) reads these annotations as live types.
 """
 
+import ipaddress
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Required, TypedDict
@@ -12,15 +14,24 @@ from typing import Any, Final, Required, TypedDict
 import pulumi
 
 from userdata.settings import (
+    EGRESS_MODES,
+    PRO_MAX_SESSIONS_LIMIT,
     VERIFICATION_MODES,
     ConfigError,
+    Egress,
     RelaySettings,
     Verification,
+    check_session_budget,
     parse_cidrs,
     require_choice,
+    require_int,
 )
 
 DEFAULT_INSTANCE_TYPE: Final = "t3.small"
+# Hosts are replaced one after the other, each verified before the next: minutes per host.
+MAX_REPLICAS: Final = 10
+DEFAULT_DRAIN_TIMEOUT: Final = 600
+DRAIN_TIMEOUT_RANGE: Final = (30, 7200)
 
 _SECRET_ARN = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z]{2}(-[a-z]+)+-\d):"
@@ -95,6 +106,20 @@ class RelayHostArgs(TypedDict, total=False):
     """ssh verification, required there: networks allowed to port 22 (never 0.0.0.0/0)."""
     ephemeral: bool
     """For throwaway stacks: the created secret is deleted at once, not after 30 days."""
+    replicas: int
+    """Number of relay hosts (default 1, at most 10); more than one sit behind a balancer."""
+    subnet_ids: Sequence[pulumi.Input[str]]
+    """With replicas > 1: one subnet per host, in order, starting with subnet_id (one per AZ)."""
+    egress: str
+    """eip (default: public subnets, an Elastic IP per host) or nat (private subnets)."""
+    nat_gateway_ips: Sequence[str]
+    """egress nat: the NAT gateways' public IPs, one for all hosts or one per host in order."""
+    pro_max_sessions: int
+    """Pro only: the console's max sessions (default 100), which all hosts together share."""
+    drain_on_delete: bool
+    """Drain each host's queue before deleting it (default: true with replicas > 1)."""
+    drain_timeout_seconds: int
+    """drain_on_delete: how long a drain waits for the queue to empty (default 600)."""
 
 
 _SETTINGS_FIELDS: Final = (
@@ -120,6 +145,11 @@ class HostOptions:
     ssh_public_key: str | None = None
     ssh_allowed_cidrs: tuple[str, ...] = ()
     ephemeral: bool = False
+    replicas: int = 1
+    egress: Egress = "eip"
+    nat_gateway_ips: tuple[str, ...] = ()
+    drain_on_delete: bool = False
+    drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT
 
     @property
     def architecture(self) -> str:
@@ -188,6 +218,8 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
     if not isinstance(ephemeral, bool):
         raise ConfigError("ephemeral", f"must be true or false; got {ephemeral!r}")
     verification, ssh_public_key, ssh_allowed_cidrs = verification_options(args)
+    replicas, egress, nat_gateway_ips = fleet_options(args, settings)
+    drain_on_delete, drain_timeout_seconds = drain_options(args, replicas)
     options = HostOptions(
         instance_type=instance_type,
         ami_id=ami_id,
@@ -198,6 +230,11 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
         ssh_public_key=ssh_public_key,
         ssh_allowed_cidrs=ssh_allowed_cidrs,
         ephemeral=ephemeral,
+        replicas=replicas,
+        egress=egress,
+        nat_gateway_ips=nat_gateway_ips,
+        drain_on_delete=drain_on_delete,
+        drain_timeout_seconds=drain_timeout_seconds,
     )
     return settings, options
 
@@ -227,6 +264,111 @@ def verification_options(
         "would open SSH to the whole internet; list the networks you deploy from instead",
     )
     return verification, public_key.strip(), cidrs
+
+
+def fleet_options(
+    args: Mapping[str, Any], settings: RelaySettings
+) -> tuple[int, Egress, tuple[str, ...]]:
+    """How many hosts, where they are and what they send from, within the session budget."""
+    replicas = require_int("replicas", args.get("replicas", 1), 1, MAX_REPLICAS)
+    subnet_ids = list(args.get("subnet_ids") or ())
+    if replicas > 1 or subnet_ids:
+        if all(isinstance(subnet, str) for subnet in (args["subnet_id"], *subnet_ids)):
+            checked_subnet_ids(args["subnet_id"], subnet_ids, replicas)
+        else:  # ids known only at deployment are checked then (see the component)
+            require_subnet_count(len(subnet_ids), replicas)
+    egress: Egress = args.get("egress", "eip")
+    require_choice("egress", egress, EGRESS_MODES)
+    nat_gateway_ips = args.get("nat_gateway_ips")
+    if egress == "eip" and nat_gateway_ips is not None:
+        raise ConfigError("nat_gateway_ips", "only applies to egress nat; it is eip")
+    if egress == "nat" and not nat_gateway_ips:
+        raise ConfigError(
+            "nat_gateway_ips",
+            "is required with egress nat: the NAT gateways' public addresses, "
+            "which the service sees as the sending IPs",
+        )
+    addresses = parse_addresses("nat_gateway_ips", nat_gateway_ips or ())
+    pro_max_sessions = args.get("pro_max_sessions")
+    if pro_max_sessions is not None:
+        if settings.plan != "pro":
+            raise ConfigError(
+                "pro_max_sessions", f"only applies to plan pro; it is {settings.plan}"
+            )
+        require_int("pro_max_sessions", pro_max_sessions, 1, PRO_MAX_SESSIONS_LIMIT)
+    check_session_budget(settings, replicas, addresses, pro_max_sessions or PRO_MAX_SESSIONS_LIMIT)
+    return replicas, egress, addresses
+
+
+def require_subnet_count(count: int, replicas: int) -> None:
+    if replicas > 1 and count == 0:
+        raise ConfigError(
+            "subnet_ids", f"is required with replicas {replicas}: one subnet per host"
+        )
+    if count < replicas:
+        raise ConfigError(
+            "subnet_ids",
+            f"has {count} subnets for replicas {replicas}: each host needs a subnet of its own",
+        )
+
+
+def checked_subnet_ids(subnet_id: str, subnet_ids: Sequence[str], replicas: int) -> list[str]:
+    """subnet_ids as given, once known to hold the hosts: host i goes to the i-th subnet."""
+    require_subnet_count(len(subnet_ids), replicas)
+    repeated = sorted(subnet for subnet, count in Counter(subnet_ids).items() if count > 1)
+    if repeated:
+        raise ConfigError("subnet_ids", f"lists {repeated[0]} more than once: one host per subnet")
+    if subnet_ids[0] != subnet_id:
+        raise ConfigError(
+            "subnet_ids",
+            f"must start with subnet_id {subnet_id}, the first host's subnet; "
+            f"it starts with {subnet_ids[0]}",
+        )
+    return list(subnet_ids)
+
+
+def check_subnet_placement(subnets: Sequence[tuple[str, str, str]]) -> None:
+    """The hosts' subnets as (id, VPC, Availability Zone): one VPC, and one subnet per zone,
+    as the balancer takes no more (and two hosts in one zone fail together)."""
+    first, vpc, _ = subnets[0]
+    seen: dict[str, str] = {}
+    for subnet, subnet_vpc, zone in subnets:
+        if subnet_vpc != vpc:
+            raise ConfigError(
+                "subnet_ids", f"{subnet} is in {subnet_vpc}, not in {vpc} with {first}"
+            )
+        if zone in seen:
+            raise ConfigError(
+                "subnet_ids",
+                f"{seen[zone]} and {subnet} are both in {zone}: one subnet per Availability Zone",
+            )
+        seen[zone] = subnet
+
+
+def parse_addresses(name: str, values: object) -> tuple[str, ...]:
+    """Single IPv4 addresses, as the service's console takes them (no CIDR, no names)."""
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        raise ConfigError(name, f"must be a list of IPv4 addresses; got {values!r}")
+    addresses = []
+    for value in values:
+        try:
+            addresses.append(str(ipaddress.IPv4Address(str(value))))
+        except ipaddress.AddressValueError:
+            raise ConfigError(name, f"{value!r} is not an IPv4 address") from None
+    return tuple(addresses)
+
+
+def drain_options(args: Mapping[str, Any], replicas: int) -> tuple[bool, int]:
+    """Whether hosts drain before deletion, and for how long at most."""
+    drain_on_delete = args.get("drain_on_delete", replicas > 1)
+    if not isinstance(drain_on_delete, bool):
+        raise ConfigError("drain_on_delete", f"must be true or false; got {drain_on_delete!r}")
+    timeout = args.get("drain_timeout_seconds")
+    if timeout is None:
+        return drain_on_delete, DEFAULT_DRAIN_TIMEOUT
+    if not drain_on_delete:
+        raise ConfigError("drain_timeout_seconds", "only applies with drain_on_delete")
+    return drain_on_delete, require_int("drain_timeout_seconds", timeout, *DRAIN_TIMEOUT_RANGE)
 
 
 def whole_number(value: Any) -> Any:

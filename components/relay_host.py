@@ -1,11 +1,17 @@
-"""RelayHost: one EC2 Postfix relay to Customers Mail Cloud, as a Pulumi component.
+"""RelayHost: EC2 Postfix relays to Customers Mail Cloud, as a Pulumi component.
+
+One host, or with ``replicas`` > 1 one host per subnet behind an internal Network Load
+Balancer. The first host keeps the single host's resource names (``<name>-instance``, ...), so
+a stack grows without replacing it; host i > 0 is named ``<name>-<i>-...``.
 
 No ``from __future__ import annotations`` here: Pulumi's schema analyzer (the component used
 from other languages, ``components/provider.py``) reads the annotations as live types.
 """
 
+import functools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -14,7 +20,13 @@ import pulumi_aws as aws
 from pulumi_command import local, remote
 
 from components import verification
-from components.args import HostOptions, RelayHostArgs, secret_region, validate_args
+from components.args import (
+    HostOptions,
+    RelayHostArgs,
+    checked_subnet_ids,
+    secret_region,
+    validate_args,
+)
 from components.policies import (
     EC2_ASSUME_ROLE_POLICY,
     secret_read_policy,
@@ -63,25 +75,63 @@ PACKAGE_PORTS: Final[dict[str, tuple[int, ...]]] = {
 }
 
 
+@dataclass(frozen=True)
+class _Fleet:
+    """What every host of one component shares."""
+
+    args: RelayHostArgs
+    settings: RelaySettings
+    options: HostOptions
+    ami: pulumi.Input[str]
+    security_group: aws.ec2.SecurityGroup
+    egress_rules: list[pulumi.Resource]
+    profile: aws.iam.InstanceProfile
+    policies: list[pulumi.Resource]
+    user_data: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class _Host:
+    """One relay host's resources, as the rest of the component needs them."""
+
+    name: str
+    instance: aws.ec2.Instance
+    elastic_ip: aws.ec2.Eip | None
+    verification: local.Command | remote.Command | None
+    drain: local.Command | None
+
+    @property
+    def ready(self) -> pulumi.Resource:
+        """Done once the host works: its verification, or its instance if none runs."""
+        return self.instance if self.verification is None else self.verification
+
+
+def host_name(name: str, index: int) -> str:
+    """The first host keeps the single host's names; the others are numbered."""
+    return name if index == 0 else f"{name}-{index}"
+
+
 class RelayHost(pulumi.ComponentResource):
     """A Postfix relay host on EC2 that forwards the team's mail to Customers Mail Cloud."""
 
     instance_id: pulumi.Output[str]
-    """The EC2 instance."""
+    """The EC2 instance (the first host's, with replicas > 1)."""
     private_ip: pulumi.Output[str]
-    """The instance's private address."""
-    public_ip: pulumi.Output[str]
-    """The Elastic IP: the sending IP the service sees (register it for Pro IP auth)."""
+    """The instance's private address (the first host's, with replicas > 1)."""
+    public_ip: pulumi.Output[str | None]
+    """The (first host's) Elastic IP: a sending IP the service sees; none with egress nat."""
+    sending_ips: pulumi.Output[list[str]]
+    """Every sending IP the service sees (Elastic or NAT IPs): register them for Pro IP auth."""
     smtp_endpoint: pulumi.Output[str]
-    """host:port that applications send to (the private address, port 25)."""
+    """host:port that applications send to: the host's, or the balancer's with replicas > 1."""
     security_group_id: pulumi.Output[str]
-    """The host's security group (reference it from application groups)."""
+    """The hosts' security group (reference it from application groups)."""
     smtp_relay_host: pulumi.Output[str]
     """The service's next hop, [host]:port."""
     secret_arn: pulumi.Output[str | None]
     """The credentials secret's ARN (none with IP authentication)."""
     verification_report: pulumi.Output[str | None]
-    """The on-host verifier's JSON report {"ok": ..., "checks": [...]} (none if not verified)."""
+    """The on-host verifier's JSON report, a list of them with replicas > 1 (none if unverified)."""
 
     def __init__(
         self, name: str, args: RelayHostArgs, opts: pulumi.ResourceOptions | None = None
@@ -93,62 +143,56 @@ class RelayHost(pulumi.ComponentResource):
         tags = {"Name": name, **options.tags}
 
         secret_arn = self._credentials_secret(name, args, options, tags, child)
-        security_group = self._security_group(name, args, settings, options, tags, child)
+        group, egress_rules = self._security_group(name, args, settings, options, tags, child)
         profile, policies = self._instance_profile(name, secret_arn, options, tags, child)
-        public_key = options.ssh_public_key
+        public_key, drain = options.ssh_public_key, options.drain_on_delete
         user_data = (
             pulumi.Output.from_input(secret_arn).apply(
-                lambda arn: render_user_data(settings, checked_secret_arn(arn), public_key)
+                lambda arn: render_user_data(settings, checked_secret_arn(arn), public_key, drain)
             )
             if secret_arn is not None
-            else pulumi.Output.from_input(render_user_data(settings, None, public_key))
+            else pulumi.Output.from_input(render_user_data(settings, None, public_key, drain))
         )
-        instance = aws.ec2.Instance(
-            f"{name}-instance",
-            ami=options.ami_id or self._image_id(settings, options),
-            instance_type=options.instance_type,
-            subnet_id=args["subnet_id"],
-            vpc_security_group_ids=[security_group.id],
-            iam_instance_profile=profile.name,
-            user_data_base64=user_data.apply(pack_user_data),
-            user_data_replace_on_change=True,
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
-            ),
-            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                volume_type="gp3", encrypted=True
-            ),
-            tags=tags,
-            volume_tags=tags,
-            opts=child,
-        )
-        # Separate from the instance, so the sending IP survives the instance's replacement.
-        elastic_ip = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
-        association = aws.ec2.EipAssociation(
-            f"{name}-eip-association",
-            allocation_id=elastic_ip.allocation_id,
-            instance_id=instance.id,
-            opts=child,
-        )
-        report = self._verification(
-            name,
+        fleet = _Fleet(
             args,
             settings,
             options,
-            instance,
-            elastic_ip,
+            options.ami_id or self._image_id(settings, options),
+            group,
+            egress_rules,
+            profile,
+            policies,
             user_data,
-            after=[instance, association, *policies],
         )
+        host_subnets, subnet_ids = self._subnets(args, options.replicas)
+        hosts: list[_Host] = []
+        for index, subnet_id in enumerate(host_subnets):
+            # Each host waits until the one before works: a bad payload stops at the first
+            # host, and replacements roll through the hosts one at a time.
+            after = [hosts[-1].ready] if hosts else []
+            hosts.append(self._host(host_name(name, index), fleet, subnet_id, after))
 
-        self.instance_id = instance.id
-        self.private_ip = instance.private_ip
-        self.public_ip = elastic_ip.public_ip
-        self.smtp_endpoint = instance.private_ip.apply(lambda ip: f"{ip}:{SMTP_PORT}")
-        self.security_group_id = security_group.id
+        first = hosts[0]
+        if options.replicas > 1:
+            balancer = self._balancer(name, fleet, subnet_ids, hosts, tags, child)
+            self.smtp_endpoint = balancer.dns_name.apply(lambda dns: f"{dns}:{SMTP_PORT}")
+        else:
+            self.smtp_endpoint = first.instance.private_ip.apply(lambda ip: f"{ip}:{SMTP_PORT}")
+        self.instance_id = first.instance.id
+        self.private_ip = first.instance.private_ip
+        self.public_ip = pulumi.Output.from_input(
+            first.elastic_ip.public_ip if first.elastic_ip else None
+        )
+        self.sending_ips = (
+            pulumi.Output.all(*[host.elastic_ip.public_ip for host in hosts if host.elastic_ip])
+            if options.egress == "eip"
+            else pulumi.Output.from_input(list(dict.fromkeys(options.nat_gateway_ips)))
+        )
+        self.security_group_id = group.id
         self.smtp_relay_host = pulumi.Output.from_input(settings.next_hop)
         self.secret_arn = pulumi.Output.from_input(secret_arn)
-        self.verification_report = pulumi.Output.from_input(report)
+        self.verification_report = pulumi.Output.from_input(self._reports(hosts))
+        # The single host's registered outputs, unchanged; sending_ips is an attribute only.
         self.register_outputs(
             {
                 "instance_id": self.instance_id,
@@ -159,8 +203,79 @@ class RelayHost(pulumi.ComponentResource):
                 "smtp_relay_host": self.smtp_relay_host,
                 "secret_arn": self.secret_arn,
                 "verification_report": self.verification_report,
+                "sending_ips": self.sending_ips,
             }
         )
+
+    def _host(
+        self,
+        name: str,
+        fleet: _Fleet,
+        subnet_id: pulumi.Input[str],
+        after: list[pulumi.Resource],
+    ) -> _Host:
+        """One relay host: the instance, its sending IP, its verification and its drain."""
+        options = fleet.options
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {"Name": name, **options.tags}
+        instance = aws.ec2.Instance(
+            f"{name}-instance",
+            ami=fleet.ami,
+            instance_type=options.instance_type,
+            subnet_id=subnet_id,
+            vpc_security_group_ids=[fleet.security_group.id],
+            iam_instance_profile=fleet.profile.name,
+            user_data_base64=fleet.user_data.apply(pack_user_data),
+            user_data_replace_on_change=True,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_type="gp3", encrypted=True
+            ),
+            tags=tags,
+            volume_tags=tags,
+            # A draining host must be gone before its replacement takes its Elastic IP (the
+            # drain delivers through it) or shares its NAT address's sessions. Otherwise left
+            # unset, as it always was, for the engine and provider to decide.
+            opts=child.merge(
+                pulumi.ResourceOptions(
+                    depends_on=after, delete_before_replace=options.drain_on_delete or None
+                )
+            ),
+        )
+        elastic_ip = association = None
+        if options.egress == "eip":
+            # Separate from the instance, so the sending IP survives the instance's replacement.
+            elastic_ip = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=tags, opts=child)
+            association = aws.ec2.EipAssociation(
+                f"{name}-eip-association",
+                allocation_id=elastic_ip.allocation_id,
+                instance_id=instance.id,
+                opts=child,
+            )
+        # The host can be reached at its address, with its permissions.
+        reachable = [instance, *([association] if association else []), *fleet.policies]
+        address = elastic_ip.public_ip if elastic_ip else instance.private_ip
+        return _Host(
+            name,
+            instance,
+            elastic_ip,
+            self._verification(name, fleet, instance, address, after=reachable),
+            self._drain(name, fleet, instance, needs=[*reachable, *fleet.egress_rules]),
+        )
+
+    def _subnets(
+        self, args: RelayHostArgs, replicas: int
+    ) -> tuple[list[pulumi.Input[str]], pulumi.Input[Sequence[pulumi.Input[str]]]]:
+        """Each host's subnet, and every subnet given (the balancer spans them)."""
+        if not args.get("subnet_ids"):
+            return [args["subnet_id"]], [args["subnet_id"]]
+        # Checked again once known: ids from other resources cannot be compared before.
+        subnet_ids = pulumi.Output.all(args["subnet_id"], *args["subnet_ids"]).apply(
+            lambda ids: checked_subnet_ids(ids[0], ids[1:], replicas)
+        )
+        return [subnet_ids[index] for index in range(replicas)], subnet_ids
 
     def _credentials_secret(
         self,
@@ -203,9 +318,9 @@ class RelayHost(pulumi.ComponentResource):
         options: HostOptions,
         tags: dict[str, str],
         child: pulumi.ResourceOptions,
-    ) -> aws.ec2.SecurityGroup:
+    ) -> tuple[aws.ec2.SecurityGroup, list[pulumi.Resource]]:
         """SMTP in from the allowed clients only (SSH too, for ssh verification only); out only
-        to the service and HTTPS APIs.
+        to the service and HTTPS APIs. The group, and its outbound rules.
 
         DNS needs no rule: security groups do not filter traffic to the VPC resolver.
         """
@@ -216,30 +331,7 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        for index, cidr in enumerate(settings.allowed_cidrs):
-            is_ipv6 = ":" in cidr
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-smtp-in-{index}",
-                security_group_id=group.id,
-                ip_protocol="tcp",
-                from_port=SMTP_PORT,
-                to_port=SMTP_PORT,
-                description=f"SMTP from allowed network {cidr}",
-                cidr_ipv4=None if is_ipv6 else cidr,
-                cidr_ipv6=cidr if is_ipv6 else None,
-                opts=child,
-            )
-        for index, source_group in enumerate(args.get("allowed_security_group_ids", ())):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-smtp-in-sg-{index}",
-                security_group_id=group.id,
-                ip_protocol="tcp",
-                from_port=SMTP_PORT,
-                to_port=SMTP_PORT,
-                referenced_security_group_id=source_group,
-                description="SMTP from an allowed security group",
-                opts=child,
-            )
+        self._smtp_ingress(f"{name}-smtp-in", group, settings, args, child)
         for index, cidr in enumerate(options.ssh_allowed_cidrs):
             is_ipv6 = ":" in cidr
             aws.vpc.SecurityGroupIngressRule(
@@ -257,7 +349,7 @@ class RelayHost(pulumi.ComponentResource):
             settings.smtp_port: "the service's SMTP relay port",
             **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[settings.os]},
         }
-        for port, purpose in egress.items():
+        rules: list[pulumi.Resource] = [
             aws.vpc.SecurityGroupEgressRule(
                 f"{name}-out-{port}",
                 security_group_id=group.id,
@@ -268,7 +360,141 @@ class RelayHost(pulumi.ComponentResource):
                 description=purpose,
                 opts=child,
             )
-        return group
+            for port, purpose in egress.items()
+        ]
+        return group, rules
+
+    def _smtp_ingress(
+        self,
+        prefix: str,
+        group: aws.ec2.SecurityGroup,
+        settings: RelaySettings,
+        args: RelayHostArgs,
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """Port 25 into ``group`` from the allowed client networks and security groups."""
+        for index, cidr in enumerate(settings.allowed_cidrs):
+            is_ipv6 = ":" in cidr
+            aws.vpc.SecurityGroupIngressRule(
+                f"{prefix}-{index}",
+                security_group_id=group.id,
+                ip_protocol="tcp",
+                from_port=SMTP_PORT,
+                to_port=SMTP_PORT,
+                description=f"SMTP from allowed network {cidr}",
+                cidr_ipv4=None if is_ipv6 else cidr,
+                cidr_ipv6=cidr if is_ipv6 else None,
+                opts=child,
+            )
+        for index, source_group in enumerate(args.get("allowed_security_group_ids", ())):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{prefix}-sg-{index}",
+                security_group_id=group.id,
+                ip_protocol="tcp",
+                from_port=SMTP_PORT,
+                to_port=SMTP_PORT,
+                referenced_security_group_id=source_group,
+                description="SMTP from an allowed security group",
+                opts=child,
+            )
+
+    def _balancer(
+        self,
+        name: str,
+        fleet: _Fleet,
+        subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]],
+        hosts: list[_Host],
+        tags: dict[str, str],
+        child: pulumi.ResourceOptions,
+    ) -> aws.lb.LoadBalancer:
+        """An internal Network Load Balancer passing port 25 through to the hosts.
+
+        Its security group admits the allowed clients; the hosts admit the balancer's group,
+        which with client IP preservation is how AWS lets the traffic through (the hosts' rule
+        for the clients would not), and Postfix still sees the client's own address for
+        mynetworks. Health checks are subject to the balancer group's outbound rules, not its
+        inbound ones, and reach the hosts through the same rule.
+        """
+        group = aws.ec2.SecurityGroup(
+            f"{name}-nlb-sg",
+            vpc_id=fleet.args["vpc_id"],
+            description=f"CMC relay {name}: balancer, SMTP from allowed clients only",
+            tags=tags,
+            opts=child,
+        )
+        self._smtp_ingress(f"{name}-nlb-in", group, fleet.settings, fleet.args, child)
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-nlb-out",
+            security_group_id=group.id,
+            ip_protocol="tcp",
+            from_port=SMTP_PORT,
+            to_port=SMTP_PORT,
+            referenced_security_group_id=fleet.security_group.id,
+            description="SMTP and health checks to the relay hosts",
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-smtp-in-nlb",
+            security_group_id=fleet.security_group.id,
+            ip_protocol="tcp",
+            from_port=SMTP_PORT,
+            to_port=SMTP_PORT,
+            referenced_security_group_id=group.id,
+            description="SMTP and health checks through the balancer",
+            opts=child,
+        )
+        balancer = aws.lb.LoadBalancer(
+            f"{name}-nlb",
+            internal=True,
+            load_balancer_type="network",
+            subnets=subnet_ids,
+            # Only at creation can a balancer get security groups.
+            security_groups=[group.id],
+            # A zone whose host is down or draining still forwards to the others at once.
+            enable_cross_zone_load_balancing=True,
+            tags=tags,
+            opts=child,
+        )
+        targets = aws.lb.TargetGroup(
+            f"{name}-nlb-targets",
+            port=SMTP_PORT,
+            protocol="TCP",
+            target_type="instance",
+            vpc_id=fleet.args["vpc_id"],
+            preserve_client_ip="true",
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                protocol="TCP",
+                port="traffic-port",
+                interval=10,
+                healthy_threshold=3,
+                unhealthy_threshold=3,
+            ),
+            tags=tags,
+            opts=child,
+        )
+        aws.lb.Listener(
+            f"{name}-nlb-smtp",
+            load_balancer_arn=balancer.arn,
+            port=SMTP_PORT,
+            protocol="TCP",
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=targets.arn)
+            ],
+            tags=tags,
+            opts=child,
+        )
+        for host in hosts:
+            aws.lb.TargetGroupAttachment(
+                f"{host.name}-target",
+                target_group_arn=targets.arn,
+                target_id=host.instance.id,
+                port=SMTP_PORT,
+                # In service once the host works; out of it before the host drains.
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[host.ready, *([host.drain] if host.drain else [])]
+                ),
+            )
+        return balancer
 
     def _instance_profile(
         self,
@@ -311,26 +537,25 @@ class RelayHost(pulumi.ComponentResource):
     def _verification(
         self,
         name: str,
-        args: RelayHostArgs,
-        settings: RelaySettings,
-        options: HostOptions,
+        fleet: _Fleet,
         instance: aws.ec2.Instance,
-        elastic_ip: aws.ec2.Eip,
-        user_data: pulumi.Output[str],
+        address: pulumi.Output[str],
         after: list[pulumi.Resource],
-    ) -> pulumi.Output[str] | None:
-        """Run the on-host verifier once the host is up; its report, or None for ``none``.
+    ) -> local.Command | remote.Command | None:
+        """Run the on-host verifier once the host is up: the command whose stdout is the report,
+        or None for ``none``.
 
         A failed check fails the command, and so the deployment.
         """
+        options = fleet.options
         if options.verification == "none":
             return None
         # Once the host is reachable at its address with its permissions (``after``), and again
         # only when the instance or its payload changes; gone with the instance.
         opts = pulumi.ResourceOptions(parent=self, depends_on=after, deleted_with=instance)
-        triggers = [instance.id, user_data.apply(verification.payload_digest)]
+        triggers = [instance.id, fleet.user_data.apply(verification.payload_digest)]
         if options.verification == "ssm":
-            region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+            region = self._region
             # The interpreter running this program has boto3 (a runtime dependency).
             driver = instance.id.apply(
                 lambda instance_id: verification.ssm_driver_command(
@@ -343,11 +568,11 @@ class RelayHost(pulumi.ComponentResource):
                 triggers=triggers,
                 add_previous_output_in_env=False,
                 opts=opts,
-            ).stdout
+            )
         connection = remote.ConnectionArgs(
-            host=elastic_ip.public_ip,
-            user=OS_PROFILES[settings.os].login_user,
-            private_key=pulumi.Output.secret(args["ssh_private_key"]),
+            host=address,
+            user=OS_PROFILES[fleet.settings.os].login_user,
+            private_key=pulumi.Output.secret(fleet.args["ssh_private_key"]),
             dial_error_limit=-1,  # until cloud-init has installed the key, or the timeout
         )
         waited = opts.merge(
@@ -370,7 +595,52 @@ class RelayHost(pulumi.ComponentResource):
             triggers=triggers,
             add_previous_output_in_env=False,
             opts=waited.merge(pulumi.ResourceOptions(depends_on=[ready])),
-        ).stdout
+        )
+
+    def _drain(
+        self, name: str, fleet: _Fleet, instance: aws.ec2.Instance, needs: list[pulumi.Resource]
+    ) -> local.Command | None:
+        """Before the host is deleted (scale-in, replacement, destroy) it stops accepting mail
+        and delivers its queue, run through Systems Manager like the verifier. A drain that
+        fails or times out fails the deletion: the host stays, with its mail.
+
+        The drain script ships in the payload exactly when this command exists, so the command
+        never goes while its host stays: turning drain_on_delete off replaces the hosts too.
+        """
+        options = fleet.options
+        if not options.drain_on_delete:
+            return None
+        region, timeout = self._region, options.drain_timeout_seconds
+        return local.Command(
+            f"{name}-drain",
+            delete=instance.id.apply(
+                lambda instance_id: verification.drain_driver_command(
+                    sys.executable, instance_id, region, timeout
+                )
+            ),
+            # Replaced with the instance, so the old host drains before it goes; not
+            # deleted_with it, which would skip the drain.
+            triggers=[instance.id],
+            add_previous_output_in_env=False,
+            # Deleted before what the drain needs: the host, its address, its permissions and
+            # its way out to the service.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=needs),
+        )
+
+    @staticmethod
+    def _reports(hosts: list[_Host]) -> pulumi.Input[str] | None:
+        """The verifier's report, or with several hosts a JSON list of theirs in host order."""
+        reports = [host.verification.stdout for host in hosts if host.verification is not None]
+        if not reports:
+            return None
+        if len(reports) == 1:
+            return reports[0]
+        return pulumi.Output.all(*reports).apply(lambda texts: f"[{', '.join(texts)}]")
+
+    @functools.cached_property
+    def _region(self) -> str:
+        """The provider's region, where the instances are: looked up once, when needed."""
+        return aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
     def _image_id(self, settings: RelaySettings, options: HostOptions) -> str:
         image = IMAGES[settings.os]

@@ -1,12 +1,15 @@
 """Run the on-host verifier through AWS Systems Manager and pass on its verdict.
 
     python -m components.ssm_verify --instance-id ID --region REGION [--timeout SECONDS]
+        [--run SCRIPT --purpose NAME]
 
 Waits until the instance is online in Systems Manager, runs the verifier there once cloud-init
 has finished (``AWS-RunShellScript``), and exits 0 with the verifier's JSON report on stdout;
 otherwise non-zero, with what the command printed and a one-line reason on stderr. The
 component runs it as a local command, so a failed check fails ``pulumi up``. It needs boto3 and
 the deployer's AWS credentials, no inbound port: the instance's agent polls Systems Manager.
+``--run`` runs that shell script instead of the verifier (the drain before a host's deletion),
+judged by its exit status, ``--purpose`` naming it in messages.
 """
 
 import argparse
@@ -131,8 +134,12 @@ def verify(
     timeout: float = TIMEOUT_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    script: str = HOST_SCRIPT,
+    purpose: str = "verification",
 ) -> Verdict:
-    """Wait for the instance in Systems Manager, run the verifier, and judge the outcome."""
+    """Wait for the instance in Systems Manager, run the verifier (or ``script``), and judge
+    the outcome."""
     deadline = clock() + timeout
     filters = [{"Key": "InstanceIds", "Values": [instance_id]}]
     while (status := ping_status(client.describe_instance_information(Filters=filters))) != ONLINE:
@@ -142,8 +149,8 @@ def verify(
     return run_script(
         client,
         instance_id,
-        HOST_SCRIPT,
-        "verification",
+        script,
+        purpose,
         deadline=deadline,
         clock=clock,
         sleep=sleep,
@@ -207,11 +214,21 @@ def main(
     parser.add_argument("--instance-id", required=True)
     parser.add_argument("--region", required=True)
     parser.add_argument("--timeout", type=float, default=TIMEOUT_SECONDS, help="seconds")
+    parser.add_argument("--run", default=HOST_SCRIPT, help="shell script instead of the verifier")
+    parser.add_argument("--purpose", default="verification", help="what --run does, for messages")
     args = parser.parse_args(argv)
     try:
-        verdict = verify(make_client(args.region), args.instance_id, args.timeout, clock, sleep)
+        verdict = verify(
+            make_client(args.region),
+            args.instance_id,
+            args.timeout,
+            clock,
+            sleep,
+            script=args.run,
+            purpose=args.purpose,
+        )
     except (BotoCoreError, ClientError) as error:
-        reason = f"verification could not use Systems Manager: {error}"
+        reason = f"{args.purpose} could not use Systems Manager: {error}"
         verdict = Verdict(EXIT_FAILED, stderr=reason)
     if verdict.stdout:
         print(verdict.stdout.rstrip("\n"))

@@ -1,7 +1,9 @@
-"""Post-boot verification: what runs on the host, and how a deployment runs it. Pure."""
+"""Post-boot verification and the drain before deletion: what runs on the host, and how a
+deployment runs it. Pure."""
 
 import hashlib
 import shlex
+from collections.abc import Sequence
 from typing import Final
 
 VERIFIER: Final = "/usr/local/sbin/cmc-relay-verify"
@@ -14,18 +16,39 @@ SSH_TIMEOUT: Final = f"{TIMEOUT_SECONDS // 60}m"
 # The first ssh step only proves that the host accepts the key: any command will do.
 SSH_READY_SCRIPT: Final = "true"
 SSH_VERIFY_SCRIPT: Final = f"sudo sh -c {shlex.quote(HOST_SCRIPT)}"
+DRAIN: Final = "/usr/local/sbin/cmc-relay-drain"
+# Beyond the drain's own limit: Systems Manager's delivery of the command, Postfix's reload.
+DRAIN_MARGIN_SECONDS: Final = 300
 
 
-def ssm_driver_command(python: str, instance_id: str, region: str) -> str:
+def ssm_driver_command(
+    python: str,
+    instance_id: str,
+    region: str,
+    timeout: int = TIMEOUT_SECONDS,
+    options: Sequence[str] = (),
+) -> str:
     """The local command running the SSM driver with ``python`` (an interpreter with boto3)."""
     return shlex.join(
         [
             python, "-m", "components.ssm_verify",
             "--instance-id", instance_id,
             "--region", region,
-            "--timeout", str(TIMEOUT_SECONDS),
+            "--timeout", str(timeout),
+            *options,
         ]
     )  # fmt: skip
+
+
+def drain_driver_command(python: str, instance_id: str, region: str, timeout: int) -> str:
+    """The SSM driver running the drain, which waits up to ``timeout`` s for an empty queue."""
+    return ssm_driver_command(
+        python,
+        instance_id,
+        region,
+        timeout + DRAIN_MARGIN_SECONDS,
+        ["--run", f"{DRAIN} --timeout {timeout}", "--purpose", "drain"],
+    )
 
 
 def payload_digest(user_data: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +21,14 @@ ACCOUNT = "123456789012"
 REGION = "ap-northeast-1"
 CREATED_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:relay-credentials-AbCdEf"
 LOOKED_UP_AMI = "ami-0aaaaaaaaaaaaaaaa"
+ELB_ARN = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}"
 DEFAULT_VPC = {"id": "vpc-default", "cidr_block": "172.31.0.0/16"}
 SUBNETS = {
-    "subnet-b": {"id": "subnet-b", "vpc_id": "vpc-default"},
-    "subnet-a": {"id": "subnet-a", "vpc_id": "vpc-default"},
-    "subnet-team": {"id": "subnet-team", "vpc_id": "vpc-team"},
+    "subnet-b": {"id": "subnet-b", "vpc_id": "vpc-default", "zone": f"{REGION}c"},
+    "subnet-a": {"id": "subnet-a", "vpc_id": "vpc-default", "zone": f"{REGION}a"},
+    "subnet-c": {"id": "subnet-c", "vpc_id": "vpc-default", "zone": f"{REGION}d"},
+    "subnet-a2": {"id": "subnet-a2", "vpc_id": "vpc-default", "zone": f"{REGION}a"},
+    "subnet-team": {"id": "subnet-team", "vpc_id": "vpc-team", "zone": f"{REGION}a"},
 }
 VPCS = {"vpc-default": DEFAULT_VPC, "vpc-team": {"id": "vpc-team", "cidr_block": "10.20.0.0/16"}}
 # What a passing verifier prints; the mocks give it as every verification command's stdout.
@@ -43,6 +47,7 @@ class Registered:
     urn: str
     deleted_with: str = ""  # URN of the resource whose deletion removes this one
     create_timeout: str = ""  # the custom create timeout, e.g. "20m"
+    delete_before_replace: bool = False
 
 
 @dataclass
@@ -53,12 +58,23 @@ class Recorder(pulumi.runtime.Mocks):
     calls: list[MockCallArgs] = field(default_factory=list)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by URN
     stack_outputs: dict[str, Any] = field(default_factory=dict)  # what pulumi.export got
+    created: Counter[str] = field(default_factory=Counter)  # by type, to number addresses
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = dict(args.inputs)
+        n = self.created[args.typ]  # the first of a type gets .10, .25, ... the next .11, .26
+        self.created[args.typ] += 1
         computed: dict[str, dict[str, Any]] = {
-            "aws:ec2/instance:Instance": {"privateIp": "10.20.1.10", "arn": "arn:instance"},
-            "aws:ec2/eip:Eip": {"publicIp": "203.0.113.25", "allocationId": "eipalloc-0abc"},
+            "aws:ec2/instance:Instance": {"privateIp": f"10.20.1.{10 + n}", "arn": "arn:instance"},
+            "aws:ec2/eip:Eip": {
+                "publicIp": f"203.0.113.{25 + n}",
+                "allocationId": f"eipalloc-0abc{n or ''}",
+            },
+            "aws:lb/loadBalancer:LoadBalancer": {
+                "arn": f"{ELB_ARN}:loadbalancer/net/{args.name}",
+                "dnsName": f"internal-{args.name}-0123456789.elb.{REGION}.amazonaws.com",
+            },
+            "aws:lb/targetGroup:TargetGroup": {"arn": f"{ELB_ARN}:targetgroup/{args.name}"},
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},
@@ -87,7 +103,11 @@ class Recorder(pulumi.runtime.Mocks):
             return {"ids": ids, "id": "subnets"}, []
         if token == "aws:ec2/getSubnet:getSubnet":
             subnet = SUBNETS[inputs["id"]]
-            return {"id": subnet["id"], "vpcId": subnet["vpc_id"]}, []
+            return {
+                "id": subnet["id"],
+                "vpcId": subnet["vpc_id"],
+                "availabilityZone": subnet["zone"],
+            }, []
         raise AssertionError(f"unexpected invoke {token}")
 
     def of_type(self, type_token: str) -> list[Registered]:
@@ -125,6 +145,7 @@ class RecordingMonitor(MockMonitor):
                     urn=response.urn,
                     deleted_with=request.deletedWith,
                     create_timeout=request.customTimeouts.create,
+                    delete_before_replace=request.deleteBeforeReplace,
                 )
             )
         return response

@@ -206,6 +206,7 @@ def test_outputs_are_registered() -> None:
         "smtp_relay_host": "[sandbox.smtps.jp]:10025",
         "secret_arn": SECRET_ARN,
         "verification_report": VERIFIER_REPORT,
+        "sending_ips": ["203.0.113.25"],
     }
 
 

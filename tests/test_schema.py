@@ -21,10 +21,10 @@ from userdata.settings import CONFIG_KEYS
 
 ROOT = Path(__file__).parent.parent
 OUTPUTS = {
-    "instanceId", "privateIp", "publicIp", "smtpEndpoint", "securityGroupId", "smtpRelayHost",
-    "secretArn", "verificationReport",
+    "instanceId", "privateIp", "publicIp", "sendingIps", "smtpEndpoint", "securityGroupId",
+    "smtpRelayHost", "secretArn", "verificationReport",
 }  # fmt: skip
-OPTIONAL_OUTPUTS = {"secretArn", "verificationReport"}
+OPTIONAL_OUTPUTS = {"publicIp", "secretArn", "verificationReport"}
 
 
 def camel(name: str) -> str:
@@ -65,15 +65,18 @@ def test_required_inputs_are_the_required_arguments(resource: dict[str, Any]) ->
 def test_input_types(resource: dict[str, Any]) -> None:
     inputs = resource["inputProperties"]
     kinds = {name: spec["type"] for name, spec in inputs.items()}
-    for name in ("smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes"):
+    integers = ("smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes")
+    for name in (*integers, "replicas", "proMaxSessions", "drainTimeoutSeconds"):
         assert kinds[name] == "integer", name
-    assert kinds["ephemeral"] == "boolean"
-    for name in ("allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs"):
+    assert kinds["ephemeral"] == kinds["drainOnDelete"] == "boolean"
+    lists = ("allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs")
+    for name in (*lists, "subnetIds", "natGatewayIps"):
         assert (kinds[name], inputs[name]["items"]["type"]) == ("array", "string"), name
     assert inputs["tags"]["additionalProperties"]["type"] == "string"
     # Values that may come from other resources are inputs; the rest are plain.
     for name in ("vpcId", "subnetId", "credentialsSecretArn", "apiKey", "sshPrivateKey"):
         assert "plain" not in inputs[name], name
+    assert "plain" not in inputs["subnetIds"]["items"]
     assert inputs["verification"]["plain"] is True
 
 
@@ -81,8 +84,9 @@ def test_every_output_is_declared_with_its_description(resource: dict[str, Any])
     outputs = resource["properties"]
     assert set(outputs) == OUTPUTS
     for name, spec in outputs.items():
-        assert spec["type"] == "string", name
+        assert spec.get("items", spec)["type"] == "string", name
         assert spec.get("description"), name
+    assert outputs["sendingIps"]["type"] == "array"
     assert set(resource["required"]) == OUTPUTS - OPTIONAL_OUTPUTS
 
 

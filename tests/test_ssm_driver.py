@@ -9,6 +9,7 @@ checks each request against botocore's model of the API. The clock is injected: 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from components.ssm_verify import (
     ping_status,
     verify,
 )
-from components.verification import HOST_SCRIPT
+from components.verification import DRAIN, HOST_SCRIPT, drain_driver_command
 
 ROOT = Path(__file__).parent.parent
 INSTANCE = "i-0123456789abcdef0"
@@ -87,16 +88,18 @@ def online(stubber: Stubber, status: str | None = "Online") -> None:
     )
 
 
-def sent(stubber: Stubber) -> None:
+def sent(
+    stubber: Stubber, script: str = HOST_SCRIPT, purpose: str = "verification", timeout: Any = ANY
+) -> None:
     stubber.add_response(
         "send_command",
         {"Command": {"CommandId": COMMAND}},
         {
             "InstanceIds": [INSTANCE],
             "DocumentName": "AWS-RunShellScript",
-            "Comment": "cmc-relay verification",
-            "TimeoutSeconds": ANY,
-            "Parameters": {"commands": [HOST_SCRIPT], "executionTimeout": ANY},
+            "Comment": f"cmc-relay {purpose}",
+            "TimeoutSeconds": timeout,
+            "Parameters": {"commands": [script], "executionTimeout": ANY},
         },
     )
 
@@ -289,6 +292,41 @@ def test_main_reports_an_api_error_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("verification could not use Systems Manager: ")
     assert "AccessDeniedException" in err
+
+
+def drain_argv(timeout: int) -> list[str]:
+    """The drain command line the component gives its delete step, without the interpreter."""
+    command = drain_driver_command(sys.executable, INSTANCE, "ap-northeast-1", timeout)
+    return shlex.split(command)[3:]  # python -m components.ssm_verify
+
+
+def test_run_mode_runs_the_given_script_and_passes_its_output_on(
+    ssm: tuple[Any, Stubber], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The drain's delete step: the same driver, the drain script instead of the verifier,
+    with the drain's own limit plus a margin for the command's delivery."""
+    client, stubber = ssm
+    online(stubber)
+    sent(stubber, f"{DRAIN} --timeout 600", "drain", timeout=900)
+    invocation(stubber, "InProgress")
+    invocation(stubber, "Success", stdout="drained: the queue is empty after 12 s\n", code=0)
+    clock = FakeClock()
+    assert main(drain_argv(600), lambda region: client, clock, clock.sleep) == 0
+    assert capsys.readouterr().out == "drained: the queue is empty after 12 s\n"
+
+
+def test_run_mode_failure_names_the_purpose_and_what_the_script_said(
+    ssm: tuple[Any, Stubber], capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, stubber = ssm
+    online(stubber)
+    sent(stubber, f"{DRAIN} --timeout 60", "drain")
+    remaining = "not drained: 3 messages (deferred: 3) remain in the queue after 60 s"
+    invocation(stubber, "Failed", stderr=remaining, code=1)
+    clock = FakeClock()
+    assert main(drain_argv(60), lambda region: client, clock, clock.sleep) == EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert err == [remaining, f"drain failed on {INSTANCE}: command Failed (Failed), exit status 1"]
 
 
 @pytest.mark.parametrize(

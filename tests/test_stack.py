@@ -86,11 +86,12 @@ def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:
     recorder = stack({"apiUser": "cmc-user", "apiKey": API_KEY}, secret_keys=("apiKey",))
     outputs = recorder.stack_outputs
     assert set(outputs) == {
-        "instanceId", "privateIp", "publicIp", "smtpEndpoint", "securityGroupId",
+        "instanceId", "privateIp", "publicIp", "sendingIps", "smtpEndpoint", "securityGroupId",
         "smtpRelayHost", "secretArn", "verificationReport",
     }  # fmt: skip
     assert outputs["smtpEndpoint"] == "10.20.1.10:25"
     assert outputs["publicIp"] == "203.0.113.25"
+    assert outputs["sendingIps"] == ["203.0.113.25"]
     assert not any(API_KEY in s for s in strings_in(outputs))
     assert API_KEY not in user_data_of(recorder.one(INSTANCE))
 

@@ -110,8 +110,11 @@ def postfix_parameters(settings: RelaySettings) -> dict[str, str]:
     return parse_main_cf(render_template("main.cf", settings))
 
 
-def write_files(settings: RelaySettings, secret_arn: str | None) -> list[dict[str, str]]:
-    """Every file the payload writes, in the order cloud-init writes them."""
+def write_files(
+    settings: RelaySettings, secret_arn: str | None, drain: bool = False
+) -> list[dict[str, str]]:
+    """Every file the payload writes, in the order cloud-init writes them; ``drain`` adds the
+    script a deployment runs before deleting the host."""
 
     def config_file(path: str, template: str) -> dict[str, str]:
         content = render_template(template, settings, secret_arn)
@@ -135,13 +138,19 @@ def write_files(settings: RelaySettings, secret_arn: str | None) -> list[dict[st
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.service", "fetch-secret.service"),
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
         ]
+    if drain:
+        files.append(_script_file("cmc-relay-drain"))
     return files
 
 
 def cloud_config(
-    settings: RelaySettings, secret_arn: str | None = None, ssh_public_key: str | None = None
+    settings: RelaySettings,
+    secret_arn: str | None = None,
+    ssh_public_key: str | None = None,
+    drain: bool = False,
 ) -> dict[str, Any]:
-    """The payload as a data structure; ``ssh_public_key`` lets the default user log in."""
+    """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
+    ``drain`` ships the drain script."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
     document: dict[str, Any] = {
@@ -153,7 +162,7 @@ def cloud_config(
         "manage_etc_hosts": True,
         "package_update": True,
         "packages": list(OS_PROFILES[settings.os].packages),
-        "write_files": write_files(settings, secret_arn),
+        "write_files": write_files(settings, secret_arn, drain),
         "runcmd": [[f"{SCRIPT_DIR}/cmc-relay-setup"]],
     }
     if ssh_public_key is not None:
@@ -181,10 +190,13 @@ def dump_cloud_config(document: dict[str, Any]) -> str:
 
 
 def render_user_data(
-    settings: RelaySettings, secret_arn: str | None = None, ssh_public_key: str | None = None
+    settings: RelaySettings,
+    secret_arn: str | None = None,
+    ssh_public_key: str | None = None,
+    drain: bool = False,
 ) -> str:
     """The ``#cloud-config`` document given to the instance (see ``pack_user_data``)."""
-    user_data = dump_cloud_config(cloud_config(settings, secret_arn, ssh_public_key))
+    user_data = dump_cloud_config(cloud_config(settings, secret_arn, ssh_public_key, drain))
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists
     return user_data
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
@@ -17,12 +19,14 @@ AuthMode = Literal["sasl", "ip"]
 OsName = Literal["al2023", "debian-12", "ubuntu-24.04"]
 TlsLevel = Literal["may", "encrypt", "secure"]
 Verification = Literal["ssm", "ssh", "none"]
+Egress = Literal["eip", "nat"]
 
 PLANS: Final = get_args(Plan)
 AUTH_MODES: Final = get_args(AuthMode)
 OS_NAMES: Final = get_args(OsName)
 TLS_LEVELS: Final = get_args(TlsLevel)
 VERIFICATION_MODES: Final = get_args(Verification)
+EGRESS_MODES: Final = get_args(Egress)
 
 # G4: the service's SMTP host per plan; Pro hosts are per customer.
 PLAN_SMTP_HOSTS: Final[dict[str, str]] = {
@@ -32,6 +36,7 @@ PLAN_SMTP_HOSTS: Final[dict[str, str]] = {
 }
 # G9 allows 10 sessions per sending IP; a Pro console may set up to 100.
 MAX_CONNECTIONS_LIMIT: Final[dict[str, int]] = {"trial": 10, "standard": 10, "pro": 100}
+PRO_MAX_SESSIONS_LIMIT: Final = MAX_CONNECTIONS_LIMIT["pro"]
 
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
@@ -62,6 +67,13 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "ssh_private_key": "sshPrivateKey",
     "ssh_allowed_cidrs": "sshAllowedCidrs",
     "ephemeral": "ephemeral",
+    "replicas": "replicas",
+    "subnet_ids": "subnetIds",
+    "egress": "egress",
+    "nat_gateway_ips": "natGatewayIps",
+    "pro_max_sessions": "proMaxSessions",
+    "drain_on_delete": "drainOnDelete",
+    "drain_timeout_seconds": "drainTimeoutSeconds",
 }
 
 
@@ -118,6 +130,66 @@ def parse_cidrs(name: str, values: object, world_problem: str) -> tuple[str, ...
             raise ConfigError(name, f"{value} {world_problem}")
         networks.append(network.compressed)
     return tuple(dict.fromkeys(networks))
+
+
+def hosts_per_sending_ip(replicas: int, nat_gateway_ips: Sequence[str]) -> Counter[str]:
+    """How many hosts send through each NAT address: one address carries every host, or
+    one address per host, host i behind the i-th (addresses may repeat)."""
+    if len(nat_gateway_ips) == 1:
+        return Counter({nat_gateway_ips[0]: replicas})
+    if len(nat_gateway_ips) != replicas:
+        raise ConfigError(
+            "nat_gateway_ips",
+            f"give one address (every host sends through it) or {replicas}, one per host in "
+            f"the order of the subnets; got {len(nat_gateway_ips)}",
+        )
+    return Counter(nat_gateway_ips)
+
+
+def check_session_budget(
+    settings: RelaySettings,
+    replicas: int,
+    nat_gateway_ips: Sequence[str] = (),
+    pro_max_sessions: int = PRO_MAX_SESSIONS_LIMIT,
+) -> None:
+    """G9: the service counts sessions per sending IP, not per host; a Pro console also caps
+    the total. Each host opens up to max_connections sessions. With an Elastic IP a host is
+    alone behind its address (RelaySettings holds max_connections to the plan's limit); behind
+    NAT (``nat_gateway_ips``) the hosts sharing an address share its limit.
+    """
+    sessions = settings.max_connections
+    behind_nat = hosts_per_sending_ip(replicas, nat_gateway_ips) if nat_gateway_ips else {}
+    if settings.plan == "pro":
+        total = replicas * sessions
+        if total > pro_max_sessions:
+            raise ConfigError(
+                "max_connections",
+                f"{_hosts_times(replicas, sessions)} = {total} sessions > "
+                f"proMaxSessions {pro_max_sessions} (the console's max sessions); "
+                + _advice(pro_max_sessions, replicas),
+            )
+        return
+    per_ip = MAX_CONNECTIONS_LIMIT[settings.plan]
+    for address, hosts in behind_nat.items():
+        if hosts * sessions > per_ip:
+            raise ConfigError(
+                "max_connections",
+                f"{_hosts_times(hosts, sessions)} behind NAT IP {address} = "
+                f"{hosts * sessions} sessions > {per_ip} allowed per sending IP on plan "
+                f"{settings.plan} (G9); " + _advice(per_ip, hosts),
+            )
+
+
+def _advice(limit: int, hosts: int) -> str:
+    if hosts > limit:
+        return f"at most {limit} hosts fit, each with maxConnections 1"
+    return f"set maxConnections to at most {limit // hosts}"
+
+
+def _hosts_times(hosts: int, sessions: int) -> str:
+    """The left side of the budget's arithmetic, for error messages."""
+    noun = "host" if hosts == 1 else "hosts"
+    return f"{hosts} {noun} \N{MULTIPLICATION SIGN} maxConnections {sessions}"
 
 
 @dataclass(frozen=True)
