@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST_SCRIPTS := userdata/scripts/cmc-relay-fetch-secret userdata/scripts/cmc-relay-verify userdata/scripts/cmc-relay-drain
 
-.PHONY: sandbox test lint system-packages venv clean
+.PHONY: sandbox test bench lint system-packages venv clean
 
 sandbox: system-packages venv  ## boot the relay host locally and relay a message (root)
 	$(BIN)/python -m sandbox
 
 test: system-packages venv lint  ## every test: unit, mocks, real Postfix/dnsmasq/cloud-init
 	$(BIN)/pytest
+
+bench: system-packages venv  ## throughput, recovery and DNS against their bounds (root)
+	$(BIN)/python -m benchmarks
 
 lint: venv
 	$(BIN)/ruff check .
@@ -27,7 +30,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 clean:

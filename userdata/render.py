@@ -123,6 +123,7 @@ def write_files(
     files = [
         config_file(f"{STAGE_DIR}/relay.env", "relay.env"),
         config_file(f"{STAGE_DIR}/main.cf", "main.cf"),
+        config_file(f"{STAGE_DIR}/master.cf", "master.cf"),
         config_file(f"{STAGE_DIR}/transport", "transport"),
         config_file(f"{STAGE_DIR}/reply-filter", "reply-filter"),
         config_file(f"{STAGE_DIR}/networkd-no-dns.conf", "networkd-no-dns.conf"),

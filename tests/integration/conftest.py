@@ -12,20 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.integration.rig import (
-    AWS_REGION,
     MakeRig,
     Rig,
     RigOptions,
     Secrets,
     build_rig,
     missing_requirements,
+    netns_etc,
     relay_settings,
     rig_directory,
+    secrets_service,
 )
 from userdata.settings import RelaySettings
 
@@ -38,37 +37,19 @@ def _requirements() -> None:
 
 
 @pytest.fixture(scope="session")
-def netns_etc() -> Iterator[None]:
-    """/etc/netns, where ``ip netns exec`` finds per-namespace files; removed again if this
-    session created it and left it empty."""
-    etc = Path("/etc/netns")
-    created = not etc.exists()
-    etc.mkdir(exist_ok=True)
-    yield
-    if created:
-        with contextlib.suppress(OSError):
-            etc.rmdir()
+def netns_etc_dir() -> Iterator[None]:
+    with netns_etc():
+        yield
 
 
 @pytest.fixture(scope="session")
 def secrets() -> Iterator[Secrets]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "secretsmanager",
-        region_name=AWS_REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    yield Secrets(endpoint, client)
-    server.stop()
+    with secrets_service() as service:
+        yield service
 
 
 @pytest.fixture
-def make_rig(tmp_path: Path, secrets: Secrets, netns_etc: None) -> Iterator[MakeRig]:
+def make_rig(tmp_path: Path, secrets: Secrets, netns_etc_dir: None) -> Iterator[MakeRig]:
     """Build a rig: ``make_rig(settings=None, **RigOptions fields)``; torn down after the test."""
     with contextlib.ExitStack() as stack:
 

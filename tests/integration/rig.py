@@ -35,10 +35,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import boto3
+from moto.server import ThreadedMotoServer
 
 from tests.standin import (
     Event,
@@ -467,13 +470,28 @@ class Postfix:
         )
 
 
-def write_postfix_config(postfix: Postfix, settings: RelaySettings, ca_file: Path) -> None:
+def postfix_services(settings: RelaySettings) -> list[str]:
+    """The rendered master.cf entries, as ``postconf -M`` takes them (``name/type = entry``)."""
+    lines = render_template("master.cf", settings).splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def write_postfix_config(
+    postfix: Postfix,
+    settings: RelaySettings,
+    ca_file: Path,
+    main_cf: Mapping[str, str | None] | None = None,
+) -> None:
     """Turn settings into the rig's Postfix config: the one path every test takes.
 
     As on the host: Debian's stock main.cf (main.cf.debian + main.cf.tls, plus what its postinst
     adds for "Internet Site") and master.cf, then every parameter of the debian-12 rendering
-    applied with ``postconf -e``, the rendered transport table and reply filter installed under
-    the names cmc-relay-setup gives them, and ``postmap`` (G5).
+    applied with ``postconf -e``, the rendered master.cf services with ``postconf -M``, the
+    rendered transport table and reply filter installed under the names cmc-relay-setup gives
+    them, and ``postmap`` (G5).
+
+    ``main_cf`` changes the rendered parameters (benchmarks compare against Postfix's stock
+    settings): a value replaces or adds one, None drops it so Postfix's default applies.
 
     Rig overrides, and nothing else:
 
@@ -497,9 +515,11 @@ def write_postfix_config(postfix: Postfix, settings: RelaySettings, ca_file: Pat
     postfix.mail_spool.chmod(0o1777)  # like /var/mail: local(8) creates mailboxes in it
     (conf / "main.cf").write_text("".join(p.read_text() for p in DEBIAN_MAIN_CF))
     shutil.copyfile(DEBIAN_MASTER_CF, conf / "master.cf")
+    changed = {**postfix_parameters(settings), **(main_cf or {})}
     rendered = {
         name: value.replace("/etc/postfix/", f"{conf}/")
-        for name, value in postfix_parameters(settings).items()
+        for name, value in changed.items()
+        if value is not None
     }
     overrides = {
         "config_directory": str(conf),
@@ -514,6 +534,7 @@ def write_postfix_config(postfix: Postfix, settings: RelaySettings, ca_file: Pat
     }
     parameters = {**DEBIAN_INTERNET_SITE, **rendered, **overrides}
     run("postconf", "-c", conf, "-e", *(f"{k}={v}" for k, v in parameters.items()))
+    run("postconf", "-c", conf, "-M", *postfix_services(settings))
     for name, template in POSTFIX_TABLES.items():
         (conf / name).write_text(render_template(template, settings))
     (conf / "aliases").write_text("postmaster: root\n")
@@ -692,6 +713,8 @@ class RigOptions:
     """What DNS answers for the SMTP host (the stand-in listens on all three regardless)."""
     api_key: str | None = None
     """The key stored in the secret; None = the key the stand-in accepts."""
+    main_cf: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    """Changes to the rendered main.cf parameters (see ``write_postfix_config``)."""
 
 
 class Secrets:
@@ -723,6 +746,41 @@ class Secrets:
             "--postfix-config-dir", config_dir, "--max-wait", "10",
             env=env,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def secrets_service() -> Iterator[Secrets]:
+    """moto's Secrets Manager on loopback (port picked by the OS), for as long as the block runs."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client(
+            "secretsmanager",
+            region_name=AWS_REGION,
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        yield Secrets(endpoint, client)
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def netns_etc() -> Iterator[None]:
+    """/etc/netns, where ``ip netns exec`` finds per-namespace files; removed again if this
+    block created it and left it empty."""
+    etc = Path("/etc/netns")
+    created = not etc.exists()
+    etc.mkdir(exist_ok=True)
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                etc.rmdir()
 
 
 def build_rig(
@@ -759,7 +817,7 @@ def build_rig(
     cache = dns_cache(network, root, settings)
     stack.callback(cache.stop)
     postfix = Postfix(network, root)
-    write_postfix_config(postfix, settings, standin.ca_path)
+    write_postfix_config(postfix, settings, standin.ca_path, options.main_cf)
     credentials = None
     if settings.uses_sasl:
         arn = secrets.create(f"{tag}-smtp", options.api_key or api_key)

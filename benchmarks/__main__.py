@@ -1,0 +1,215 @@
+"""python -m benchmarks: relay throughput, retry recovery and DNS cost against their bounds.
+
+Runs on the integration rig (root, network namespaces; see tests/integration/rig.py). Writes
+``results/<time>.json`` and ``.md`` (plus each rig's logs under ``results/<time>/``), and the
+report ``REPORT.md`` with its chart ``throughput.png`` to ``--report-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from benchmarks import report, scenarios
+from benchmarks.machine import machine
+from benchmarks.measure import as_json
+from benchmarks.profiles import PROFILES, TUNED, TUNING, Profile, check_profiles, without
+from tests.integration.rig import (
+    missing_requirements,
+    netns_etc,
+    relay_settings,
+    secrets_service,
+)
+
+T = TypeVar("T")
+HERE: Final = Path(__file__).resolve().parent
+SECTIONS: Final = ("throughput", "ceiling", "ablation", "churn", "recovery", "dns")
+# Retiring connections every second packs a long run's worth of reconnections into seconds.
+CHURN: Final = {"smtp_connection_reuse_time_limit": "1s"}
+# Recovery runs wait on Postfix's timers, not on the CPU: they run side by side.
+PARALLEL_RECOVERIES: Final = 6
+
+
+def _csv(kind: Callable[[str], T]) -> Callable[[str], list[T]]:
+    return lambda text: [kind(item) for item in text.split(",") if item]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--messages", type=int, default=500, help="per throughput run")
+    parser.add_argument("--intervals", type=_csv(int), default=[50, 200, 1000], help="ms")
+    parser.add_argument("--profiles", type=_csv(str), default=list(PROFILES))
+    parser.add_argument("--sections", type=_csv(str), default=list(SECTIONS))
+    parser.add_argument("--ablation-interval", type=int, default=200, help="ms")
+    parser.add_argument("--churn-runs", type=int, default=3, help="of each churn profile")
+    parser.add_argument("--churn-messages", type=int, default=300, help="per churn run")
+    parser.add_argument("--failures", type=int, default=3, help="temporary failures in a row")
+    parser.add_argument("--outage-seconds", type=float, default=30)
+    parser.add_argument("--outage-messages", type=int, default=50)
+    parser.add_argument("--dns-delay-ms", type=float, default=10)
+    parser.add_argument("--dns-rounds", type=int, default=6)
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--report-dir", type=Path, default=HERE)
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only write the report from a run's results"
+    )
+    args = parser.parse_args(argv)
+    for name in args.profiles:
+        if name not in PROFILES:
+            parser.error(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    for name in args.sections:
+        if name not in SECTIONS:
+            parser.error(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
+    return args
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def run_all(bench: scenarios.Bench, args: argparse.Namespace, say: Progress) -> dict[str, Any]:
+    profiles = [PROFILES[name] for name in args.profiles]
+    results: dict[str, Any] = {}
+
+    def throughput_runs(runs: Sequence[tuple[Profile, int]], messages: int) -> list[Any]:
+        out = []
+        for profile, interval in runs:
+            r = scenarios.throughput(bench, profile, interval, messages)
+            say(
+                f"throughput {profile.name} {interval} ms: {r.achieved_msg_s:.1f} msg/s "
+                f"({r.batch_ratio:.3f} of {r.bound_msg_s:g}), {r.delivered} delivered, "
+                f"{r.refused_sessions} sessions refused"
+            )
+            out.append(r)
+        return out
+
+    if "throughput" in args.sections:
+        runs = [(p, i) for p in profiles for i in args.intervals]
+        results["throughput"] = throughput_runs(runs, args.messages)
+    if "ceiling" in args.sections:
+        results["ceiling"] = []
+        for interval in args.intervals:
+            r = scenarios.direct(bench, interval, args.messages)
+            say(f"ceiling {interval} ms: a minimal client reaches {r.batch_ratio:.3f} of the bound")
+            results["ceiling"].append(r)
+    if "ablation" in args.sections:
+        knobs = [k for k in TUNING if k != "smtp_skip_quit_response"]  # matters in churn only
+        results["ablation"] = throughput_runs(
+            [(TUNED, args.ablation_interval)]
+            + [(without(k), args.ablation_interval) for k in knobs],
+            args.messages,
+        )
+    if "churn" in args.sections:
+        churn = [
+            Profile("churn", "as rendered, connections retired every second", CHURN),
+            Profile(
+                "churn-smtp_skip_quit_response",
+                "as rendered without smtp_skip_quit_response, connections retired every second",
+                {**CHURN, "smtp_skip_quit_response": None},
+            ),
+        ]
+        # Refusals at retirement vary a lot from run to run: alternate the two, several times.
+        results["churn"] = throughput_runs(
+            [(p, args.ablation_interval) for _ in range(args.churn_runs) for p in churn],
+            args.churn_messages,
+        )
+    if "recovery" in args.sections:
+        jobs: list[Callable[[], Any]] = []
+        for profile in profiles:
+            jobs += [
+                partial(scenarios.temporary_failures, bench, profile, "451", args.failures),
+                partial(scenarios.temporary_failures, bench, profile, "421", args.failures),
+                partial(
+                    scenarios.outage, bench, profile, args.outage_messages, args.outage_seconds
+                ),
+            ]
+        with ThreadPoolExecutor(PARALLEL_RECOVERIES) as pool:
+            results["recovery"] = list(pool.map(lambda job: job(), jobs))
+        for r in results["recovery"]:
+            say(f"recovery {r.profile} {r.scenario}: {r.recovered_s} s (bound {r.bound_s} s)")
+    if "dns" in args.sections:
+        latency = scenarios.dns_latency(bench, args.dns_delay_ms, args.dns_rounds, per_round=20)
+        results["dns_latency"] = latency
+        say(
+            f"dns: cache hit p50 {latency.cache_hit.p50_ms:.2f} ms, miss p50 "
+            f"{latency.cache_miss.p50_ms:.2f} ms, direct p50 {latency.direct.p50_ms:.2f} ms"
+        )
+    return results
+
+
+def write_report(document: dict[str, Any], report_dir: Path, say: Progress) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "REPORT.md").write_text(report.report_markdown(document))
+    if report.can_chart():
+        report.write_chart(document, report_dir / "throughput.png")
+    else:
+        say("no chart: matplotlib is not installed (pip install -e '.[bench]')")
+    say(f"wrote {report_dir / 'REPORT.md'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        write_report(json.loads(args.render.read_text()), args.report_dir, Progress())
+        return 0
+    missing = missing_requirements()
+    if missing:
+        print(f"benchmarks: cannot run here, needs: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    settings = relay_settings()
+    check_profiles(settings)
+    started = datetime.datetime.now(datetime.UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    say = Progress()
+    document: dict[str, Any] = {
+        "schema": 1,
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "parameters": {
+            "messages": args.messages,
+            "intervals_ms": args.intervals,
+            "session_cap": settings.max_connections,
+            "ablation_interval_ms": args.ablation_interval,
+            "churn_runs": args.churn_runs,
+            "churn_messages": args.churn_messages,
+            "failures": args.failures,
+            "outage_s": args.outage_seconds,
+            "outage_messages": args.outage_messages,
+            "dns_delay_ms": args.dns_delay_ms,
+        },
+        "profiles": {
+            p.name: {"title": p.title, "main_cf": dict(p.main_cf)} for p in PROFILES.values()
+        },
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    with netns_etc(), secrets_service() as secrets:
+        bench = scenarios.Bench(settings, secrets, args.results_dir / stamp)
+        document |= as_json(run_all(bench, args, say))
+    document["wall_s"] = time.monotonic() - say.started
+    document["load_average_end"] = list(machine()["load_average"])
+    json_path = args.results_dir / f"{stamp}.json"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    (args.results_dir / f"{stamp}.md").write_text(report.results_markdown(document))
+    say(f"wrote {json_path}")
+    write_report(document, args.report_dir, say)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

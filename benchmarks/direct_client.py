@@ -1,0 +1,57 @@
+"""A minimal SMTP client straight to the stand-in, run inside the relay's namespace by the bench:
+the most this rig lets any client reach, to tell the relay's own cost from the stand-in's.
+
+    ip netns exec NS python direct_client.py < request.json
+
+The request is a JSON object: ``servers`` (addresses, used in turn), ``port``, ``ca_file``,
+``user``, ``password``, ``sessions`` and ``messages``. Each session is one thread with one
+connection (STARTTLS, AUTH) that sends its share of the messages back to back, one
+transaction at a time, and quits. Prints ``{"started": unix_time}``, taken before connecting.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import ssl
+import sys
+import threading
+import time
+from typing import Any
+
+
+def session(request: dict[str, Any], number: int, count: int, errors: list[str]) -> None:
+    context = ssl.create_default_context(cafile=request["ca_file"])
+    server = request["servers"][number % len(request["servers"])]
+    try:
+        with smtplib.SMTP(server, request["port"], timeout=60) as client:
+            client.starttls(context=context)
+            client.login(request["user"], request["password"])
+            for i in range(count):
+                message = f"Message-ID: <{number}.{i}@direct.test>\r\nSubject: x\r\n\r\nx\r\n"
+                client.sendmail("app@client.example", ["user@example.com"], message)
+    except (OSError, smtplib.SMTPException) as error:
+        errors.append(f"session {number}: {error!r}")
+
+
+def main() -> None:
+    request = json.load(sys.stdin)
+    sessions, messages = request["sessions"], request["messages"]
+    shares = [messages // sessions + (n < messages % sessions) for n in range(sessions)]
+    errors: list[str] = []
+    threads = [
+        threading.Thread(target=session, args=(request, n, share, errors))
+        for n, share in enumerate(shares)
+    ]
+    started = time.time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise SystemExit("; ".join(errors))
+    json.dump({"started": started}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The benchmarks' pure parts: bounds, the numbers from a stand-in's events, the report."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from benchmarks import measure, report
+from benchmarks.bounds import percentile, postfix_seconds, recovery_bound, throughput_bound
+from benchmarks.profiles import GUIDE_LIMITS, PROFILES, TUNING, check_profiles
+from tests.integration.rig import relay_settings
+from tests.standin import Event, MessageRecord
+
+RELAY = "198.51.100.2"
+
+
+def test_bounds() -> None:
+    assert throughput_bound(10, 50) == 200
+    assert throughput_bound(10, 1000) == 10
+    assert [postfix_seconds(v) for v in ("5s", "10m", "1h", "300")] == [5, 600, 3600, 300]
+    assert recovery_bound("10s", "5s") == 15
+    assert recovery_bound("4000s", "300s") == 4300  # Postfix's defaults
+    with pytest.raises(ValueError):
+        postfix_seconds("soon")
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.95) == 4.0
+
+
+def test_profiles_drop_only_what_is_rendered() -> None:
+    check_profiles(relay_settings())
+    assert PROFILES["stock"].main_cf.keys() == {*TUNING, *GUIDE_LIMITS}
+    assert all(v is None for v in PROFILES["stock"].main_cf.values())
+    assert not PROFILES["tuned"].main_cf
+
+
+def sessions_at_full_speed(sessions: int, per_session: int, interval: float) -> list[Event]:
+    """What the stand-in records when ``sessions`` connections each deliver ``per_session``
+    messages back to back, 1 ms between one 250 and the next MAIL FROM."""
+    events: list[Event] = []
+    for s in range(1, sessions + 1):
+        t = 100.0
+        events.append({"event": "session_open", "t": t, "session": s, "ip": RELAY, "port": s})
+        events.append({"event": "tls", "t": t, "session": s, "ip": RELAY})
+        events.append({"event": "auth", "t": t, "session": s, "ip": RELAY, "mechanism": "PLAIN",
+                       "tls": True, "user": "u", "result": "ok"})  # fmt: skip
+        for _ in range(per_session):
+            t += 0.001
+            events.append({"event": "delivery_start", "t": t, "session": s, "ip": RELAY})
+            record = MessageRecord(
+                session=s, client_ip=RELAY, auth_user="u", tls=True, tls_version="TLSv1.3",
+                mail_from="a@b", rcpt_tos=("c@d",), message_id=None, body_sha256="", size=1,
+                data=None, session_started_at=100.0, mail_from_at=t, received_at=t,
+                accepted_at=t + interval, sessions_open=sessions, sessions_open_from_ip=sessions,
+                deliveries_in_progress=1, deliveries_in_progress_from_ip=1,
+            )  # fmt: skip
+            t += interval
+            events.append({"event": "message", "t": t, "session": s, "ip": RELAY,
+                           "record": record.to_json()})  # fmt: skip
+            events.append({"event": "delivery_end", "t": t, "session": s, "ip": RELAY,
+                           "outcome": "accepted"})  # fmt: skip
+    return sorted(events, key=lambda e: e["t"])
+
+
+def run_numbers(profile: str = "tuned", interval_ms: int = 200) -> measure.Throughput:
+    events = sessions_at_full_speed(10, 20, interval_ms / 1000)
+    return measure.throughput(
+        profile=profile, interval_ms=interval_ms, messages=200, session_cap=10,
+        relay_ip=RELAY, released_at=100.0, events=events,
+        wire={"connections": 10, "peak_open": 10}, deferrals=0, left_in_queue=0,
+        next_attempt_s=None, dns_lookups=400, upstream_queries=2,
+    )  # fmt: skip
+
+
+def test_throughput_numbers_from_events() -> None:
+    run = run_numbers()
+    assert run.delivered == 200
+    assert run.bound_msg_s == 50
+    # 20 messages of 201 ms per session: 4.02 s for what the bound allows in 4 s.
+    assert run.window_s == pytest.approx(4.02)
+    assert run.ratio == pytest.approx(4 / 4.02)
+    assert run.batch_ratio == run.ratio
+    assert run.steady_ratio == pytest.approx(200 / 201, rel=0.02)
+    assert (run.peak_sessions_standin, run.peak_deliveries_standin) == (10, 10)
+    assert (run.refused_sessions, run.tcp_per_message, run.tls_per_message) == (0, 0.05, 0.05)
+    assert run.dns_lookups_per_1000 == 2000
+    assert run.timing.gap_ms == pytest.approx(1.0)
+    assert run.timing.interval_overshoot_ms == pytest.approx(0.0, abs=1e-6)
+
+
+def document(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "wall_s": 1.0,
+        "machine": {"nproc": 2, "cpu_model": "cpu", "kernel": "k", "python": "3", "postfix": "3.7",
+                    "dnsmasq": "Dnsmasq version 2.90", "load_average": [0.0, 0.0, 0.0]},
+        "parameters": {"messages": 200, "session_cap": 10, "ablation_interval_ms": 200,
+                       "failures": 3, "outage_s": 30, "outage_messages": 50, "dns_delay_ms": 10},
+        "profiles": {name: {"title": p.title, "main_cf": dict(p.main_cf)}
+                     for name, p in PROFILES.items()},
+        "throughput": [measure.as_json(run_numbers())],
+        "recovery": [measure.as_json(measure.Recovery(
+            profile="tuned", scenario="outage", messages=50, bound_s=15, recovered_s=4.0,
+            next_attempt_s=None, within_bound=True, failures_seen=0, delivered=50))],
+    }  # fmt: skip
+    return doc | changes
+
+
+def test_report_tables_and_verdicts() -> None:
+    doc = document()
+    text = report.report_markdown(doc)
+    assert "| tuned | 200 ms | 50.0 |" in text
+    assert "| tuned | outage | 50 | 0 | 4.0 s | 15 s | yes |" in text
+    verdicts = dict(report.verdicts(doc))
+    assert verdicts["zero refused sessions at cap 10, 200 ms (0)"]
+    assert verdicts["recovery within the bound, outage"]
+    assert any(t.startswith("achieved/bound ≥ 0.95 at 200 ms") and ok for t, ok in verdicts.items())
+    assert "PASS: zero refused sessions" in report.results_markdown(doc)
+
+
+def test_as_json_turns_nothing_measured_into_null() -> None:
+    assert measure.as_json({"x": math.nan, "y": [1.5]}) == {"x": None, "y": [1.5]}

@@ -1,0 +1,68 @@
+"""The benchmark, run small so it cannot rot: its JSON's shape, not its speeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+from tests.integration.rig import missing_requirements
+
+pytestmark = pytest.mark.integration
+
+THROUGHPUT_KEYS = {
+    "profile", "interval_ms", "messages", "bound_msg_s", "delivered", "achieved_msg_s", "ratio",
+    "batch_ratio", "refused_sessions", "peak_sessions_standin", "peak_open_wire",
+    "tcp_per_message", "tls_per_message", "dns_lookups_per_1000", "upstream_queries_per_1000",
+    "left_in_queue", "timing",
+}  # fmt: skip
+RECOVERY_KEYS = {"profile", "scenario", "bound_s", "recovered_s", "next_attempt_s", "within_bound"}
+
+
+def test_benchmark_smoke(tmp_path: Path) -> None:
+    missing = missing_requirements()
+    if missing:
+        pytest.skip(f"integration rig needs: {', '.join(missing)}")
+    results, reports = tmp_path / "results", tmp_path / "report"
+    status = main(
+        [
+            "--messages", "6", "--intervals", "50", "--profiles", "tuned,stock",
+            "--sections", "throughput,ceiling,recovery,dns", "--failures", "1",
+            "--outage-seconds", "2", "--outage-messages", "2", "--dns-rounds", "2",
+            "--results-dir", str(results), "--report-dir", str(reports),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    [path] = results.glob("*.json")
+    document = json.loads(path.read_text())
+    assert set(document) >= {
+        "machine",
+        "parameters",
+        "profiles",
+        "throughput",
+        "ceiling",
+        "recovery",
+        "dns_latency",
+    }
+    assert {"nproc", "cpu_model", "kernel"} <= set(document["machine"])
+    assert [(r["profile"], r["interval_ms"]) for r in document["throughput"]] == [
+        ("tuned", 50),
+        ("stock", 50),
+    ]
+    for run in document["throughput"] + document["ceiling"]:
+        assert set(run) >= THROUGHPUT_KEYS
+    assert document["throughput"][0]["delivered"] == 6
+    assert [r["profile"] for r in document["ceiling"]] == ["direct"]
+    assert [(r["profile"], r["scenario"]) for r in document["recovery"]] == [
+        (p, s) for p in ("tuned", "stock") for s in ("451x1", "421x1", "outage")
+    ]
+    for run in document["recovery"]:
+        assert set(run) >= RECOVERY_KEYS
+    assert {"cache_hit", "cache_miss", "direct"} <= set(document["dns_latency"])
+    assert path.with_suffix(".md").exists()
+    assert "## Throughput" in (reports / "REPORT.md").read_text()
+    if importlib.util.find_spec("matplotlib"):
+        assert (reports / "throughput.png").stat().st_size > 0
