@@ -332,19 +332,14 @@ class RelayHost(pulumi.ComponentResource):
             opts=child,
         )
         self._smtp_ingress(f"{name}-smtp-in", group, settings, args, child)
-        for index, cidr in enumerate(options.ssh_allowed_cidrs):
-            is_ipv6 = ":" in cidr
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-ssh-in-{index}",
-                security_group_id=group.id,
-                ip_protocol="tcp",
-                from_port=SSH_PORT,
-                to_port=SSH_PORT,
-                description=f"SSH for post-boot verification from {cidr}",
-                cidr_ipv4=None if is_ipv6 else cidr,
-                cidr_ipv6=cidr if is_ipv6 else None,
-                opts=child,
-            )
+        self._cidr_ingress(
+            f"{name}-ssh-in",
+            group,
+            options.ssh_allowed_cidrs,
+            SSH_PORT,
+            "SSH for post-boot verification from",
+            child,
+        )
         egress = {
             settings.smtp_port: "the service's SMTP relay port",
             **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[settings.os]},
@@ -364,6 +359,30 @@ class RelayHost(pulumi.ComponentResource):
         ]
         return group, rules
 
+    @staticmethod
+    def _cidr_ingress(
+        prefix: str,
+        group: aws.ec2.SecurityGroup,
+        cidrs: Sequence[str],
+        port: int,
+        description: str,
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """One rule per network (IPv4 or IPv6), named ``<prefix>-<index>``."""
+        for index, cidr in enumerate(cidrs):
+            is_ipv6 = ":" in cidr
+            aws.vpc.SecurityGroupIngressRule(
+                f"{prefix}-{index}",
+                security_group_id=group.id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                description=f"{description} {cidr}",
+                cidr_ipv4=None if is_ipv6 else cidr,
+                cidr_ipv6=cidr if is_ipv6 else None,
+                opts=child,
+            )
+
     def _smtp_ingress(
         self,
         prefix: str,
@@ -373,19 +392,9 @@ class RelayHost(pulumi.ComponentResource):
         child: pulumi.ResourceOptions,
     ) -> None:
         """Port 25 into ``group`` from the allowed client networks and security groups."""
-        for index, cidr in enumerate(settings.allowed_cidrs):
-            is_ipv6 = ":" in cidr
-            aws.vpc.SecurityGroupIngressRule(
-                f"{prefix}-{index}",
-                security_group_id=group.id,
-                ip_protocol="tcp",
-                from_port=SMTP_PORT,
-                to_port=SMTP_PORT,
-                description=f"SMTP from allowed network {cidr}",
-                cidr_ipv4=None if is_ipv6 else cidr,
-                cidr_ipv6=cidr if is_ipv6 else None,
-                opts=child,
-            )
+        self._cidr_ingress(
+            prefix, group, settings.allowed_cidrs, SMTP_PORT, "SMTP from allowed network", child
+        )
         for index, source_group in enumerate(args.get("allowed_security_group_ids", ())):
             aws.vpc.SecurityGroupIngressRule(
                 f"{prefix}-sg-{index}",
