@@ -16,15 +16,13 @@ _INT_KEYS = {
     "proMaxSessions", "drainTimeoutSeconds",
 }  # fmt: skip
 _BOOL_KEYS = {"ephemeral", "drainOnDelete"}
-_LIST_KEYS = {
+_STRUCTURED_KEYS = {
     "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
+    "tags",
 }  # fmt: skip
 _SECRET_KEYS = {"apiKey", "sshPrivateKey"}
 _NETWORK_KEYS = {"subnetId", "allowedCidrs"}  # resolved by network(), from AWS if unset
-_ARG_NAMES = {key: name for name, key in CONFIG_KEYS.items()} | {
-    "allowedSecurityGroupIds": "allowed_security_group_ids",
-    "tags": "tags",
-}
+_ARG_NAMES = {key: name for name, key in CONFIG_KEYS.items()}
 
 
 def read_config(config: pulumi.Config) -> dict[str, Any]:
@@ -37,7 +35,7 @@ def read_config(config: pulumi.Config) -> dict[str, Any]:
             value: Any = config.get_int(key)
         elif key in _BOOL_KEYS:
             value = config.get_bool(key)
-        elif key in _LIST_KEYS or key == "tags":
+        elif key in _STRUCTURED_KEYS:
             value = config.get_object(key)
         elif key in _SECRET_KEYS:
             value = config.get_secret(key)

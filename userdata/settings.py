@@ -62,6 +62,8 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "instance_type": "instanceType",
     "ami_id": "amiId",
     "subnet_id": "subnetId",
+    "allowed_security_group_ids": "allowedSecurityGroupIds",
+    "tags": "tags",
     "verification": "verification",
     "ssh_public_key": "sshPublicKey",
     "ssh_private_key": "sshPrivateKey",
