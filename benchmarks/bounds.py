@@ -16,6 +16,12 @@ def throughput_bound(sessions: int, interval_ms: float) -> float:
     return sessions * 1000 / interval_ms
 
 
+def outside_interval_budget_ms(interval_ms: float, ratio: float) -> float:
+    """Time per message a session may spend outside the receiving interval (its transaction,
+    the wait for each reply, the client's turn-around) and still reach ``ratio`` of the bound."""
+    return interval_ms / ratio - interval_ms
+
+
 def postfix_seconds(value: str) -> int:
     """A Postfix time parameter in seconds: ``300s``, ``5m``, ``1h``; a bare number is seconds
     (the unit of every parameter used here)."""

@@ -5,6 +5,7 @@ Times are the stand-in's event times (Unix time, one clock for every process on 
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ class Timing:
     """MAIL FROM to end of DATA."""
     interval_overshoot_ms: float
     """The stand-in's receiving interval as it really took, less its nominal value."""
+    outside_interval_ms: float
+    """Per cycle (one 250 to the next on the same session), the time outside the nominal
+    interval: the overshoot, the transaction and the gap together."""
+    outside_interval_p10_ms: float
+    """Its 10th percentile: what the fastest cycles needed."""
 
 
 @dataclass(frozen=True)
@@ -153,11 +159,21 @@ def timing(events: Sequence[Event], interval_ms: int, sessions: int, window: flo
     records = messages_from_events(events)
     transactions = [1000 * (r.received_at - r.mail_from_at) for r in records]
     overshoots = [1000 * (r.accepted_at - r.received_at) - interval_ms for r in records]
+    accepted: dict[int, list[float]] = {}
+    for r in records:
+        accepted.setdefault(r.session, []).append(r.accepted_at)
+    outside = [
+        1000 * (later - earlier) - interval_ms
+        for times in accepted.values()
+        for earlier, later in itertools.pairwise(sorted(times))
+    ]
     return Timing(
         cycle_ms=1000 * sessions * window / len(records) if records else float("nan"),
         gap_ms=_median(gaps),
         transaction_ms=_median(transactions),
         interval_overshoot_ms=_median(overshoots),
+        outside_interval_ms=_median(outside),
+        outside_interval_p10_ms=percentile(outside, 0.1) if outside else float("nan"),
     )
 
 

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from benchmarks import measure, report
-from benchmarks.bounds import percentile, postfix_seconds, recovery_bound, throughput_bound
+from benchmarks.bounds import (
+    outside_interval_budget_ms,
+    percentile,
+    postfix_seconds,
+    recovery_bound,
+    throughput_bound,
+)
 from benchmarks.profiles import GUIDE_LIMITS, PROFILES, TUNING, check_profiles
 from tests.integration.rig import relay_settings
 from tests.standin import Event, MessageRecord
@@ -26,6 +32,9 @@ def test_bounds() -> None:
         postfix_seconds("soon")
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.95) == 4.0
+    # 0.95 of the bound at 50 ms: 52.63 ms per message, 2.63 of them outside the interval.
+    assert outside_interval_budget_ms(50, 0.95) == pytest.approx(2.632, abs=1e-3)
+    assert outside_interval_budget_ms(1000, 0.95) == pytest.approx(52.63, abs=1e-2)
 
 
 def test_profiles_drop_only_what_is_rendered() -> None:
@@ -35,9 +44,11 @@ def test_profiles_drop_only_what_is_rendered() -> None:
     assert not PROFILES["tuned"].main_cf
 
 
-def sessions_at_full_speed(sessions: int, per_session: int, interval: float) -> list[Event]:
+def sessions_at_full_speed(
+    sessions: int, per_session: int, interval: float, gap: float = 0.001
+) -> list[Event]:
     """What the stand-in records when ``sessions`` connections each deliver ``per_session``
-    messages back to back, 1 ms between one 250 and the next MAIL FROM."""
+    messages back to back, ``gap`` seconds between one 250 and the next MAIL FROM."""
     events: list[Event] = []
     for s in range(1, sessions + 1):
         t = 100.0
@@ -46,7 +57,7 @@ def sessions_at_full_speed(sessions: int, per_session: int, interval: float) -> 
         events.append({"event": "auth", "t": t, "session": s, "ip": RELAY, "mechanism": "PLAIN",
                        "tls": True, "user": "u", "result": "ok"})  # fmt: skip
         for _ in range(per_session):
-            t += 0.001
+            t += gap
             events.append({"event": "delivery_start", "t": t, "session": s, "ip": RELAY})
             record = MessageRecord(
                 session=s, client_ip=RELAY, auth_user="u", tls=True, tls_version="TLSv1.3",
@@ -63,8 +74,10 @@ def sessions_at_full_speed(sessions: int, per_session: int, interval: float) -> 
     return sorted(events, key=lambda e: e["t"])
 
 
-def run_numbers(profile: str = "tuned", interval_ms: int = 200) -> measure.Throughput:
-    events = sessions_at_full_speed(10, 20, interval_ms / 1000)
+def run_numbers(
+    profile: str = "tuned", interval_ms: int = 200, gap: float = 0.001
+) -> measure.Throughput:
+    events = sessions_at_full_speed(10, 20, interval_ms / 1000, gap)
     return measure.throughput(
         profile=profile, interval_ms=interval_ms, messages=200, session_cap=10,
         relay_ip=RELAY, released_at=100.0, events=events,
@@ -87,6 +100,8 @@ def test_throughput_numbers_from_events() -> None:
     assert run.dns_lookups_per_1000 == 2000
     assert run.timing.gap_ms == pytest.approx(1.0)
     assert run.timing.interval_overshoot_ms == pytest.approx(0.0, abs=1e-6)
+    assert run.timing.outside_interval_ms == pytest.approx(1.0)
+    assert run.timing.outside_interval_p10_ms == pytest.approx(1.0)
 
 
 def document(**changes: Any) -> dict[str, Any]:
@@ -117,6 +132,21 @@ def test_report_tables_and_verdicts() -> None:
     assert verdicts["recovery within the bound, outage"]
     assert any(t.startswith("achieved/bound ≥ 0.95 at 200 ms") and ok for t, ok in verdicts.items())
     assert "PASS: zero refused sessions" in report.results_markdown(doc)
+
+
+def test_a_run_below_the_target_says_what_the_target_leaves_per_message() -> None:
+    slow = measure.as_json(run_numbers(interval_ms=50, gap=0.004))  # 54 ms per message
+    fast = measure.as_json(run_numbers(interval_ms=200))
+    doc = document(throughput=[slow, fast])
+
+    assert not dict(report.verdicts(doc))[
+        f"achieved/bound ≥ 0.95 at 50 ms ({slow['batch_ratio']:.3f})"
+    ]
+    (at_50,) = [line for line in report.findings(doc) if "Rendered settings, 50 ms" in line]
+    assert "leaves 2.63 ms per message outside the receiving interval" in at_50
+    assert "fastest tenth of cycles needed 4.00 ms (median 4.00)" in at_50
+    (at_200,) = [line for line in report.findings(doc) if "Rendered settings, 200 ms" in line]
+    assert "leaves" not in at_200
 
 
 def test_as_json_turns_nothing_measured_into_null() -> None:

@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,58 @@ def test_receiving_interval_holds_each_message_without_serialising_sessions(
     assert stats.peak_deliveries == 4
     assert stats.peak_deliveries_by_ip == {LOOPBACK: 4}
     assert stats.deliveries_in_progress == 0
+
+
+def test_stopping_ends_a_receiving_interval_in_progress(make_standin: MakeStandIn) -> None:
+    standin = make_standin(receive_interval_ms=10_000)
+    client = connect_tls(standin)
+    client.login(USER, KEY)
+    client.mail("a@relay.test")
+    client.rcpt("b@dest.test")
+    client.putcmd("data")
+    assert client.getreply()[0] == 354
+    client.send(message() + b"\r\n.\r\n")
+    timers: list[threading.Thread] = []
+    for _ in range(500):  # until the message's interval is being timed
+        timers = [t for t in threading.enumerate() if t.name.startswith("standin-interval")]
+        if timers:
+            break
+        time.sleep(0.01)
+    assert timers
+
+    standin.stop()
+
+    for timer in timers:
+        timer.join(5)
+    assert [t.name for t in timers if t.is_alive()] == []
+    assert standin.messages() == []
+    client.close()
+
+
+# --- PIPELINING ---------------------------------------------------------------------------
+
+
+def test_pipelined_commands_are_announced_and_answered_in_order(
+    make_standin: MakeStandIn,
+) -> None:
+    standin = make_standin()
+    with connect_tls(standin) as client:
+        assert client.has_extn("pipelining")
+        client.login(USER, KEY)
+        # MAIL, RCPT and DATA in one write, as Postfix sends them to a PIPELINING server.
+        client.send(b"MAIL FROM:<a@relay.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n")
+        assert [client.getreply()[0] for _ in range(3)] == [250, 250, 354]
+        client.send(message() + b"\r\n.\r\n")
+        assert client.getreply()[0] == 250
+    (record,) = standin.wait_for_messages(1)
+    assert (record.mail_from, record.rcpt_tos) == ("a@relay.test", ("b@dest.test",))
+
+
+def test_pipelining_can_be_withheld(make_standin: MakeStandIn) -> None:
+    standin = make_standin(pipelining=False)
+    with connect_tls(standin) as client:
+        assert client.has_extn("auth")
+        assert not client.has_extn("pipelining")
 
 
 def test_size_limit_is_advertised_and_enforced_with_552(make_standin: MakeStandIn) -> None:
