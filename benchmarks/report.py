@@ -275,7 +275,9 @@ def write_chart(results: Row, path: Path) -> None:
             ys = [value(median_run(by_interval[t])) if t in by_interval else 0.0 for t in intervals]
             errors = [[y - min(v) for y, v in zip(ys, spans, strict=True)],
                       [max(v) - y for y, v in zip(ys, spans, strict=True)]]  # fmt: skip
-            drawn = axis.bar(xs, ys, width, label=profile, yerr=errors, capsize=2)
+            single = all(len(v) == 1 for v in spans)
+            drawn = axis.bar(xs, ys, width, label=profile, yerr=None if single else errors,
+                             capsize=2)  # fmt: skip
             axis.bar_label(drawn, fmt="%.2f" if axis is left else "%d", fontsize=7)
         axis.set_xticks(range(len(intervals)), [f"{t} ms" for t in intervals])
         axis.set_xlabel("receiving interval")
@@ -292,7 +294,7 @@ def write_chart(results: Row, path: Path) -> None:
     left.axhline(1.0, color="black", linewidth=0.8)
     left.axhline(TARGET_RATIO, color="grey", linestyle="--", linewidth=0.8, label="target")
     left.set_ylim(0, 1.3)
-    left.set_title("whole batch: achieved / bound")
+    left.set_title("whole batch: achieved / bound (median run; whiskers: range)", fontsize=10)
     left.legend(fontsize=7, loc="upper center", ncol=3)
     bars(right, lambda r: r["refused_sessions"])
     right.set_ylim(0, 1.15 * max(1, *(r["refused_sessions"] for r in runs)))
