@@ -29,7 +29,7 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     results, reports = tmp_path / "results", tmp_path / "report"
     status = main(
         [
-            "--messages", "6", "--intervals", "50", "--profiles", "tuned,stock",
+            "--messages", "6", "--intervals", "50", "--profiles", "tuned,stock", "--repeats", "2",
             "--sections", "throughput,ceiling,recovery,dns", "--failures", "1",
             "--outage-seconds", "2", "--outage-messages", "2", "--dns-rounds", "2",
             "--results-dir", str(results), "--report-dir", str(reports),
@@ -48,14 +48,17 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         "dns_latency",
     }
     assert {"nproc", "cpu_model", "kernel"} <= set(document["machine"])
+    # The rendered settings are repeated, the baselines are not.
     assert [(r["profile"], r["interval_ms"]) for r in document["throughput"]] == [
+        ("tuned", 50),
         ("tuned", 50),
         ("stock", 50),
     ]
     for run in document["throughput"] + document["ceiling"]:
         assert set(run) >= THROUGHPUT_KEYS
     assert document["throughput"][0]["delivered"] == 6
-    assert [r["profile"] for r in document["ceiling"]] == ["direct"]
+    assert [r["profile"] for r in document["ceiling"]] == ["direct", "direct"]
+    assert document["parameters"]["repeats"] == 2
     assert [(r["profile"], r["scenario"]) for r in document["recovery"]] == [
         (p, s) for p in ("tuned", "stock") for s in ("451x1", "421x1", "outage")
     ]
@@ -63,6 +66,8 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         assert set(run) >= RECOVERY_KEYS
     assert {"cache_hit", "cache_miss", "direct"} <= set(document["dns_latency"])
     assert path.with_suffix(".md").exists()
-    assert "## Throughput" in (reports / "REPORT.md").read_text()
+    report = (reports / "REPORT.md").read_text()
+    assert "## Throughput" in report
+    assert "achieved/bound ≥ 0.95 at 50 ms (median " in report
     if importlib.util.find_spec("matplotlib"):
         assert (reports / "throughput.png").stat().st_size > 0
