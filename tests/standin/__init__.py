@@ -1,8 +1,9 @@
 """A stand-in for Customers Mail Cloud's relay endpoint (port 10025), for tests and benchmarks.
 
-Real Postfix can relay to it: it offers STARTTLS with a test CA (``StandIn.ca_path``), checks
-AUTH PLAIN/LOGIN against API users, applies the console's session cap, receiving interval,
-size limit and acceptable network, injects faults, and records every message and counter.
+Real Postfix can relay to it: it offers STARTTLS with a test CA (``StandIn.ca_path``) and
+PIPELINING, checks AUTH PLAIN/LOGIN against API users, applies the console's session cap,
+receiving interval, size limit and acceptable network, injects faults, and records every
+message and counter.
 
 In-process::
 
