@@ -148,6 +148,11 @@ def median_run(runs: Sequence[Row]) -> Row:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def ceiling_by_interval(results: Row) -> dict[int, Row]:
+    """The minimal client's median run at each receiving interval."""
+    return {i: median_run(rs) for i, rs in repeated(results.get("ceiling", []), "direct").items()}
+
+
 def _ratios(runs: Sequence[Row]) -> str:
     median = f"{median_run(runs)['batch_ratio']:.3f}"
     if len(runs) == 1:
@@ -283,14 +288,12 @@ def write_chart(results: Row, path: Path) -> None:
         axis.set_xlabel("receiving interval")
 
     bars(left, lambda r: r["batch_ratio"])
-    ceiling = {
-        i: median_run(rs)["batch_ratio"]
-        for i, rs in repeated(results.get("ceiling", []), "direct").items()
-    }
+    ceiling = ceiling_by_interval(results)
     for j, interval in enumerate(intervals):
         if interval in ceiling:
-            left.hlines(ceiling[interval], j - 0.45, j + 0.45, colors="black", linestyles=":",
-                        label="minimal client (rig ceiling)" if j == 0 else None)  # fmt: skip
+            label = "minimal client (rig ceiling)" if j == 0 else None
+            left.hlines(ceiling[interval]["batch_ratio"], j - 0.45, j + 0.45, colors="black",
+                        linestyles=":", label=label)  # fmt: skip
     left.axhline(1.0, color="black", linewidth=0.8)
     left.axhline(TARGET_RATIO, color="grey", linestyle="--", linewidth=0.8, label="target")
     left.set_ylim(0, 1.3)
@@ -404,9 +407,7 @@ def findings(results: Row) -> list[str]:
     """What the tables say, in sentences computed from them."""
     runs = results["throughput"]
     by_profile = {name: [r for r in runs if r["profile"] == name] for name in results["profiles"]}
-    ceiling = {
-        i: median_run(rs) for i, rs in repeated(results.get("ceiling", []), "direct").items()
-    }
+    ceiling = ceiling_by_interval(results)
     out = []
     if guide := by_profile.get("guide"):
         refused = [r["refused_sessions"] for r in guide]
