@@ -17,13 +17,13 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.rig import wait_until
 from tests.standin import (
     StandIn,
     StandInConfig,
@@ -350,13 +350,12 @@ def test_stopping_ends_a_receiving_interval_in_progress(make_standin: MakeStandI
     client.putcmd("data")
     assert client.getreply()[0] == 354
     client.send(message() + b"\r\n.\r\n")
-    timers: list[threading.Thread] = []
-    for _ in range(500):  # until the message's interval is being timed
-        timers = [t for t in threading.enumerate() if t.name.startswith("standin-interval")]
-        if timers:
-            break
-        time.sleep(0.01)
-    assert timers
+    timers = wait_until(
+        lambda: [t for t in threading.enumerate() if t.name.startswith("standin-interval")],
+        5,
+        "the message's receiving interval being timed",
+        0.01,
+    )
 
     standin.stop()
 
