@@ -257,6 +257,11 @@ class Dnsmasq:
         pattern = re.compile(rf": {kind}\[\w+\] {re.escape(name)} from ")
         return [line for line in self.log.read_text().splitlines() if pattern.search(line)]
 
+    def cached_answers(self, name: str) -> set[str]:
+        """What this dnsmasq answered for ``name`` from its cache: addresses, or a NODATA marker."""
+        pattern = re.compile(rf": cached {re.escape(name)} is (\S+)$")
+        return {m[1] for line in self.log.read_text().splitlines() if (m := pattern.search(line))}
+
     def stop(self) -> None:
         stop_process(self.process)
 
