@@ -22,6 +22,7 @@ from userdata.render import (
     dump_cloud_config,
     pack_user_data,
     parse_main_cf,
+    postfix_services,
     render_template,
     render_user_data,
     script,
@@ -159,6 +160,18 @@ def test_credentials_never_travel_without_tls() -> None:
     assert "noplaintext" in main_cf["smtp_sasl_security_options"]
     assert main_cf["smtp_sasl_tls_security_options"] == "noanonymous"
     assert main_cf["smtp_reply_filter"] == "regexp:/etc/postfix/cmc-relay-reply-filter"
+
+
+@pytest.mark.parametrize(("os_name", "chroot"), [("debian-12", "y"), ("ubuntu-24.04", "y"),
+                                                 ("al2023", "n")])  # fmt: skip
+def test_tlsproxy_service_for_tls_connection_reuse(os_name: OsName, chroot: str) -> None:
+    """smtp_tls_connection_reuse needs tlsproxy, which stock master.cf files leave out;
+    chrooted like the OS's own services."""
+    settings = variant("trial", os_name)
+    assert parse_main_cf(render_template("main.cf", settings))["smtp_tls_connection_reuse"] == "yes"
+    assert postfix_services(settings) == {
+        "tlsproxy/unix": f"tlsproxy unix - - {chroot} - 0 tlsproxy"
+    }
 
 
 def test_ip_mode_sends_no_auth_and_fetches_no_secret() -> None:

@@ -16,7 +16,7 @@ import pytest
 from sandbox import prereq
 from sandbox.rig import Unsupported
 from sandbox.session import BOOT_ENV, SETTINGS, Sandbox
-from userdata.render import parse_main_cf, postfix_parameters, render_template
+from userdata.render import postfix_parameters, postfix_services
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_a_good_boot_passes_every_check(host: Sandbox) -> None:
         "dnsmasq-running",
         "transport-table",
         *(f"postconf:{name}" for name in postfix_parameters(SETTINGS)),
-        *(f"master.cf:{name}" for name in services()),
+        *(f"master.cf:{name}" for name in postfix_services(SETTINGS)),
         "password-table",
         "password-table-mode",
         "resolver",
@@ -131,14 +131,9 @@ def test_a_wrong_postfix_setting(host: Sandbox, name: str, wrong: str) -> None:
     assert failed == {f"postconf:{name}": f"is {wrong!r}, staged {right!r}"}
 
 
-def services() -> dict[str, str]:
-    """The master.cf entries the payload stages, by name/type."""
-    return parse_main_cf(render_template("master.cf", SETTINGS))
-
-
 def test_a_missing_master_cf_service(host: Sandbox) -> None:
     """Without tlsproxy, TLS connection reuse makes every delivery defer."""
-    (name, entry), *_ = services().items()
+    (name, entry), *_ = postfix_services(SETTINGS).items()
     host.machine.run(["postconf", "-MX", name])
     try:
         code, failed, _ = verify(host)

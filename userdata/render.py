@@ -96,7 +96,8 @@ def _script_file(name: str) -> dict[str, str]:
 
 
 def parse_main_cf(text: str) -> dict[str, str]:
-    """``name = value`` lines of a main.cf fragment, in order; comments and blanks skipped."""
+    """``name = value`` lines of a main.cf fragment (or of master.cf entries in ``postconf -M``
+    form, ``name/type = entry``), in order; comments and blanks skipped."""
     parameters = {}
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
@@ -108,6 +109,11 @@ def parse_main_cf(text: str) -> dict[str, str]:
 def postfix_parameters(settings: RelaySettings) -> dict[str, str]:
     """The main.cf parameters the host applies: for tests and the on-host verifier alike."""
     return parse_main_cf(render_template("main.cf", settings))
+
+
+def postfix_services(settings: RelaySettings) -> dict[str, str]:
+    """The master.cf services the host adds with ``postconf -M``: entry by name/type."""
+    return parse_main_cf(render_template("master.cf", settings))
 
 
 def write_files(

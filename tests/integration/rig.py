@@ -52,7 +52,7 @@ from tests.standin import (
     read_events,
     stats_from_events,
 )
-from userdata.render import postfix_parameters, render_template
+from userdata.render import postfix_parameters, postfix_services, render_template
 from userdata.settings import RelaySettings
 
 if TYPE_CHECKING:
@@ -475,12 +475,6 @@ class Postfix:
         )
 
 
-def postfix_services(settings: RelaySettings) -> list[str]:
-    """The rendered master.cf entries, as ``postconf -M`` takes them (``name/type = entry``)."""
-    lines = render_template("master.cf", settings).splitlines()
-    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
 def write_postfix_config(
     postfix: Postfix,
     settings: RelaySettings,
@@ -539,7 +533,8 @@ def write_postfix_config(
     }
     parameters = {**DEBIAN_INTERNET_SITE, **rendered, **overrides}
     run("postconf", "-c", conf, "-e", *(f"{k}={v}" for k, v in parameters.items()))
-    run("postconf", "-c", conf, "-M", *postfix_services(settings))
+    services = postfix_services(settings)
+    run("postconf", "-c", conf, "-M", *(f"{name} = {entry}" for name, entry in services.items()))
     for name, template in POSTFIX_TABLES.items():
         (conf / name).write_text(render_template(template, settings))
     (conf / "aliases").write_text("postmaster: root\n")
