@@ -192,7 +192,6 @@ class RelayHost(pulumi.ComponentResource):
         self.smtp_relay_host = pulumi.Output.from_input(settings.next_hop)
         self.secret_arn = pulumi.Output.from_input(secret_arn)
         self.verification_report = pulumi.Output.from_input(self._reports(hosts))
-        # The single host's registered outputs, unchanged; sending_ips is an attribute only.
         self.register_outputs(
             {
                 "instance_id": self.instance_id,

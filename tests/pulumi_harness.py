@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import json
+import runpy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 
+STACK_PROGRAM = Path(__file__).resolve().parents[1] / "__main__.py"
 ACCOUNT = "123456789012"
 REGION = "ap-northeast-1"
 CREATED_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:relay-credentials-AbCdEf"
@@ -196,6 +200,17 @@ def run_program(
         loop.close()
         asyncio.set_event_loop(None)
     return recorder
+
+
+def run_stack(
+    config: dict[str, Any], secret_keys: tuple[str, ...] = (), recorder: Recorder | None = None
+) -> Recorder:
+    """Run the stack program (``__main__.py``) with this stack config, values as ``pulumi config
+    set`` stores them (structured ones as JSON)."""
+    as_strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    return run_program(
+        lambda: runpy.run_path(str(STACK_PROGRAM)), as_strings, secret_keys, recorder
+    )
 
 
 def strings_in(value: Any) -> Iterator[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import runpy
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.pulumi_harness import (
     VERIFIER_REPORT,
     Recorder,
     run_program,
+    run_stack,
     user_data_of,
 )
 from userdata.render import SCRIPT_DIR
@@ -78,18 +78,6 @@ def fleet(replicas: int, **changes: Any) -> Recorder:
 
 def outputs(recorder: Recorder) -> dict[str, Any]:
     return recorder.outputs[recorder.one(TYPE_TOKEN).urn]
-
-
-def attribute(replicas: int, name: str, **changes: Any) -> Any:
-    """A component attribute's value (sending_ips is not among the registered outputs)."""
-    found: list[Any] = []
-
-    def program() -> None:
-        relay = RelayHost("relay", fleet_args(replicas, **changes))  # type: ignore[arg-type]
-        getattr(relay, name).apply(found.append)
-
-    run_program(program)
-    return found[0]
 
 
 def host_names(replicas: int) -> list[str]:
@@ -252,7 +240,7 @@ def test_eip_egress_gives_each_host_its_own_sending_ip(replicas: int) -> None:
     for host in host_names(replicas):
         association = recorder.by_name(f"{host}-eip-association").inputs
         assert association["instanceId"] == f"{host}-instance-id"
-    sending = attribute(replicas, "sending_ips")
+    sending = outputs(recorder)["sending_ips"]
     assert sorted(sending) == [f"203.0.113.{25 + n}" for n in range(replicas)]
     assert outputs(recorder)["public_ip"] == "203.0.113.25"
 
@@ -263,9 +251,7 @@ def test_nat_egress_has_no_elastic_ip_and_sends_from_the_nat_addresses(replicas:
     recorder = fleet(replicas, egress="nat", nat_gateway_ips=ips, max_connections=5)
     assert recorder.of_type(EIP) == recorder.of_type(ASSOCIATION) == []
     assert outputs(recorder).get("public_ip") is None
-    assert attribute(
-        replicas, "sending_ips", egress="nat", nat_gateway_ips=ips, max_connections=5
-    ) == list(dict.fromkeys(ips))
+    assert outputs(recorder)["sending_ips"] == list(dict.fromkeys(ips))
 
 
 def test_nat_hosts_are_verified_and_drained_without_an_elastic_ip() -> None:
@@ -575,14 +561,8 @@ def test_refused_budget_creates_nothing() -> None:
 # --------------------------------------------------------------------------- stack
 
 
-def stack(config: dict[str, Any], recorder: Recorder | None = None) -> Recorder:
-    as_strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-    program = lambda: runpy.run_path(str(ROOT / "__main__.py"))  # noqa: E731
-    return run_program(program, as_strings, recorder=recorder)
-
-
 def test_stack_config_spreads_hosts_over_the_given_subnets() -> None:
-    recorder = stack(
+    recorder = run_stack(
         {
             "credentialsSecretArn": SECRET_ARN,
             "replicas": 3,
@@ -608,7 +588,7 @@ def test_stack_config_spreads_hosts_over_the_given_subnets() -> None:
 
 
 def test_stack_config_nat_egress_and_pro_budget() -> None:
-    recorder = stack(
+    recorder = run_stack(
         {
             "credentialsSecretArn": SECRET_ARN,
             "plan": "pro",
@@ -661,7 +641,7 @@ def test_stack_config_nat_egress_and_pro_budget() -> None:
 def test_stack_config_refusals_name_the_key(config: dict[str, Any], message: str) -> None:
     recorder = Recorder()
     with pytest.raises(Exception) as error:
-        stack({"credentialsSecretArn": SECRET_ARN, **config}, recorder)
+        run_stack({"credentialsSecretArn": SECRET_ARN, **config}, recorder=recorder)
     assert message in str(error.value)
     assert recorder.resources == []
 

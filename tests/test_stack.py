@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import runpy
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.pulumi_harness import Recorder, run_program, strings_in, user_data_of
+from tests.pulumi_harness import Recorder, run_program, run_stack, strings_in, user_data_of
 
 ROOT = Path(__file__).parent.parent
 INSTANCE = "aws:ec2/instance:Instance"
@@ -17,17 +16,8 @@ SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-
 API_KEY = "stack-api-key-marker-Zt4"
 
 
-def stack(
-    config: dict[str, Any], secret_keys: tuple[str, ...] = (), recorder: Recorder | None = None
-) -> Recorder:
-    """Run __main__.py with this stack config (values as `pulumi config set` stores them)."""
-    as_strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-    program = lambda: runpy.run_path(str(ROOT / "__main__.py"))  # noqa: E731
-    return run_program(program, as_strings, secret_keys, recorder)
-
-
 def test_defaults_use_the_default_vpc() -> None:
-    recorder = stack({"credentialsSecretArn": SECRET_ARN})
+    recorder = run_stack({"credentialsSecretArn": SECRET_ARN})
     assert recorder.one(INSTANCE).inputs["subnetId"] == "subnet-a"  # first default subnet
     group = recorder.one("aws:ec2/securityGroup:SecurityGroup")
     assert group.inputs["vpcId"] == "vpc-default"
@@ -36,7 +26,7 @@ def test_defaults_use_the_default_vpc() -> None:
 
 
 def test_every_config_key_reaches_the_component() -> None:
-    recorder = stack(
+    recorder = run_stack(
         {
             "plan": "pro",
             "subdomain": "acme",
@@ -83,7 +73,7 @@ def test_every_config_key_reaches_the_component() -> None:
 
 
 def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:
-    recorder = stack({"apiUser": "cmc-user", "apiKey": API_KEY}, secret_keys=("apiKey",))
+    recorder = run_stack({"apiUser": "cmc-user", "apiKey": API_KEY}, secret_keys=("apiKey",))
     outputs = recorder.stack_outputs
     assert set(outputs) == {
         "instanceId", "privateIp", "publicIp", "sendingIps", "smtpEndpoint", "securityGroupId",
@@ -110,7 +100,7 @@ def test_bad_stack_config_is_refused_with_the_key_named(
 ) -> None:
     recorder = Recorder()
     with pytest.raises(Exception) as error:
-        stack(config, recorder=recorder)
+        run_stack(config, recorder=recorder)
     assert message in str(error.value)
     assert recorder.resources == []
 

@@ -7,8 +7,6 @@ options the engine would get. The SSM driver is tested in test_ssm_driver.py.
 from __future__ import annotations
 
 import hashlib
-import json
-import runpy
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +24,7 @@ from tests.pulumi_harness import (
     Recorder,
     Registered,
     run_program,
+    run_stack,
     strings_in,
     user_data_of,
 )
@@ -248,14 +247,8 @@ def test_bad_verification_arguments_are_refused(changes: dict[str, Any], message
     assert message in str(error.value)
 
 
-def stack(config: dict[str, Any], secret_keys: tuple[str, ...] = ()) -> Recorder:
-    as_strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-    program = lambda: runpy.run_path(str(ROOT / "__main__.py"))  # noqa: E731
-    return run_program(program, as_strings, secret_keys)
-
-
 def test_stack_config_reaches_ssh_verification() -> None:
-    recorder = stack(
+    recorder = run_stack(
         {
             "credentialsSecretArn": SECRET_ARN,
             "verification": "ssh",
@@ -274,7 +267,7 @@ def test_stack_config_reaches_ssh_verification() -> None:
 
 def test_stack_config_names_the_missing_ssh_key() -> None:
     with pytest.raises(Exception, match=r"\(config sshPublicKey\): is required"):
-        stack({"credentialsSecretArn": SECRET_ARN, "verification": "ssh"})
+        run_stack({"credentialsSecretArn": SECRET_ARN, "verification": "ssh"})
 
 
 def test_pulumi_yaml_declares_every_new_key() -> None:
