@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.bounds import per_thousand, percentile, throughput_bound
-from tests.standin import Event, messages_from_events, stats_from_events
+from tests.standin import Event, MessageRecord, messages_from_events, stats_from_events
 
 # Steady state: the middle of a batch, without the first connections and the last stragglers.
 STEADY_FROM, STEADY_TO = 0.1, 0.9
@@ -101,6 +101,7 @@ def throughput(
     """One throughput run's numbers; ``released_at`` is when the held backlog was let go."""
     stats = stats_from_events(events)
     records = messages_from_events(events)
+    peak_sessions = stats.peak_sessions_by_ip.get(relay_ip, 0)
     accepted = sorted(r.accepted_at for r in records)
     starts = [e["t"] for e in events if e["event"] == "delivery_start"]
     delivered = len(accepted)
@@ -122,7 +123,7 @@ def throughput(
         first_delivery_s=min(starts) - released_at if starts else float("nan"),
         refused_sessions=stats.refused_sessions,
         refused_by_reason=dict(stats.refused_by_reason),
-        peak_sessions_standin=stats.peak_sessions_by_ip.get(relay_ip, 0),
+        peak_sessions_standin=peak_sessions,
         peak_deliveries_standin=stats.peak_deliveries_by_ip.get(relay_ip, 0),
         peak_open_wire=wire["peak_open"],
         connections_wire=wire["connections"],
@@ -134,7 +135,7 @@ def throughput(
         next_attempt_s=next_attempt_s,
         dns_lookups_per_1000=per_thousand(dns_lookups, delivered),
         upstream_queries_per_1000=per_thousand(upstream_queries, delivered),
-        timing=timing(events, interval_ms, stats.peak_sessions_by_ip.get(relay_ip, 0), window),
+        timing=timing(events, records, interval_ms, peak_sessions, window),
     )
 
 
@@ -148,7 +149,14 @@ def steady_rate(accepted: Sequence[float]) -> float:
     return (last - first) / span if span > 0 else float("nan")
 
 
-def timing(events: Sequence[Event], interval_ms: int, sessions: int, window: float) -> Timing:
+def timing(
+    events: Sequence[Event],
+    records: Sequence[MessageRecord],
+    interval_ms: int,
+    sessions: int,
+    window: float,
+) -> Timing:
+    """Per-message timing from the events and the messages recorded in them."""
     gaps: list[float] = []
     ended: dict[int, float] = {}
     for event in events:
@@ -156,7 +164,6 @@ def timing(events: Sequence[Event], interval_ms: int, sessions: int, window: flo
             ended[event["session"]] = event["t"]
         elif event["event"] == "delivery_start" and event["session"] in ended:
             gaps.append(1000 * (event["t"] - ended[event["session"]]))
-    records = messages_from_events(events)
     transactions = [1000 * (r.received_at - r.mail_from_at) for r in records]
     overshoots = [1000 * (r.accepted_at - r.received_at) - interval_ms for r in records]
     accepted: dict[int, list[float]] = {}

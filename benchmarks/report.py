@@ -209,6 +209,11 @@ def verdicts(results: Row) -> list[tuple[str, bool]]:
     return checks
 
 
+def target_lines(results: Row) -> str:
+    """The verdicts as a Markdown list."""
+    return "".join(f"- {'PASS' if ok else 'FAIL'}: {text}\n" for text, ok in verdicts(results))
+
+
 def machine_line(results: Row) -> str:
     m = results["machine"]
     load = ", ".join(f"{x:.2f}" for x in m["load_average"])
@@ -245,10 +250,7 @@ def results_markdown(results: Row) -> str:
     if results.get("recovery"):
         sections.append("## Recovery\n\n" + recovery_table(results["recovery"]))
     sections.append("## DNS\n\n" + dns_tables(results))
-    sections.append(
-        "## Targets (rendered settings)\n\n"
-        + "".join(f"- {'PASS' if ok else 'FAIL'}: {text}\n" for text, ok in verdicts(results))
-    )
+    sections.append("## Targets (rendered settings)\n\n" + target_lines(results))
     return "\n".join(sections)
 
 
@@ -497,7 +499,7 @@ def report_markdown(results: Row) -> str:
         + "; ".join(f"*{name}*: {v['title']}" for name, v in profiles.items())
         + ".\n",
         "## Targets (rendered settings)\n",
-        "".join(f"- {'PASS' if ok else 'FAIL'}: {text}\n" for text, ok in verdicts(results)),
+        target_lines(results),
         "![achieved/bound and refused sessions per receiving interval](throughput.png)\n",
         "## Findings\n",
         "".join(f"- {line}\n" for line in findings(results)),

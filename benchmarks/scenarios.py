@@ -131,6 +131,12 @@ def deferrals(rig: Rig) -> int:
 # --------------------------------------------------------------------------- throughput
 
 
+def throughput_standin(interval_ms: int, cap: int) -> dict[str, Any]:
+    """The stand-in of every throughput run: the receiving interval and the session cap,
+    message bodies not kept."""
+    return {"receive_interval_ms": interval_ms, "max_sessions_per_ip": cap, "record_data": False}
+
+
 def throughput(
     bench: Bench, profile: Profile, interval_ms: int, messages: int
 ) -> measure.Throughput:
@@ -142,17 +148,13 @@ def throughput(
         f"throughput-{profile.name}-{interval_ms}ms",
         profile,
         HOLD,
-        standin={
-            "receive_interval_ms": interval_ms,
-            "max_sessions_per_ip": cap,
-            "record_data": False,
-        },
+        standin=throughput_standin(interval_ms, cap),
     ) as rig:
         mails = new_mails(messages)
         with rig.wire_tap() as wire:
             submit(rig, mails)
             wait_until(
-                lambda: sum(q["queue_name"] == "hold" for q in rig.postfix.queue()) == messages,
+                lambda: rig.postfix.queued("hold") == messages,
                 60,
                 f"{messages} messages on hold",
             )
@@ -185,11 +187,7 @@ def direct(bench: Bench, interval_ms: int, messages: int) -> measure.Throughput:
     with bench.rig(
         f"throughput-direct-{interval_ms}ms",
         PROFILES["tuned"],
-        standin={
-            "receive_interval_ms": interval_ms,
-            "max_sessions_per_ip": cap,
-            "record_data": False,
-        },
+        standin=throughput_standin(interval_ms, cap),
     ) as rig:
         request = {
             "servers": list(SERVICE_IPS),
@@ -298,7 +296,7 @@ def outage(bench: Bench, profile: Profile, messages: int, outage_s: float) -> me
         down_at = time.monotonic()
         rig.send(new_mails(messages))
         wait_until(
-            lambda: sum(q["queue_name"] == "deferred" for q in rig.postfix.queue()) == messages,
+            lambda: rig.postfix.queued("deferred") == messages,
             outage_s + 30,
             f"all {messages} deferred",
         )

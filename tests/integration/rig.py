@@ -434,6 +434,10 @@ class Postfix:
         out = run("postqueue", "-c", self.config_dir, "-j").stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
+    def queued(self, queue_name: str) -> int:
+        """How many messages are in one of the queues (``hold``, ``deferred``, …)."""
+        return sum(entry["queue_name"] == queue_name for entry in self.queue())
+
     def wait_for_empty_queue(self, timeout: float = 60) -> None:
         try:
             wait_until(lambda: not self.queue(), timeout, "an empty queue", interval=0.25)

@@ -98,7 +98,7 @@ def test_outage_loses_and_duplicates_nothing(rig: Rig, restart: bool) -> None:
         rig.postfix.restart()
     rig.send(mails[25:])
     wait_until(
-        lambda: sum(q["queue_name"] == "deferred" for q in rig.postfix.queue()) == 50,
+        lambda: rig.postfix.queued("deferred") == 50,
         OUTAGE_S,
         "all 50 deferred",
     )
