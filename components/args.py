@@ -79,7 +79,7 @@ class RelayHostArgs(TypedDict, total=False):
     kms_key_arn: str
     """Customer-managed KMS key that encrypts the secret, if any."""
     os: str
-    """al2023 (default), debian-12 or ubuntu-24.04."""
+    """debian-13 (default), debian-12, al2023 or ubuntu-24.04."""
     instance_type: str
     """EC2 instance type (default t3.small); Graviton types get arm64 images."""
     ami_id: str

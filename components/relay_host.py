@@ -61,6 +61,7 @@ IMAGES: Final[dict[str, ImageFilter]] = {
         "amazon", "al2023-ami-2023.*-{arch}", {"x86_64": "x86_64", "arm64": "arm64"}
     ),
     "debian-12": ImageFilter("136693071363", "debian-12-{arch}-*", _DEBIAN_ARCH_NAMES),
+    "debian-13": ImageFilter("136693071363", "debian-13-{arch}-*", _DEBIAN_ARCH_NAMES),
     "ubuntu-24.04": ImageFilter(
         "099720109477",
         "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*",
@@ -71,6 +72,7 @@ IMAGES: Final[dict[str, ImageFilter]] = {
 PACKAGE_PORTS: Final[dict[str, tuple[int, ...]]] = {
     "al2023": (443,),
     "debian-12": (80, 443),
+    "debian-13": (80, 443),
     "ubuntu-24.04": (80, 443),
 }
 

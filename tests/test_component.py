@@ -80,7 +80,12 @@ def test_security_group_admits_smtp_from_allowed_networks_only() -> None:
 
 @pytest.mark.parametrize(
     ("os_name", "ports"),
-    [("al2023", {10025, 443}), ("debian-12", {10025, 443, 80}), ("ubuntu-24.04", {10025, 443, 80})],
+    [
+        ("al2023", {10025, 443}),
+        ("debian-12", {10025, 443, 80}),
+        ("debian-13", {10025, 443, 80}),
+        ("ubuntu-24.04", {10025, 443, 80}),
+    ],
 )
 def test_egress_only_where_the_host_needs_it(os_name: str, ports: set[int]) -> None:
     egress = relay(os=os_name).of_type(EGRESS)
@@ -147,14 +152,40 @@ def test_elastic_ip_is_separate_and_associated() -> None:
     assert "instance" not in recorder.one("aws:ec2/eip:Eip").inputs
 
 
-def test_image_is_looked_up_for_the_os_and_architecture() -> None:
-    recorder = relay(os="debian-12", instance_type="m7g.large")
+@pytest.mark.parametrize(
+    ("os_name", "instance_type", "owner", "name", "architecture"),
+    [
+        ("debian-12", "m7g.large", "136693071363", "debian-12-arm64-*", "arm64"),
+        ("debian-13", "m7g.large", "136693071363", "debian-13-arm64-*", "arm64"),
+        ("debian-13", "t3.small", "136693071363", "debian-13-amd64-*", "x86_64"),
+        ("al2023", "t4g.small", "amazon", "al2023-ami-2023.*-arm64", "arm64"),
+        (
+            "ubuntu-24.04",
+            "t3.small",
+            "099720109477",
+            "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
+            "x86_64",
+        ),
+    ],
+)
+def test_image_is_looked_up_for_the_os_and_architecture(
+    os_name: str, instance_type: str, owner: str, name: str, architecture: str
+) -> None:
+    recorder = relay(os=os_name, instance_type=instance_type)
     (lookup,) = recorder.invoked("aws:ec2/getAmi:getAmi")
-    assert lookup.args["owners"] == ["136693071363"]
+    assert lookup.args["owners"] == [owner]
     filters = {f["name"]: f["values"] for f in lookup.args["filters"]}
-    assert filters["name"] == ["debian-12-arm64-*"]
-    assert filters["architecture"] == ["arm64"]
+    assert filters["name"] == [name]
+    assert filters["architecture"] == [architecture]
     assert recorder.one(INSTANCE).inputs["ami"] == LOOKED_UP_AMI
+
+
+def test_default_os_is_debian_13() -> None:
+    recorder = relay()
+    (lookup,) = recorder.invoked("aws:ec2/getAmi:getAmi")
+    filters = {f["name"]: f["values"] for f in lookup.args["filters"]}
+    assert filters["name"] == ["debian-13-amd64-*"]
+    assert "CMC_OS=debian-13" in user_data(recorder)
 
 
 def test_pinned_image_skips_the_lookup() -> None:

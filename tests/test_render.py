@@ -162,8 +162,10 @@ def test_credentials_never_travel_without_tls() -> None:
     assert main_cf["smtp_reply_filter"] == "regexp:/etc/postfix/cmc-relay-reply-filter"
 
 
-@pytest.mark.parametrize(("os_name", "chroot"), [("debian-12", "y"), ("ubuntu-24.04", "y"),
-                                                 ("al2023", "n")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("os_name", "chroot"),
+    [("debian-12", "y"), ("debian-13", "y"), ("ubuntu-24.04", "y"), ("al2023", "n")],
+)
 def test_tlsproxy_service_for_tls_connection_reuse(os_name: OsName, chroot: str) -> None:
     """smtp_tls_connection_reuse needs tlsproxy, which stock master.cf files leave out;
     chrooted like the OS's own services."""

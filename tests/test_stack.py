@@ -25,6 +25,23 @@ def test_defaults_use_the_default_vpc() -> None:
     assert [r.inputs["cidrIpv4"] for r in ingress] == ["172.31.0.0/16"]  # the VPC's CIDR
 
 
+@pytest.mark.parametrize(
+    ("config", "os_name", "image"),
+    [
+        ({}, "debian-13", "debian-13-amd64-*"),
+        ({"os": "al2023"}, "al2023", "al2023-ami-2023.*-x86_64"),
+    ],
+)
+def test_a_stack_without_os_gets_debian_13_and_al2023_stays_available(
+    config: dict[str, Any], os_name: str, image: str
+) -> None:
+    """The default changed from al2023: `pulumi config set os al2023` keeps the old host."""
+    recorder = run_stack({"credentialsSecretArn": SECRET_ARN, **config})
+    (lookup,) = recorder.invoked("aws:ec2/getAmi:getAmi")
+    assert {f["name"]: f["values"] for f in lookup.args["filters"]}["name"] == [image]
+    assert f"CMC_OS={os_name}" in user_data_of(recorder.one(INSTANCE))
+
+
 def test_every_config_key_reaches_the_component() -> None:
     recorder = run_stack(
         {

@@ -189,7 +189,7 @@ def test_bad_input_is_refused_with_a_message_naming_the_key(
 
 def test_defaults_follow_the_guide() -> None:
     settings, options = validate_args(BASE)
-    assert (settings.plan, settings.auth_mode, settings.os) == ("trial", "sasl", "al2023")
+    assert (settings.plan, settings.auth_mode, settings.os) == ("trial", "sasl", "debian-13")
     assert settings.next_hop == "[sandbox.smtps.jp]:10025"
     assert (settings.max_connections, settings.tls_level) == (10, "may")
     assert options.instance_type == "t3.small"

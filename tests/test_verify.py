@@ -156,17 +156,18 @@ def test_resolver_not_asking_the_cache(host: Sandbox) -> None:
     assert "127.0.0.1 first" in failed["resolver"]
 
 
-def test_dhclient_free_to_rewrite_the_resolver(host: Sandbox) -> None:
-    hook = "/etc/dhcp/dhclient-enter-hooks.d/cmc-relay"
-    saved = host.machine.read(hook)
-    sh(host, f"rm {hook}")
+def test_networkd_free_to_rewrite_the_resolver(host: Sandbox) -> None:
+    """Debian's images run systemd-networkd (no dhclient): each .network gets a drop-in."""
+    drop_in = sh(host, "ls /etc/systemd/network/*.network.d/cmc-relay-dns.conf").split()[0]
+    saved = host.machine.read(drop_in)
+    sh(host, f"rm {drop_in}")
     try:
         code, failed, _ = verify(host)
     finally:
-        host.machine.write(hook, saved)
+        host.machine.write(drop_in, saved)
     assert code == 1
     assert list(failed) == ["dhcp-dns-override"]
-    assert hook in failed["dhcp-dns-override"]
+    assert drop_in in failed["dhcp-dns-override"]
 
 
 def test_transport_table_not_compiled_after_a_change(host: Sandbox) -> None:

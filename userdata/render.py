@@ -43,11 +43,19 @@ OS_PROFILES: Final[dict[OsName, OsProfile]] = {
         login_user="ec2-user",
         dhclient=False,
     ),
+    # Debian's official EC2 images (bookworm and trixie) configure the network with netplan,
+    # systemd-networkd and systemd-resolved; no dhclient.
     "debian-12": OsProfile(
         packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
         ca_file="/etc/ssl/certs/ca-certificates.crt",
         login_user="admin",
-        dhclient=True,
+        dhclient=False,
+    ),
+    "debian-13": OsProfile(
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
+        ca_file="/etc/ssl/certs/ca-certificates.crt",
+        login_user="admin",
+        dhclient=False,
     ),
     "ubuntu-24.04": OsProfile(
         packages=(*_COMMON_PACKAGES, "libsasl2-modules"),

@@ -16,7 +16,7 @@ from typing import Final, Literal, get_args
 
 Plan = Literal["trial", "standard", "pro"]
 AuthMode = Literal["sasl", "ip"]
-OsName = Literal["al2023", "debian-12", "ubuntu-24.04"]
+OsName = Literal["al2023", "debian-12", "debian-13", "ubuntu-24.04"]
 TlsLevel = Literal["may", "encrypt", "secure"]
 Verification = Literal["ssm", "ssh", "none"]
 Egress = Literal["eip", "nat"]
@@ -204,7 +204,7 @@ class RelaySettings:
     smtp_host: str | None = None
     smtp_port: int = 10025
     auth_mode: AuthMode = "sasl"
-    os: OsName = "al2023"
+    os: OsName = "debian-13"
     max_connections: int = 10
     tls_level: TlsLevel = "may"
     message_size_limit: int = 10_240_000

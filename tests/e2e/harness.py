@@ -38,7 +38,7 @@ ENVIRONMENT: Final = {
     "CMC_RELAY_E2E_SMTP_HOST": "the service's sandbox host (default: the trial plan's)",
     "CMC_RELAY_E2E_RECIPIENT": "where the test message goes (required)",
     "CMC_RELAY_E2E_SENDER": "the test message's sender (default: the recipient)",
-    "CMC_RELAY_E2E_OS": "al2023 (default), debian-12 or ubuntu-24.04",
+    "CMC_RELAY_E2E_OS": "debian-13 (default), debian-12, al2023 or ubuntu-24.04",
 }
 RELAY_TIMEOUT_SECONDS: Final = 300
 
@@ -80,7 +80,7 @@ def stack_config(env: Mapping[str, str]) -> dict[str, auto.ConfigValue]:
         "aws:region": auto.ConfigValue(region(env) or ""),
         f"{PROJECT}:plan": auto.ConfigValue("trial"),
         f"{PROJECT}:subnetId": auto.ConfigValue(env["CMC_RELAY_E2E_SUBNET_ID"]),
-        f"{PROJECT}:os": auto.ConfigValue(env.get("CMC_RELAY_E2E_OS", "al2023")),
+        f"{PROJECT}:os": auto.ConfigValue(env.get("CMC_RELAY_E2E_OS", "debian-13")),
         f"{PROJECT}:verification": auto.ConfigValue("ssm"),
         f"{PROJECT}:ephemeral": auto.ConfigValue("true"),
     }
