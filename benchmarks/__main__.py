@@ -1,6 +1,6 @@
 """python -m benchmarks: relay throughput, retry recovery and DNS cost against their bounds.
 
-Runs on the integration rig (root, network namespaces; see tests/integration/rig.py). Writes
+Runs on the integration rig (root, network namespaces; see simworld/netns_rig.py). Writes
 ``results/<time>.json`` and ``.md`` (plus each rig's logs under ``results/<time>/``), and the
 report ``REPORT.md`` with its chart ``throughput.png`` to ``--report-dir``.
 """
@@ -23,7 +23,7 @@ from benchmarks import report, scenarios
 from benchmarks.machine import machine
 from benchmarks.measure import as_json
 from benchmarks.profiles import PROFILES, TUNED, TUNING, Profile, check_profiles, without
-from tests.integration.rig import (
+from simworld.netns_rig import (
     missing_requirements,
     netns_etc,
     relay_settings,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.bounds import per_thousand, percentile, throughput_bound
-from tests.standin import Event, MessageRecord, messages_from_events, stats_from_events
+from simworld.standin import Event, MessageRecord, messages_from_events, stats_from_events
 
 # Steady state: the middle of a batch, without the first connections and the last stragglers.
 STEADY_FROM, STEADY_TO = 0.1, 0.9

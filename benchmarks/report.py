@@ -471,10 +471,10 @@ def report_markdown(results: Row) -> str:
         f"({results['wall_s']:.0f} s). Machine: {machine_line(results)}. One run on one "
         "machine: rerun to compare; `benchmarks/results/` keeps each run's JSON.\n",
         "## Method\n",
-        "Every run uses the integration rig (`tests/integration/rig.py`): real Postfix with the "
+        "Every run uses the integration rig (`simworld/netns_rig.py`): real Postfix with the "
         "rendered debian-12 `main.cf` and `master.cf` services, TLS and SMTP AUTH on, the rendered "
         "dnsmasq cache, in network namespaces, relaying to the stand-in for the service "
-        f"(`tests/standin`) at three round-robin addresses, with a session cap of "
+        f"(`simworld/standin`) at three round-robin addresses, with a session cap of "
         f"{p['session_cap']} per client IP (= maxConnections) and a receiving interval. The "
         "stand-in announces PIPELINING, as Postfix's smtpd and most MTAs do (the service's EHLO "
         "reply is not documented), and sends its 250 one receiving interval after the final "

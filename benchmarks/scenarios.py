@@ -21,7 +21,7 @@ from typing import Any, Final
 from benchmarks import measure
 from benchmarks.bounds import recovery_bound, throughput_bound
 from benchmarks.profiles import PROFILES, Profile
-from tests.integration.rig import (
+from simworld.netns_rig import (
     API_USER,
     RELAY_IP,
     SERVICE_IPS,

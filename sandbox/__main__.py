@@ -16,7 +16,6 @@ from types import FrameType
 from typing import NoReturn, TextIO
 
 from sandbox import prereq
-from sandbox.rig import RigError, Unsupported
 from sandbox.session import (
     ALLOWED_CIDR,
     API_USER,
@@ -31,6 +30,7 @@ from sandbox.session import (
     SETTINGS,
     Sandbox,
 )
+from simworld.throwaway import RigError, Unsupported
 from userdata.render import USER_DATA_LIMIT, postfix_parameters
 
 

@@ -1,7 +1,7 @@
 """The relay host booted locally: the network around it, real cloud-init, mail through it.
 
-One ``Sandbox`` is one throwaway machine (``rig.Rig``) wired like this, all inside its private
-network namespace::
+One ``Sandbox`` is one throwaway machine (``simworld.throwaway.Rig``) wired like this, all
+inside its private network namespace::
 
     eth0   10.0.1.10/24        the relay host's NIC (Postfix listens on all addresses)
     world0 10.0.1.50           an application server in allowedCidrs (submits mail)
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.rig import BASE_ENV, Rig, RigError, Unsupported
-from tests.standin import MessageRecord, messages_from_events, read_events
+from simworld.standin import MessageRecord, messages_from_events, read_events
+from simworld.throwaway import BASE_ENV, Rig, RigError, Unsupported
 from userdata.render import OS_PROFILES, pack_user_data, render_user_data
 from userdata.settings import RelaySettings
 
@@ -143,14 +143,14 @@ class Sandbox:
 
     def start_syslog(self) -> None:
         rig = self.machine
-        agent = [sys.executable, "-m", "sandbox.agents", "syslog", f"{rig.root}/dev/log"]
+        agent = [sys.executable, "-m", "simworld.agents", "syslog", f"{rig.root}/dev/log"]
         process = rig.start([*agent, f"{rig.world}/syslog"], log="syslog.log", env=WORLD_ENV)
         rig.await_output(process, "syslog.log", "^READY")
 
     def start_secrets_manager(self) -> str:
         """Moto's server holding ``{"username", "password"}``; returns the secret's ARN."""
         rig = self.machine
-        aws = [sys.executable, "-m", "sandbox.agents", "aws", "--host", AWS_IP]
+        aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", AWS_IP]
         aws += ["--port", str(AWS_PORT), "--region", REGION, "--name", SECRET_NAME]
         process = rig.start(aws, log="aws.log", env=WORLD_ENV, stdin=subprocess.PIPE)
         assert process.stdin is not None
@@ -182,7 +182,8 @@ class Sandbox:
         config_path = Path(rig.host_path("standin.json"))
         config_path.touch(mode=0o600)
         config_path.write_text(json.dumps(config))
-        standin = [sys.executable, "-m", "tests.standin", "--config", f"{rig.world}/standin.json"]
+        standin = [sys.executable, "-m", "simworld.standin"]
+        standin += ["--config", f"{rig.world}/standin.json"]
         standin += ["--events", f"{rig.world}/standin-events.jsonl"]
         process = rig.start(standin, log="standin.log", env=WORLD_ENV)
         ca_file = rig.await_output(process, "standin.log", r"^CAFILE \S+/world/(\S+)").group(1)
@@ -229,7 +230,7 @@ class Sandbox:
 
     def submit(self, source: str, message_id: str) -> dict[str, Any]:
         """One message from ``source`` to the relay's port 25; the relay's reply."""
-        client = [sys.executable, "-m", "sandbox.agents", "submit", "--source", source]
+        client = [sys.executable, "-m", "simworld.agents", "submit", "--source", source]
         client += ["--server", RELAY_IP, "--mail-from", "app@example.test"]
         client += ["--rcpt", "someone@example.com", "--message-id", message_id]
         out = self.machine.run(client, chroot=False, env=WORLD_ENV).stdout

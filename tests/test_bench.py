@@ -17,8 +17,8 @@ from benchmarks.bounds import (
     throughput_bound,
 )
 from benchmarks.profiles import GUIDE_LIMITS, PROFILES, TUNING, check_profiles
-from tests.integration.rig import relay_settings
-from tests.standin import Event, MessageRecord
+from simworld.netns_rig import relay_settings
+from simworld.standin import Event, MessageRecord
 
 RELAY = "198.51.100.2"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
-from tests.integration.rig import missing_requirements
+from simworld.netns_rig import missing_requirements
 
 pytestmark = pytest.mark.integration
 

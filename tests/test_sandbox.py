@@ -15,7 +15,7 @@ import pytest
 
 from sandbox import __main__ as cli
 from sandbox import prereq
-from sandbox.rig import WORK_PREFIX
+from simworld.throwaway import WORK_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "Zq9-SECRET-MARKER-7xW"

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.rig import wait_until
-from tests.standin import (
+from simworld.netns_rig import wait_until
+from simworld.standin import (
     StandIn,
     StandInConfig,
     messages_from_events,
@@ -611,7 +611,7 @@ def test_process_form_serves_reports_and_stops_on_sigterm(tmp_path: Path) -> Non
     config_path, events_path = tmp_path / "config.json", tmp_path / "events.jsonl"
     config = StandInConfig(users={USER: "old-key"}, receive_interval_ms=10)
     config_path.write_text(json.dumps(config.to_dict()))
-    command = [sys.executable, "-m", "tests.standin", "--control-stdin"]
+    command = [sys.executable, "-m", "simworld.standin", "--control-stdin"]
     command += ["--config", str(config_path), "--events", str(events_path)]
     proc = subprocess.Popen(
         command,

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from sandbox import prereq
-from sandbox.rig import Unsupported
 from sandbox.session import BOOT_ENV, SETTINGS, Sandbox
+from simworld.throwaway import Unsupported
 from userdata.render import postfix_parameters, postfix_services
 
 pytestmark = pytest.mark.integration

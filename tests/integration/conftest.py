@@ -1,6 +1,6 @@
 """Fixtures for the integration tests: a fresh rig (namespaces, DNS, stand-in, Postfix) per test.
 
-The layout is in ``tests/integration/rig.py``. Everything a rig starts is stopped by PID and
+The layout is in ``simworld/netns_rig.py``. Everything a rig starts is stopped by PID and
 its namespaces are deleted when the test ends, pass or fail; its logs are kept under the
 test's tmp_path.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.rig import (
+from simworld.netns_rig import (
     MakeRig,
     Rig,
     RigOptions,

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.integration.rig import API_USER, Mail, MakeRig, Rig, new_mail, wait_until
+from simworld.netns_rig import API_USER, Mail, MakeRig, Rig, new_mail, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.rig import SERVICE_IPS, MakeRig, Rig, new_mails
+from simworld.netns_rig import SERVICE_IPS, MakeRig, Rig, new_mails
 
 pytestmark = pytest.mark.integration
 

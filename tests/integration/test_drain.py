@@ -14,7 +14,7 @@ from typing import Final
 
 import pytest
 
-from tests.integration.rig import RELAY_IP, REPO, Mail, Rig, new_mails, wait_until
+from simworld.netns_rig import RELAY_IP, REPO, Mail, Rig, new_mails, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.integration.rig import (
+from simworld.netns_rig import (
     RELAY_IP,
     SERVICE_IPS,
     MakeRig,

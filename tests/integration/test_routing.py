@@ -1,13 +1,14 @@
 """Where the rendered relay sends mail, and what it refuses at its own door.
 
-Real Postfix with the debian-12 rendering, in network namespaces (layout: ``rig.py``).
+Real Postfix with the debian-12 rendering, in network namespaces (layout:
+``simworld/netns_rig.py``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.rig import (
+from simworld.netns_rig import (
     CLIENT_OUTSIDE,
     RELAY_IP,
     SERVICE_IPS,

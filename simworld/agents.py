@@ -1,8 +1,8 @@
 """Small programs the sandbox runs inside its network namespace (outside the relay's chroot).
 
-    python -m sandbox.agents aws --host IP --port N --region R --name NAME  < secret.json
-    python -m sandbox.agents syslog SOCKET LOGFILE
-    python -m sandbox.agents submit --source IP --server IP --port N --message-id ID ...
+    python -m simworld.agents aws --host IP --port N --region R --name NAME  < secret.json
+    python -m simworld.agents syslog SOCKET LOGFILE
+    python -m simworld.agents submit --source IP --server IP --port N --message-id ID ...
 
 ``aws`` is a local Secrets Manager (moto's server): it reads the secret's JSON value on stdin,
 so the value is never a process argument, prints ``ARN <arn>`` and serves until killed.
@@ -75,7 +75,7 @@ def submit(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.agents")
+    parser = argparse.ArgumentParser(prog="python -m simworld.agents")
     commands = parser.add_subparsers(dest="command", required=True)
     aws = commands.add_parser("aws", help="Secrets Manager emulator holding one secret")
     aws.add_argument("--host", required=True)

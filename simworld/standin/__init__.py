@@ -7,7 +7,7 @@ message and counter.
 
 In-process::
 
-    from tests.standin import StandIn, StandInConfig
+    from simworld.standin import StandIn, StandInConfig
 
     with StandIn(StandInConfig(users={"api-user": "api-key"})) as standin:
         ...  # relay to 127.0.0.1:standin.port
@@ -16,7 +16,7 @@ In-process::
 As a process (e.g. under ``ip netns exec``), with the repo root on ``PYTHONPATH``; the working
 directory does not matter::
 
-    PYTHONPATH=/path/to/repo python -m tests.standin --config cfg.json --events events.jsonl
+    PYTHONPATH=/path/to/repo python -m simworld.standin --config cfg.json --events events.jsonl
 
 See ``__main__`` for its output and control protocol, ``records`` for the event schema.
 """

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import boto3
 from moto.server import ThreadedMotoServer
 
-from tests.standin import (
+from simworld.standin import (
     Event,
     MessageRecord,
     StandInConfig,
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-REPO: Final = Path(__file__).resolve().parents[2]
+REPO: Final = Path(__file__).resolve().parents[1]
 FETCH_SECRET: Final = REPO / "userdata" / "scripts" / "cmc-relay-fetch-secret"
 SMTP_CLIENT: Final = Path(__file__).with_name("smtp_client.py")
 WIRE_TAP: Final = Path(__file__).with_name("wire_tap.py")
@@ -299,14 +299,14 @@ def dns_cache(network: Network, root: Path, settings: RelaySettings) -> Dnsmasq:
 
 
 class StandInProcess:
-    """``python -m tests.standin`` in the service namespace, controlled over its stdin."""
+    """``python -m simworld.standin`` in the service namespace, controlled over its stdin."""
 
     def __init__(self, network: Network, root: Path, config: StandInConfig) -> None:
         self.events_path = root / "standin-events.jsonl"
         config_path = root / "standin.json"
         config_path.write_text(json.dumps(config.to_dict()))
         command = network.exec(
-            network.service, sys.executable, "-m", "tests.standin", "--config", config_path,
+            network.service, sys.executable, "-m", "simworld.standin", "--config", config_path,
             "--events", self.events_path, "--control-stdin",
         )  # fmt: skip
         self.process = subprocess.Popen(

@@ -1,6 +1,6 @@
 """Run a stand-in as its own process, e.g. inside a network namespace.
 
-    PYTHONPATH=/path/to/repo python -m tests.standin --config cfg.json --events events.jsonl
+    PYTHONPATH=/path/to/repo python -m simworld.standin --config cfg.json --events events.jsonl
 
 ``--config`` is a JSON object of ``StandInConfig`` fields (defaults if omitted). Once it accepts
 connections it prints ``LISTENING <host> <port>`` for each host, then ``CAFILE <path>``, on
@@ -32,7 +32,7 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.standin", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m simworld.standin", description=__doc__)
     parser.add_argument("--config", type=Path, help="JSON object of StandInConfig fields")
     parser.add_argument("--events", type=Path, required=True, help="JSON-lines events file")
     parser.add_argument("--control-stdin", action="store_true", help="accept commands on stdin")
