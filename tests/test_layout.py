@@ -6,6 +6,7 @@ What the sandbox, the tests and the benchmarks share lives in ``simworld/``.
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,8 +25,11 @@ def python_files_outside_tests() -> list[Path]:
 
 def imports_of_tests(path: Path) -> list[str]:
     """``import tests...`` and ``from tests... import`` statements in ``path``, as ``file:line``."""
+    with warnings.catch_warnings():  # e.g. invalid escapes in docstrings: not this test's business
+        warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+        tree = ast.parse(path.read_text(), filename=str(path))
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
