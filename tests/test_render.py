@@ -17,7 +17,9 @@ import yaml
 from userdata.render import (
     OS_PROFILES,
     SCRIPT_DIR,
+    SSM_AGENT_KEY_PATH,
     USER_DATA_LIMIT,
+    aws_ssm_agent_key,
     cloud_config,
     dump_cloud_config,
     pack_user_data,
@@ -112,6 +114,22 @@ def test_payload_with_many_networks_still_fits() -> None:
     assert packed_size(settings) < USER_DATA_LIMIT
 
 
+@pytest.mark.parametrize("os_name", OS_NAMES)
+def test_the_largest_usual_payload_still_fits(os_name: OsName) -> None:
+    """Pro with SASL, the drain script (replicas > 1), an SSH key and a few networks: Debian's
+    payload carries the SSM Agent installer and key on top."""
+    settings = RelaySettings(
+        allowed_cidrs=tuple(f"10.{i}.0.0/16" for i in range(8)),
+        plan="pro",
+        subdomain="acme",
+        os=os_name,
+        host_name="cmc-relay.corp.example",
+    )
+    ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq3vQm0mZ1rL8x4m2aQe9Vt7r2hY5cJ0bN6dK3wS1pE ops"
+    user_data = render_user_data(settings, SECRET_ARN, ssh_key, drain=True)
+    assert len(base64.b64decode(pack_user_data(user_data))) < USER_DATA_LIMIT
+
+
 def test_payload_refuses_to_exceed_the_limit() -> None:
     # Random-looking networks, so that gzip cannot shrink them away.
     too_many = tuple(str(ipaddress.ip_network((i * 2654435761 % 2**32, 32))) for i in range(4000))
@@ -126,6 +144,8 @@ def test_scripts_decode_to_the_shipped_sources(name: str) -> None:
     expected = {"cmc-relay-setup", "cmc-relay-verify"}
     if VARIANTS[name].uses_sasl:
         expected.add("cmc-relay-fetch-secret")
+    if not OS_PROFILES[VARIANTS[name].os].ssm_agent_preinstalled:
+        expected.add("cmc-relay-install-ssm-agent")
     assert {Path(path).name for path in shipped} == expected
     for path in shipped:
         assert files[path] == script(Path(path).name)
@@ -138,6 +158,46 @@ def test_packages_and_ca_bundle_fit_the_os(os_name: str) -> None:
     assert {"postfix", "dnsmasq", "ca-certificates", sasl_plugin} <= set(document["packages"])
     main_cf = parse_main_cf(files_of(document)["/etc/cmc-relay/main.cf"])
     assert main_cf["smtp_tls_CAfile"] == OS_PROFILES[os_name].ca_file  # type: ignore[index]
+
+
+@pytest.mark.parametrize("os_name", OS_NAMES)
+def test_ssm_agent_is_installed_only_where_the_image_lacks_it(os_name: OsName) -> None:
+    profile = OS_PROFILES[os_name]
+    document = parsed(variant("trial", os_name))
+    files = files_of(document)
+    env = files["/etc/cmc-relay/relay.env"]
+    assert f"CMC_SSM_AGENT_UNIT={profile.ssm_agent_unit}\n" in env
+    shipped = "/usr/local/sbin/cmc-relay-install-ssm-agent" in files
+    assert shipped is (not profile.ssm_agent_preinstalled) is os_name.startswith("debian-")
+    assert (SSM_AGENT_KEY_PATH in files) is shipped
+    assert ("gpgv" in document["packages"]) is shipped  # Debian 13's apt brings sqv, not gpgv
+    if shipped:
+        assert files[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
+        assert aws_ssm_agent_key().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+        # The setup script runs it once the relay is configured, and carries on if it fails.
+        setup = files["/usr/local/sbin/cmc-relay-setup"]
+        assert "install_ssm_agent=/usr/local/sbin/cmc-relay-install-ssm-agent" in setup
+
+
+def test_ssm_agent_units_per_os() -> None:
+    units = {name: profile.ssm_agent_unit for name, profile in OS_PROFILES.items()}
+    assert units == {
+        "al2023": "amazon-ssm-agent",
+        "debian-12": "amazon-ssm-agent",
+        "debian-13": "amazon-ssm-agent",
+        "ubuntu-24.04": "snap.amazon-ssm-agent.amazon-ssm-agent",
+    }
+
+
+def test_a_test_environment_renders_its_own_ssm_agent_key() -> None:
+    own = "\n".join(["-----BEGIN PGP PUBLIC KEY BLOCK-----", "", "dGVzdA==", "-----END PGP …"])
+    settings = variant("trial", "debian-13")
+    text = render_user_data(settings, SECRET_ARN, ssm_agent_key=own)
+    assert files_of(yaml.safe_load(text))[SSM_AGENT_KEY_PATH] == own
+    assert aws_ssm_agent_key() not in text
+    document = cloud_config(settings, SECRET_ARN, ssm_agent_key=own)
+    assert files_of(document)[SSM_AGENT_KEY_PATH] == own
+    assert files_of(cloud_config(settings, SECRET_ARN))[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
 
 
 def test_guide_settings_g1_to_g11_are_rendered() -> None:

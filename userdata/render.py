@@ -33,35 +33,48 @@ class OsProfile:
     ca_file: str
     login_user: str
     dhclient: bool  # the OS's DHCP client is dhclient (else systemd-networkd)
+    ssm_agent_preinstalled: bool  # the image ships SSM Agent; else the payload installs it
+    ssm_agent_unit: str  # the agent's systemd unit (after our install, where we install it)
 
 
 _COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3")
+# Checks the SSM Agent package's signature; Debian 13's apt uses sqv, so gpgv may be absent.
+_SSM_AGENT_VERIFIER = "gpgv"
 OS_PROFILES: Final[dict[OsName, OsProfile]] = {
     "al2023": OsProfile(
         packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain"),
         ca_file="/etc/pki/tls/certs/ca-bundle.crt",
         login_user="ec2-user",
         dhclient=False,
+        ssm_agent_preinstalled=True,
+        ssm_agent_unit="amazon-ssm-agent",
     ),
     # Debian's official EC2 images (bookworm and trixie) configure the network with netplan,
-    # systemd-networkd and systemd-resolved; no dhclient.
+    # systemd-networkd and systemd-resolved; no dhclient. They ship no SSM Agent either (AWS
+    # documents installing it by hand on Debian): cmc-relay-install-ssm-agent does.
     "debian-12": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _SSM_AGENT_VERIFIER),
         ca_file="/etc/ssl/certs/ca-certificates.crt",
         login_user="admin",
         dhclient=False,
+        ssm_agent_preinstalled=False,
+        ssm_agent_unit="amazon-ssm-agent",
     ),
     "debian-13": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _SSM_AGENT_VERIFIER),
         ca_file="/etc/ssl/certs/ca-certificates.crt",
         login_user="admin",
         dhclient=False,
+        ssm_agent_preinstalled=False,
+        ssm_agent_unit="amazon-ssm-agent",
     ),
     "ubuntu-24.04": OsProfile(
         packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
         ca_file="/etc/ssl/certs/ca-certificates.crt",
         login_user="ubuntu",
         dhclient=False,
+        ssm_agent_preinstalled=True,  # as a snap
+        ssm_agent_unit="snap.amazon-ssm-agent.amazon-ssm-agent",
     ),
 }
 
@@ -91,6 +104,23 @@ def render_template(name: str, settings: RelaySettings, secret_arn: str | None =
 
 def script(name: str) -> str:
     return resources.files("userdata").joinpath("scripts", name).read_text()
+
+
+SSM_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-ssm-agent.asc"
+
+
+def aws_ssm_agent_key() -> str:
+    """AWS's published SSM Agent public key (ASCII armored), which signs the agent's packages:
+    1C5B 395C BE5E 74E2 F1CA 2159 2784 DBF3 88D1 9D46, "SSM Agent <ssm-agent-signer@amazon.com>",
+    created 2026-06-04, expires 2027-11-25. It is the current key of AWS's "Verifying the
+    signature of SSM Agent" (docs.aws.amazon.com/systems-manager/latest/userguide/
+    verify-agent-signature.html#verify-agent-signature-current), as AWS's aws/eks-hybrid
+    copies it (internal/ssm/source.go, commit d5bd0d0); tests/data/ holds that block verbatim.
+    Shipped as ``gpg --export-options export-minimal`` gives it: the key, its user ID and AWS's
+    self-signature, byte for byte; only the certification by AWS's older key, which gpgv does
+    not use, is left out, to keep the user data under EC2's limit (tests/test_render.py checks
+    this). Replace both when AWS publishes the next key."""
+    return resources.files("userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
 
 
 def _script_file(name: str) -> dict[str, str]:
@@ -125,10 +155,16 @@ def postfix_services(settings: RelaySettings) -> dict[str, str]:
 
 
 def write_files(
-    settings: RelaySettings, secret_arn: str | None, drain: bool = False
+    settings: RelaySettings,
+    secret_arn: str | None,
+    drain: bool = False,
+    *,
+    ssm_agent_key: str | None = None,
 ) -> list[dict[str, str]]:
     """Every file the payload writes, in the order cloud-init writes them; ``drain`` adds the
-    script a deployment runs before deleting the host."""
+    script a deployment runs before deleting the host. Where the image lacks SSM Agent, the
+    installer and the public key it checks the package against: ``ssm_agent_key`` (ASCII
+    armored), or None for AWS's published key; a test environment passes its own signing key."""
 
     def config_file(path: str, template: str) -> dict[str, str]:
         content = render_template(template, settings, secret_arn)
@@ -153,6 +189,10 @@ def write_files(
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.service", "fetch-secret.service"),
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
         ]
+    if not OS_PROFILES[settings.os].ssm_agent_preinstalled:
+        key = aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key
+        key_file = {"path": SSM_AGENT_KEY_PATH, "content": key, "owner": "root:root"}
+        files += [{**key_file, "permissions": "0644"}, _script_file("cmc-relay-install-ssm-agent")]
     if drain:
         files.append(_script_file("cmc-relay-drain"))
     return files
@@ -163,9 +203,12 @@ def cloud_config(
     secret_arn: str | None = None,
     ssh_public_key: str | None = None,
     drain: bool = False,
+    *,
+    ssm_agent_key: str | None = None,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
-    ``drain`` ships the drain script."""
+    ``drain`` ships the drain script, ``ssm_agent_key`` replaces AWS's SSM Agent public key
+    (None: AWS's own; see ``write_files``)."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
     document: dict[str, Any] = {
@@ -177,7 +220,7 @@ def cloud_config(
         "manage_etc_hosts": True,
         "package_update": True,
         "packages": list(OS_PROFILES[settings.os].packages),
-        "write_files": write_files(settings, secret_arn, drain),
+        "write_files": write_files(settings, secret_arn, drain, ssm_agent_key=ssm_agent_key),
         "runcmd": [[f"{SCRIPT_DIR}/cmc-relay-setup"]],
     }
     if ssh_public_key is not None:
@@ -209,9 +252,19 @@ def render_user_data(
     secret_arn: str | None = None,
     ssh_public_key: str | None = None,
     drain: bool = False,
+    *,
+    ssm_agent_key: str | None = None,
 ) -> str:
-    """The ``#cloud-config`` document given to the instance (see ``pack_user_data``)."""
-    user_data = dump_cloud_config(cloud_config(settings, secret_arn, ssh_public_key, drain))
+    """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
+
+    ``ssm_agent_key``: the ASCII-armored public key that the on-host installer checks the SSM
+    Agent package against, on OSes whose image lacks the agent (Debian). None, the default,
+    ships AWS's published key; a test environment (an image twin serving its own package
+    signed with a throwaway key) passes that key instead."""
+    document = cloud_config(
+        settings, secret_arn, ssh_public_key, drain, ssm_agent_key=ssm_agent_key
+    )
+    user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists
     return user_data
 

@@ -1,0 +1,316 @@
+"""userdata/scripts/cmc-relay-install-ssm-agent: its pure parts imported, and the script run
+against a local IMDSv2 and a local HTTPS "regional distribution" (trustme's CA) serving a
+package signed with a throwaway gpg key, to show it refuses a package whose signature does
+not match. Nothing is installed on this machine: every run stops before dpkg -i.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import pytest
+import trustme
+
+from userdata.render import aws_ssm_agent_key
+
+SCRIPT = (
+    Path(__file__).resolve().parents[1] / "userdata" / "scripts" / "cmc-relay-install-ssm-agent"
+)
+GPG = shutil.which("gpg")
+needs_gpg = pytest.mark.skipif(not (GPG and shutil.which("gpgv")), reason="gpg/gpgv missing")
+
+
+def load() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("install_ssm_agent", str(SCRIPT))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+agent = load()
+
+
+@pytest.mark.parametrize(
+    ("region", "arch", "url"),
+    [
+        ("ap-northeast-1", "amd64", "https://s3.ap-northeast-1.amazonaws.com/amazon-ssm-ap-northeast-1/latest/debian_amd64/amazon-ssm-agent.deb"),
+        ("us-east-1", "arm64", "https://s3.us-east-1.amazonaws.com/amazon-ssm-us-east-1/latest/debian_arm64/amazon-ssm-agent.deb"),
+        ("us-gov-west-1", "amd64", "https://s3.us-gov-west-1.amazonaws.com/amazon-ssm-us-gov-west-1/latest/debian_amd64/amazon-ssm-agent.deb"),
+        ("cn-north-1", "arm64", "https://s3.cn-north-1.amazonaws.com.cn/amazon-ssm-cn-north-1/latest/debian_arm64/amazon-ssm-agent.deb"),
+    ],
+)  # fmt: skip
+def test_package_url_is_the_regional_distribution(region: str, arch: str, url: str) -> None:
+    assert agent.package_url(region, arch) == url
+
+
+@pytest.mark.parametrize(
+    ("region", "arch", "base"),
+    [
+        ("ap-northeast-1", "i386", None),
+        ("Tokyo", "amd64", None),
+        ("ap-northeast-1/../x", "amd64", None),
+        ("ap-northeast-1", "amd64", "http://mirror.example/amazon-ssm"),  # HTTPS only
+    ],
+)
+def test_package_url_refuses_what_aws_does_not_publish(
+    region: str, arch: str, base: str | None
+) -> None:
+    with pytest.raises(ValueError):
+        agent.package_url(region, arch, base)
+
+
+def test_package_url_takes_a_test_distribution() -> None:
+    url = agent.package_url("ap-northeast-1", "amd64", "https://twin.test/ssm/")
+    assert url == "https://twin.test/ssm/latest/debian_amd64/amazon-ssm-agent.deb"
+
+
+@pytest.mark.parametrize(
+    ("have", "version", "action"),
+    [
+        (None, "3.3.1000.0-1", "install"),
+        ("3.3.1000.0-1", "3.3.1000.0-1", "same"),
+        ("3.3.900.0-1", "3.3.1000.0-1", "install"),  # an upgrade
+        ("3.3.1100.0-1", "3.3.1000.0-1", "newer-installed"),  # never a downgrade
+    ],
+)
+def test_install_decision(have: str | None, version: str, action: str) -> None:
+    def numbers(v: str) -> list[int]:
+        return [int(n) for n in v.replace("-", ".").split(".")]
+
+    assert agent.decide(have, version, lambda a, b: numbers(a) > numbers(b)) == action
+    if shutil.which("dpkg"):
+        assert agent.decide(have, version, agent.newer) == action
+
+
+def test_the_shipped_key_is_an_armored_public_key() -> None:
+    binary = agent.dearmor(aws_ssm_agent_key())
+    assert binary[0] & 0x80  # an OpenPGP packet
+    with pytest.raises(ValueError, match="no ASCII-armored public key block"):
+        agent.dearmor("not a key")
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A throwaway key (in its own GNUPGHOME), a package it signed, and a tampered copy."""
+    if not (GPG and shutil.which("gpgv")):
+        pytest.skip("gpg/gpgv missing")
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    gpg = [GPG, "--homedir", str(home), "--batch", "--quiet", "--passphrase", ""]
+    subprocess.run(
+        [*gpg, "--quick-gen-key", "Twin Signer <twin@example.invalid>", "rsa2048", "sign", "1d"],
+        check=True,
+    )
+    key = subprocess.run(
+        [*gpg, "--armor", "--export", "twin@example.invalid"], check=True, capture_output=True
+    ).stdout.decode()
+    deb = home / "agent.deb"
+    deb.write_bytes(os.urandom(4096))
+    subprocess.run([*gpg, "--detach-sign", "-o", f"{deb}.sig", str(deb)], check=True)
+    tampered = home / "tampered.deb"
+    tampered.write_bytes(deb.read_bytes()[:-1] + b"\0")
+    fingerprint = subprocess.run(
+        [*gpg, "--with-colons", "--fingerprint", "twin@example.invalid"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    fpr = next(line.split(":")[9] for line in fingerprint.splitlines() if line[:4] == "fpr:")
+    return {"key": key, "deb": deb, "sig": Path(f"{deb}.sig"), "tampered": tampered, "fpr": fpr}
+
+
+@needs_gpg
+def test_a_good_signature_names_the_signer(signer: dict[str, Any], tmp_path: Path) -> None:
+    assert agent.verify(signer["key"], signer["sig"], signer["deb"], str(tmp_path)) == signer["fpr"]
+
+
+@needs_gpg
+def test_a_tampered_package_is_refused(signer: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="BAD signature"):
+        agent.verify(signer["key"], signer["sig"], signer["tampered"], str(tmp_path))
+
+
+@needs_gpg
+def test_a_package_signed_by_another_key_is_refused(signer: dict[str, Any], tmp_path: Path) -> None:
+    """The throwaway package against AWS's real key: not AWS's signature."""
+    with pytest.raises(ValueError, match="No public key"):
+        agent.verify(aws_ssm_agent_key(), signer["sig"], signer["deb"], str(tmp_path))
+
+
+class World(BaseHTTPRequestHandler):
+    """IMDSv2 (http) or the distribution (https), by the server it is attached to."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    requests: ClassVar[list[str]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, code: int, body: bytes = b"") -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        self.requests.append(f"PUT {self.path}")
+        ok = (
+            self.path == "/latest/api/token"
+            and self.headers["X-aws-ec2-metadata-token-ttl-seconds"]
+        )
+        self.reply(200, b"TOKEN") if ok else self.reply(400)
+
+    def do_GET(self) -> None:
+        self.requests.append(f"GET {self.path}")
+        if self.path == "/latest/meta-data/placement/region":
+            ok = self.headers["X-aws-ec2-metadata-token"] == "TOKEN"
+            self.reply(200, b"ap-northeast-1\n") if ok else self.reply(401)
+        elif self.path in self.files:
+            self.reply(200, self.files[self.path])
+        else:
+            self.reply(404)
+
+
+def serve(server: HTTPServer) -> Iterator[str]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    https = HTTPServer(("127.0.0.1", 0), World)
+    https.socket = context.wrap_socket(https.socket, server_side=True)
+    imds = HTTPServer(("127.0.0.1", 0), World)
+    for distribution in serve(https):
+        for metadata in serve(imds):
+            yield {
+                "base": f"https://{distribution}/ssm",
+                "imds": f"http://{metadata}",
+                "ca": str(bundle),
+            }
+
+
+def run_script(world: dict[str, str], key: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": world["imds"],
+        "CMC_SSM_AGENT_BASE_URL": world["base"],
+        "SSL_CERT_FILE": world["ca"],
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(key), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@needs_gpg
+def test_the_script_refuses_a_package_with_a_bad_signature(
+    world: dict[str, str], signer: dict[str, Any], tmp_path: Path
+) -> None:
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
+    path = f"/ssm/latest/debian_{arch.stdout.strip()}/amazon-ssm-agent.deb"
+    World.files = {path: signer["tampered"].read_bytes(), f"{path}.sig": signer["sig"].read_bytes()}
+    World.requests.clear()
+    key = tmp_path / "key.asc"
+    key.write_text(signer["key"])
+    result = run_script(world, key)
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "REFUSED to install https://127.0.0.1:" in result.stdout
+    assert "bad signature" in result.stdout and "BAD signature" in result.stdout
+    assert World.requests[:2] == ["PUT /latest/api/token", "GET /latest/meta-data/placement/region"]
+    assert "dpkg -i" not in result.stdout
+
+
+@needs_gpg
+def test_the_script_reports_a_missing_package(
+    world: dict[str, str], signer: dict[str, Any], tmp_path: Path
+) -> None:
+    World.files = {}
+    key = tmp_path / "key.asc"
+    key.write_text(signer["key"])
+    result = run_script(world, key, "", "5")
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "HTTP 404" in result.stdout
+
+
+def test_the_script_does_nothing_off_ec2(tmp_path: Path) -> None:
+    data = tmp_path / "instance-data.json"
+    data.write_text(json.dumps({"v1": {"platform": "nocloud"}}))
+    key = tmp_path / "key.asc"
+    key.write_text(aws_ssm_agent_key())
+    env = {"PATH": os.environ["PATH"]}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(key), str(data)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "not an EC2 instance (cloud-init platform nocloud)" in result.stdout
+
+
+def test_the_script_needs_a_key(tmp_path: Path) -> None:
+    key = tmp_path / "key.asc"
+    key.write_text("garbage")
+    result = subprocess.run([sys.executable, str(SCRIPT), str(key)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "no ASCII-armored public key block" in result.stdout
+
+
+def packets(binary: bytes) -> list[bytes]:
+    """OpenPGP packets (RFC 4880, 4.2), each with its header, in order."""
+    found, at = [], 0
+    while at < len(binary):
+        tag = binary[at]
+        assert tag & 0x80, "not an OpenPGP packet"
+        if tag & 0x40:  # new format
+            first = binary[at + 1]
+            if first < 192:
+                head, size = 2, first
+            elif first < 224:
+                head, size = 3, ((first - 192) << 8) + binary[at + 2] + 192
+            else:
+                head, size = 6, int.from_bytes(binary[at + 2 : at + 6], "big")
+        else:  # old format: length type in the low two bits
+            width = {0: 1, 1: 2, 2: 4}[tag & 3]
+            head, size = 1 + width, int.from_bytes(binary[at + 1 : at + 1 + width], "big")
+        found.append(binary[at : at + head + size])
+        at += head + size
+    return found
+
+
+def test_the_shipped_key_is_aws_published_key_without_the_cross_certification() -> None:
+    """Byte for byte AWS's key packet, user ID and self-signature; of the published block only
+    the certification by AWS's older key 7DD097A3DAD7F5FC is left out."""
+    published = (Path(__file__).parent / "data" / "amazon-ssm-agent.published.asc").read_text()
+    full, shipped = packets(agent.dearmor(published)), packets(agent.dearmor(aws_ssm_agent_key()))
+    assert len(full) == 4 and shipped == full[:3]
+    assert b"SSM Agent <ssm-agent-signer@amazon.com>" in shipped[1]
+    assert bytes.fromhex("7DD097A3DAD7F5FC") in full[3]  # the issuer of the dropped packet
+    assert bytes.fromhex("2784DBF388D19D46") in shipped[2]  # self-signed
