@@ -1,11 +1,16 @@
 """Small programs the sandbox runs inside its network namespace (outside the relay's chroot).
 
-    python -m simworld.agents aws --host IP --port N --region R --name NAME  < secret.json
+    python -m simworld.agents aws --host IP --port N --region R --name NAME \
+        [--tls-dir DIR --cert-name NAME ...] [--s3-object BUCKET/KEY=FILE ...]  < secret.json
     python -m simworld.agents syslog SOCKET LOGFILE
     python -m simworld.agents submit --source IP --server IP --port N --message-id ID ...
 
-``aws`` is a local Secrets Manager (moto's server): it reads the secret's JSON value on stdin,
-so the value is never a process argument, prints ``ARN <arn>`` and serves until killed.
+``aws`` is a local AWS (moto's server): it reads the secret's JSON value as the first line on
+stdin, so the value is never a process argument, prints ``ARN <arn>`` and serves until killed;
+every further line on stdin is a new value of the secret (a rotation), answered ``ROTATED``.
+With ``--tls-dir`` it serves HTTPS with a certificate for the ``--cert-name`` values from the
+stand-in's test CA in that directory, as AWS's regional endpoints do; ``--s3-object`` puts a
+file into a bucket of that region (public reads, as AWS's distribution buckets allow).
 ``syslog`` stands in for the syslog daemon the sandbox does not have: it appends every datagram
 sent to ``/dev/log`` to a file. ``submit`` is a mail client of the relay; it prints one JSON
 line with the SMTP outcome.
@@ -21,23 +26,50 @@ import sys
 import threading
 from collections.abc import Sequence
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
 import boto3
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
+
+from simworld.standin.tls import CA_CERT_FILE, server_context
 
 
-def serve_aws(host: str, port: int, region: str, name: str, secret_json: str) -> None:
-    ThreadedMotoServer(ip_address=host, port=port, verbose=False).start()
-    client = boto3.client(
-        "secretsmanager",
-        endpoint_url=f"http://{host}:{port}",
-        region_name=region,
-        aws_access_key_id="sandbox",
-        aws_secret_access_key="sandbox",
-    )
-    arn = client.create_secret(Name=name, SecretString=secret_json)["ARN"]
+def serve_aws(args: argparse.Namespace) -> None:
+    endpoint, verify = f"http://{args.host}:{args.port}", None
+    if args.tls_dir:
+        # The address too: the seeding below connects to it.
+        context = server_context(Path(args.tls_dir), (*args.cert_name, args.host))
+        app = DomainDispatcherApplication(create_backend_app)
+        server = make_server(args.host, args.port, app, threaded=True, ssl_context=context)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint, verify = f"https://{args.host}:{args.port}", f"{args.tls_dir}/{CA_CERT_FILE}"
+    else:
+        ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False).start()
+    session: dict[str, Any] = {
+        "endpoint_url": endpoint,
+        "verify": verify,
+        "region_name": args.region,
+        "aws_access_key_id": "sandbox",
+        "aws_secret_access_key": "sandbox",
+    }
+    s3 = boto3.client("s3", **session)
+    for spec in args.s3_object:
+        location, _, path = spec.partition("=")
+        bucket, _, key = location.partition("/")
+        if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+            where = {"LocationConstraint": args.region}
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration=where)
+        s3.put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes(), ACL="public-read")
+    secrets = boto3.client("secretsmanager", **session)
+    arn = secrets.create_secret(Name=args.name, SecretString=sys.stdin.readline().strip())["ARN"]
     print(f"ARN {arn}", flush=True)
-    threading.Event().wait()  # the server's thread serves until the sandbox ends
+    for line in sys.stdin:  # rotations, until stdin closes; the server's thread serves on
+        version = secrets.put_secret_value(SecretId=arn, SecretString=line.strip())["VersionId"]
+        print(f"ROTATED {version}", flush=True)
+    threading.Event().wait()
 
 
 def serve_syslog(socket_path: str, log_path: str) -> None:
@@ -82,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     aws.add_argument("--port", type=int, required=True)
     aws.add_argument("--region", required=True)
     aws.add_argument("--name", required=True)
+    aws.add_argument("--tls-dir", help="serve HTTPS with a certificate from this test CA")
+    aws.add_argument("--cert-name", action="append", default=[], help="a name the cert covers")
+    aws.add_argument("--s3-object", action="append", default=[], help="BUCKET/KEY=FILE")
     syslog = commands.add_parser("syslog", help="append /dev/log datagrams to a file")
     syslog.add_argument("socket")
     syslog.add_argument("log")
@@ -91,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client.add_argument("--port", type=int, default=25)
     args = parser.parse_args(argv)
     if args.command == "aws":
-        serve_aws(args.host, args.port, args.region, args.name, sys.stdin.read())
+        serve_aws(args)
     elif args.command == "syslog":
         serve_syslog(args.socket, args.log)
     else:

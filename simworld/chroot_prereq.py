@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from sandbox.session import SETTINGS
+from simworld.chroot_host import SETTINGS
 from userdata.render import cloud_config
 
 COMMANDS = (

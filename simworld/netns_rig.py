@@ -303,6 +303,7 @@ class StandInProcess:
 
     def __init__(self, network: Network, root: Path, config: StandInConfig) -> None:
         self.events_path = root / "standin-events.jsonl"
+        self.is_down = False
         config_path = root / "standin.json"
         config_path.write_text(json.dumps(config.to_dict()))
         command = network.exec(
@@ -352,9 +353,11 @@ class StandInProcess:
 
     def down(self) -> None:
         self.command("down")
+        self.is_down = True
 
     def up(self) -> None:
         self.command("up")
+        self.is_down = False
 
     def events(self) -> list[Event]:
         return read_events(self.events_path)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sandbox import prereq
-from sandbox.session import BOOT_ENV, SETTINGS, Sandbox
+from simworld import chroot_prereq as prereq
+from simworld.chroot_host import BOOT_ENV, SETTINGS, Sandbox
 from simworld.throwaway import Unsupported
 from userdata.render import postfix_parameters, postfix_services
 

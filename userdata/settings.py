@@ -24,6 +24,8 @@ Egress = Literal["eip", "nat"]
 PLANS: Final = get_args(Plan)
 AUTH_MODES: Final = get_args(AuthMode)
 OS_NAMES: Final = get_args(OsName)
+# The OS whose image twin CI boots end to end on every change (see the README).
+DEFAULT_OS: Final[OsName] = "debian-13"
 TLS_LEVELS: Final = get_args(TlsLevel)
 VERIFICATION_MODES: Final = get_args(Verification)
 EGRESS_MODES: Final = get_args(Egress)
@@ -204,7 +206,7 @@ class RelaySettings:
     smtp_host: str | None = None
     smtp_port: int = 10025
     auth_mode: AuthMode = "sasl"
-    os: OsName = "debian-13"
+    os: OsName = DEFAULT_OS
     max_connections: int = 10
     tls_level: TlsLevel = "may"
     message_size_limit: int = 10_240_000

@@ -1,0 +1,196 @@
+"""What a twin proves, step by step, as observations (the tests and the sandbox judge them).
+
+``first_boot`` → ``queue_while_down`` → ``reboot`` → ``rotation``: each step records what it
+saw in ``Findings``, reporting as it goes through ``say``; none of them asserts. A step that
+cannot go on (the twin did not boot, a message never arrived) raises.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from simworld.standin import MessageRecord
+from simworld.twin import world as net
+from simworld.twin.session import Submission, TwinBoot, clean_log_problems
+from userdata.settings import RelaySettings
+
+Say = Callable[[str], None]
+# The fetch timer's period is secretRefreshMinutes; systemd adds up to RandomizedDelaySec.
+TIMER_RANDOM_DELAY: Final = 30
+
+
+@dataclass
+class Boot:
+    """One boot's state as systemd, cloud-init and the relay's own verifier see it."""
+
+    seconds: float = 0.0
+    system_state: str = ""
+    cloud_init: dict[str, Any] = field(default_factory=dict)
+    log_problems: list[str] = field(default_factory=list)
+    failed_units: list[str] = field(default_factory=list)
+    active: dict[str, str] = field(default_factory=dict)
+    resolv_conf: list[str] = field(default_factory=list)
+    verify_exit: int = -1
+    verify: dict[str, Any] = field(default_factory=dict)
+
+    def failed_checks(self) -> list[str]:
+        return [f"{c['name']}: {c['detail']}" for c in self.verify.get("checks", []) if not c["ok"]]
+
+
+@dataclass
+class Findings:
+    os: str
+    settings: RelaySettings | None = None
+    first: Boot = field(default_factory=Boot)
+    relayed: MessageRecord | None = None
+    outsider: Submission | None = None
+    secret_places: list[str] = field(default_factory=list)
+    imds: list[dict[str, Any]] = field(default_factory=list)
+    queued_before_reboot: int = 0
+    after_reboot: Boot = field(default_factory=Boot)
+    queued_after_reboot: int = 0
+    resolv_after_renewal: list[str] = field(default_factory=list)
+    queued_deliveries: list[MessageRecord] = field(default_factory=list)
+    rotation_seconds: float | None = None
+    rotation_record: MessageRecord | None = None
+    rotated_at: float = 0.0
+
+    def credentials_requests(self) -> list[dict[str, Any]]:
+        return [e for e in self.imds if "/iam/security-credentials/" in e["path"]]
+
+
+class BootFailed(RuntimeError):
+    """The twin's first boot went wrong: nothing after it would mean anything."""
+
+
+UNITS: Final = ("postfix", "dnsmasq", "amazon-ssm-agent", "cmc-relay-fetch-secret.timer")
+
+
+def observe(boot: TwinBoot, state: str, started: float, verify: bool = True) -> Boot:
+    seen = Boot(seconds=time.monotonic() - started, system_state=state)
+    seen.cloud_init = boot.cloud_init_status()
+    seen.log_problems = clean_log_problems(boot.run("cat", "/var/log/cloud-init.log").stdout)
+    seen.failed_units = boot.failed_units()
+    seen.active = {unit: boot.run("systemctl", "is-active", unit).stdout.strip() for unit in UNITS}
+    seen.resolv_conf = boot.resolv_conf()
+    if verify:
+        run_verifier(boot, seen)
+    return seen
+
+
+def run_verifier(boot: TwinBoot, seen: Boot) -> None:
+    seen.verify_exit, seen.verify = boot.verify()
+
+
+def verifier_line(seen: Boot) -> str:
+    checks = seen.verify.get("checks", [])
+    failed = seen.failed_checks()
+    return f"verifier: {sum(c['ok'] for c in checks)} of {len(checks)} checks passed" + (
+        f"; failed: {failed}" if failed else ""
+    )
+
+
+def queue_length(boot: TwinBoot) -> int:
+    out = boot.run("postqueue", "-j").stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def first_boot(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """Build (or reuse) the twin, start its world, boot it from the rendered payload."""
+    findings.settings = boot.settings
+    twin = boot.build()
+    how = "from the cache" if twin.cached else "built"
+    name = f"{boot.image.os} ({boot.image.suite})"
+    say(f"twin {name}: root and mirror {how}, {twin.build_seconds:.1f}s")
+    boot.start_world()
+    say("world: DHCP, VPC resolver, IMDS, AWS (moto, HTTPS), Debian mirror, CMC stand-in")
+    say(f"secret: {boot.secret_arn} (moto's Secrets Manager)")
+    packed = boot.render()
+    say(f"user data: {len(packed)} bytes gzipped, served by the IMDS stand-in")
+    boot.prepare()
+    boot_started = time.monotonic()
+    state = boot.boot()
+    took = time.monotonic() - boot_started
+    say(f"systemd: {state} after {took:.1f}s (cloud-init, apt and the setup included)")
+    findings.first = first = observe(boot, state, boot_started)
+    status, units = first.cloud_init, first.failed_units or "none"
+    source = status.get("datasource")
+    say(f"cloud-init: {status.get('status')}, datasource {source}; failed units: {units}")
+    if status.get("status") != "done" or first.failed_units:
+        raise BootFailed(
+            f"{boot.image.os}: the first boot failed: {status.get('errors') or first.log_problems}"
+            f"; failed units {first.failed_units}; {first.failed_checks()}"
+        )
+    submitted = boot.submit(net.CLIENT_IP, "<first@twin.test>")
+    say(f"submitted from {net.CLIENT_IP}: {submitted.code} {submitted.reply}")
+    if submitted.accepted:
+        findings.relayed = record = boot.wait_for_message("<first@twin.test>")
+        how = f"AUTH as {record.auth_user} over {record.tls_version}"
+        say(f"delivered to the stand-in from {record.client_ip}: {how}")
+    findings.outsider = refused = boot.submit(net.OUTSIDER_IP, "<outsider@twin.test>")
+    say(f"from {net.OUTSIDER_IP} (outside allowedCidrs): {refused.code} {refused.reply}")
+    say(verifier_line(first))
+    findings.secret_places = boot.secret_places()
+    findings.imds = boot.world.imds_events() if boot.world else []
+
+
+def queue_while_down(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """The service goes down; a message submitted now must wait in the queue."""
+    assert boot.world is not None and boot.world.standin is not None
+    boot.world.standin.down()
+    submitted = boot.submit(net.CLIENT_IP, "<queued@twin.test>")
+    time.sleep(3)  # Postfix tries once and defers
+    findings.queued_before_reboot = queued = queue_length(boot)
+    say(f"service down; submitted {submitted.code}; {queued} message(s) queued")
+
+
+def reboot(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """Reboot: the services come back by themselves, the resolver keeps the cache first (also
+    after a DHCP renewal); the verifier runs again if the service is up."""
+    assert boot.world is not None and boot.world.standin is not None
+    service_up = not boot.world.standin.is_down
+    started = time.monotonic()
+    state = boot.reboot()
+    findings.after_reboot = seen = observe(boot, state, started, verify=service_up)
+    say(f"rebooted: systemd {state} after {seen.seconds:.1f}s; {json.dumps(seen.active)}")
+    findings.queued_after_reboot = queue_length(boot)
+    boot.run("networkctl", "renew", net.NIC, check=True)
+    time.sleep(2)
+    findings.resolv_after_renewal = renewed = boot.resolv_conf()
+    say(f"resolv.conf after the reboot {seen.resolv_conf}, after a DHCP renewal {renewed}")
+    if service_up:
+        say(verifier_line(seen))
+
+
+def deliver_queued(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """The service returns: what waited through the reboot is delivered, once."""
+    assert boot.world is not None and boot.world.standin is not None
+    say(f"{findings.queued_after_reboot} message(s) still queued after the reboot; service back")
+    boot.world.standin.up()
+    boot.wait_for_message("<queued@twin.test>", timeout=60)
+    time.sleep(12)  # a duplicate would come with the next retry (backoff 5-10 s)
+    findings.queued_deliveries = boot.messages("<queued@twin.test>")
+    say(f"the queued message delivered {len(findings.queued_deliveries)} time(s)")
+    run_verifier(boot, findings.after_reboot)
+    say(verifier_line(findings.after_reboot))
+
+
+def rotation(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """A new secret value (the old one refused from now on) must be in use within the
+    timer's period plus its randomized delay."""
+    findings.rotated_at = time.time()
+    boot.rotate("rotated-" + boot.password[::-1])
+    time.sleep(3)  # cached connections (authenticated with the old key) expire after 2 s idle
+    submitted = boot.submit(net.CLIENT_IP, "<rotated@twin.test>")
+    bound = boot.settings.secret_refresh_minutes * 60 + TIMER_RANDOM_DELAY + 20
+    record = boot.wait_for_message("<rotated@twin.test>", timeout=bound)
+    findings.rotation_record = record
+    findings.rotation_seconds = took = record.accepted_at - findings.rotated_at
+    say(f"rotated the secret; submitted {submitted.code}; the new key in use after {took:.0f}s")
+
+
+ALL_STEPS: Final = (first_boot, queue_while_down, reboot, deliver_queued, rotation)

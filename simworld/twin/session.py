@@ -1,0 +1,322 @@
+"""One twin boot from start to teardown: the world, the payload, systemd, cloud-init, mail.
+
+``TwinBoot`` is what the sandbox, the twin tests and the benchmarks use. Each step is a method,
+so a caller can show stages as they happen; ``close`` (or leaving the ``with`` block) always
+stops the twin and the world and removes the overlay, also after a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from simworld.netns_rig import REPO, wait_until
+from simworld.standin import MessageRecord
+from simworld.twin import world as net
+from simworld.twin.build import Twin, build, cache_dir
+from simworld.twin.images import TWINS
+from simworld.twin.machine import BootError, Machine
+from simworld.twin.ssm_agent import AgentPackage, agent_package
+from userdata.render import pack_user_data, render_user_data
+from userdata.settings import RelaySettings
+
+API_USER: Final = "twin-api-user"
+SECRET_NAME: Final = "cmc-relay-twin-credentials"
+ACCOUNT_ID: Final = "123456789012"
+ROLE: Final = "cmc-relay-twin-role"
+CA_NAME: Final = "cmc-twin-test-ca.crt"
+SSM_BUCKET: Final = f"amazon-ssm-{net.REGION}"
+
+# cloud-init in a container reads no DMI, so it cannot tell it is on EC2: it is told.
+CLOUD_CFG: Final = """\
+# cmc-relay image twin (systemd-nspawn): cloud-init cannot read DMI in a container, so it
+# would not identify EC2. Only the Ec2 datasource, and no strict platform check.
+datasource_list: [Ec2, None]
+datasource:
+  Ec2:
+    strict_id: false
+# On EC2 the Ec2Local datasource renders the network config before the network is up, with
+# nothing to activate; here the datasource comes a stage later, after the fallback config
+# brought the NIC up, and must not re-activate it (netplan apply needs udev).
+disable_network_activation: true
+"""
+# netplan matches the NIC by PermanentMACAddress, which a veth does not have.
+NIC_MATCH: Final = f"""\
+# cmc-relay image twin: a veth has no permanent MAC address; match netplan's NIC by its MAC.
+[Match]
+PermanentMACAddress=
+MACAddress={net.MAC}
+"""
+# udev does not run in a container; cloud-init and netplan ask it to reload and re-trigger.
+UDEVADM: Final = """\
+#!/bin/sh
+# cmc-relay image twin: udev does not run in a container, so what asks it to reload rules,
+# re-trigger, settle or apply .link files (netplan, cloud-init) gets a no-op; the rest is
+# udevadm's.
+case "$1" in control|trigger|settle|test-builtin) exit 0 ;; esac
+exec /usr/bin/udevadm "$@"
+"""
+# Every way the twin's boot differs from an EC2 instance's, as the report lists them.
+DEVIATIONS: Final = (
+    "systemd-nspawn container, not a VM: no kernel, bootloader or udev of the image; the NIC "
+    "is a veth named ens5",
+    "cloud-init cannot read DMI in a container: /etc/cloud/cloud.cfg.d/90-cmc-twin.cfg names "
+    "the Ec2 datasource and turns its strict platform check off",
+    "so cloud-init reads the metadata service without an IMDSv2 token (the stand-in answers "
+    "it; the role's credentials still need a token, and botocore and the payload use one), "
+    "in its network stage rather than the local one, with network activation turned off "
+    "(the fallback DHCP config has brought the NIC up)",
+    "udevadm control/trigger/settle/test-builtin are no-ops (/usr/local/sbin/udevadm): no "
+    "udev runs in a container; netplan and cloud-init's hotplug hook call them",
+    "netplan's NIC match by PermanentMACAddress is reset to MACAddress in a networkd drop-in "
+    "(a veth has no permanent address)",
+    "the test CA (of the service stand-in and of the AWS endpoints) is installed in the twin's "
+    "trust store (/usr/local/share/ca-certificates)",
+    "Debian's archive is a mirror with Debian's signed indexes and only the .debs the payload "
+    "needs; the VPC resolver answers deb.debian.org with it",
+    "AWS's endpoints (Secrets Manager, S3) are moto; the SSM Agent in S3 is a stand-in package "
+    "signed by a test key, and the payload is rendered with that key instead of AWS's",
+    "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up",
+)
+
+
+@dataclass(frozen=True)
+class Submission:
+    accepted: bool
+    code: int | None
+    reply: str
+
+
+class TwinBoot:
+    """The twin of ``os_name`` in its world, booted from the payload ``settings`` render."""
+
+    def __init__(self, os_name: str, password: str, refresh_minutes: int = 1) -> None:
+        self.image = TWINS[os_name]
+        self.password = password
+        self.settings = RelaySettings(
+            allowed_cidrs=(net.SUBNET_CIDR,),
+            os=self.image.os,
+            secret_refresh_minutes=refresh_minutes,
+        )
+        self.work = Path(tempfile.mkdtemp(prefix=f"cmc-twin-{os_name}-", dir="/var/tmp"))
+        self.tag = f"cmctwin{self.work.name.rsplit('-', 1)[-1][:6]}"
+        self.twin: Twin | None = None
+        self.world: net.World | None = None
+        self.machine: Machine | None = None
+        self.aws: subprocess.Popen[str] | None = None
+        self.agent: AgentPackage | None = None
+        self.secret_arn = ""
+        self.user_data = b""
+
+    def __enter__(self) -> TwinBoot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def build(self) -> Twin:
+        self.twin = build(self.image)
+        self.agent = agent_package(cache_dir())
+        return self.twin
+
+    def start_world(self) -> None:
+        assert self.twin is not None and self.agent is not None
+        self.world = world = net.World(self.tag, self.work, self.settings.relay_host, API_USER)
+        world.start_dhcp()
+        world.start_resolver()
+        world.start_standin(self.password)
+        world.start_mirror(self.twin.mirror)
+        self.secret_arn = self.start_aws(self.agent)
+
+    def start_aws(self, agent: AgentPackage) -> str:
+        """moto over HTTPS as AWS's regional endpoints; returns the secret's ARN."""
+        assert self.world is not None
+        prefix = f"{SSM_BUCKET}/latest/debian_amd64"
+        aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", net.AWS_IP]
+        aws += ["--port", "443", "--region", net.REGION, "--name", SECRET_NAME]
+        aws += ["--tls-dir", str(self.work / "tls")]
+        aws += [f"--cert-name={name}" for name in net.AWS_NAMES]
+        aws += [f"--s3-object={prefix}/amazon-ssm-agent.deb={agent.deb}"]
+        aws += [f"--s3-object={prefix}/amazon-ssm-agent.deb.sig={agent.signature}"]
+        log = (self.work / "aws.log").open("w")
+        self.aws = subprocess.Popen(
+            self.world.exec(*aws), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log, text=True, cwd=REPO, env=net.WORLD_ENV,
+        )  # fmt: skip
+        self.world.processes.append(self.aws)
+        self.rotate_to(self.password)
+        return self._aws_line("ARN ").split()[1]
+
+    def rotate_to(self, password: str) -> None:
+        """A new value of the secret (the first call creates it); on moto's stdin, not argv."""
+        assert self.aws is not None and self.aws.stdin is not None
+        self.aws.stdin.write(json.dumps({"username": API_USER, "password": password}) + "\n")
+        self.aws.stdin.flush()
+
+    def rotate(self, password: str) -> None:
+        self.rotate_to(password)
+        self._aws_line("ROTATED ")
+        assert self.world is not None and self.world.standin is not None
+        self.world.standin.reconfigure(users={API_USER: password})
+
+    def _aws_line(self, prefix: str) -> str:
+        assert self.aws is not None and self.aws.stdout is not None
+        for line in self.aws.stdout:
+            if line.startswith(prefix):
+                return line.strip()
+        raise BootError(f"moto exited; see {self.work / 'aws.log'}")
+
+    def render(self) -> bytes:
+        """The gzipped user data EC2 would hand over, rendered by the component's functions."""
+        assert self.agent is not None
+        document = render_user_data(
+            self.settings, self.secret_arn, ssm_agent_key=self.agent.public_key
+        )
+        self.user_data = base64.b64decode(pack_user_data(document))
+        return self.user_data
+
+    def imds_facts(self) -> dict[str, Any]:
+        return {
+            "mac": net.MAC,
+            "region": net.REGION,
+            "role": ROLE,
+            "account_id": ACCOUNT_ID,
+            "ami_id": "ami-0c2e7e1n0000000twin"[:21],
+            "instance_id": f"i-0{self.tag[-6:]}0000000000"[:19],
+            "instance_type": "t3.small",
+            "local_ipv4": net.TWIN_IP,
+            "local_hostname": f"ip-{net.TWIN_IP.replace('.', '-')}.{net.DOMAIN}",
+            "subnet_cidr": net.SUBNET_CIDR,
+            "vpc_cidr": net.VPC_CIDR,
+            "user_data_base64": base64.b64encode(self.user_data).decode(),
+        }
+
+    def prepare(self) -> None:
+        """The overlay and the changes DEVIATIONS lists; the metadata service with the payload."""
+        assert self.twin is not None and self.world is not None
+        self.world.start_imds(self.imds_facts())
+        self.machine = machine = Machine(
+            self.tag, self.twin.root, self.work / "twin", self.world.network.relay
+        )
+        machine.write("/etc/cloud/cloud.cfg.d/90-cmc-twin.cfg", CLOUD_CFG)
+        machine.write(
+            f"/etc/systemd/network/10-netplan-{net.NIC}.network.d/90-cmc-twin-veth.conf",
+            NIC_MATCH,
+        )
+        machine.write("/usr/local/sbin/udevadm", UDEVADM, mode=0o755)
+        machine.write(f"/usr/local/share/ca-certificates/{CA_NAME}", self.world.ca_path.read_text())
+        machine.offline(["update-ca-certificates"])
+
+    def boot(self, timeout: float = 600) -> str:
+        """Boot (or, after ``reboot``, boot again) and wait for start-up to end: systemd's state."""
+        assert self.machine is not None
+        if self.machine.process is None:
+            self.machine.boot()
+        return self.machine.wait_booted(timeout)
+
+    def reboot(self, timeout: float = 600) -> str:
+        assert self.machine is not None
+        self.machine.reboot()
+        return self.machine.wait_booted(timeout)
+
+    # --- what the booted host shows -------------------------------------------------------
+
+    def run(
+        self, *argv: str, check: bool = False, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.machine is not None
+        return self.machine.run(argv, check=check, timeout=timeout)
+
+    def cloud_init_status(self) -> dict[str, Any]:
+        out = self.run("cloud-init", "status", "--wait", "--format=json", timeout=600).stdout
+        status: dict[str, Any] = json.loads(out)
+        return status
+
+    def failed_units(self) -> list[str]:
+        out = self.run("systemctl", "--failed", "--plain", "--no-legend").stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    def submit(self, source: str, message_id: str) -> Submission:
+        assert self.world is not None
+        client = [sys.executable, "-m", "simworld.agents", "submit", "--source", source]
+        client += ["--server", net.TWIN_IP, "--mail-from", "app@example.test"]
+        client += ["--rcpt", "someone@example.com", "--message-id", message_id]
+        out = subprocess.run(
+            self.world.exec(*client), capture_output=True, text=True, check=True,
+            cwd=REPO, env=net.WORLD_ENV, timeout=60,
+        ).stdout  # fmt: skip
+        return Submission(**json.loads(out))
+
+    def messages(self, message_id: str) -> list[MessageRecord]:
+        assert self.world is not None and self.world.standin is not None
+        return [m for m in self.world.standin.messages() if m.message_id == message_id]
+
+    def wait_for_message(self, message_id: str, timeout: float = 60) -> MessageRecord:
+        return wait_until(
+            lambda: next(iter(self.messages(message_id)), None), timeout,
+            f"{message_id} at the stand-in", interval=0.5,
+        )  # fmt: skip
+
+    def verify(self, *skip: str) -> tuple[int, dict[str, Any]]:
+        result = self.run("cmc-relay-verify", *(f"--skip={name}" for name in skip))
+        report: dict[str, Any] = json.loads(result.stdout)
+        return result.returncode, report
+
+    def resolv_conf(self) -> list[str]:
+        text = self.run("cat", "/etc/resolv.conf").stdout
+        return [line.split()[1] for line in text.splitlines() if line.startswith("nameserver")]
+
+    def journal(self, *args: str) -> str:
+        return self.run("journalctl", "--no-pager", "-o", "short-monotonic", *args).stdout
+
+    def secret_places(self) -> list[str]:
+        """Files of the twin that hold the password: only Postfix's table should."""
+        dirs = ["/etc", "/var/log", "/var/lib/cloud", "/run/cloud-init", "/var/tmp", "/tmp"]
+        assert self.machine is not None  # the pattern goes on stdin, never into grep's argv
+        grep = ["grep", "-rlF", "-f", "-", *dirs]
+        found = self.machine.run(grep, check=False, input=self.password + "\n").stdout.split()
+        journal = self.run("journalctl", "--no-pager", "-o", "cat").stdout
+        if self.password in journal:
+            found.append("journal")
+        return found
+
+    def close(self, keep: Path | None = None) -> None:
+        """Stop everything; ``keep`` receives the world's logs and the twin's journal first."""
+        if keep is not None and self.machine is not None and self.machine.process is not None:
+            (self.work / "journal.log").write_text(self.journal())
+            for log in ("cloud-init.log", "cloud-init-output.log"):
+                (self.work / log).write_text(self.run("cat", f"/var/log/{log}").stdout)
+        if self.machine is not None:
+            self.machine.close()
+        if self.world is not None:
+            self.world.close()
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for kept in (*self.work.glob("*.log"), *self.work.glob("*.jsonl")):
+                shutil.copy(kept, keep / kept.name)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def deviations_report() -> str:
+    return "\n".join(f"- {line}" for line in DEVIATIONS)
+
+
+def clean_log_problems(log: str) -> list[str]:
+    """Lines of cloud-init's log that are warnings, errors or tracebacks."""
+    pattern = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
+    return [line for line in log.splitlines() if pattern.search(line)]
+
+
+def elapsed(started: float) -> float:
+    return time.monotonic() - started

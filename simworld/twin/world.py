@@ -1,0 +1,202 @@
+"""The network a twin boots into, playing the VPC, AWS, Debian's archive and the service.
+
+Two network namespaces per boot: the twin's own (its NIC ``ens5``, as EC2 names a Nitro NIC)
+and the "VPC" at the other end of the veth, which holds everything the instance talks to::
+
+    10.0.1.1         the subnet's router; DHCP (dnsmasq) hands the twin 10.0.1.10
+    10.0.0.2         the VPC resolver (VPC base + 2): the service's name, AWS's and Debian's
+    169.254.169.254  the instance metadata service (``simworld.twin.imds``)
+    203.0.113.10     AWS's regional endpoints over HTTPS (moto: Secrets Manager, S3)
+    203.0.113.20     deb.debian.org: the twin's mirror (Debian's signed indexes, real .debs)
+    198.51.100.25/26 the CMC stand-in, both A records of the service's host name
+    10.0.1.50        an application server in allowedCidrs
+    192.0.2.50       a host outside allowedCidrs
+
+Nothing has a route out of these namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from simworld.netns_rig import REPO, Dnsmasq, Network, StandInProcess, run, stop_process
+from simworld.standin.config import StandInConfig
+
+SUBNET_CIDR: Final = "10.0.1.0/24"
+VPC_CIDR: Final = "10.0.0.0/16"
+ROUTER_IP: Final = "10.0.1.1"
+TWIN_IP: Final = "10.0.1.10"
+RESOLVER_IP: Final = "10.0.0.2"
+IMDS_IP: Final = "169.254.169.254"
+AWS_IP: Final = "203.0.113.10"
+MIRROR_IP: Final = "203.0.113.20"
+CMC_IPS: Final = ("198.51.100.25", "198.51.100.26")
+CLIENT_IP: Final = "10.0.1.50"
+OUTSIDER_IP: Final = "192.0.2.50"
+REGION: Final = "ap-northeast-1"
+NIC: Final = "ens5"
+MAC: Final = "0e:c2:7e:00:00:0a"
+DOMAIN: Final = f"{REGION}.compute.internal"
+AWS_NAMES: Final = tuple(
+    f"{service}.{REGION}.amazonaws.com"
+    for service in ("secretsmanager", "s3", "ssm", "ssmmessages", "ec2messages", "sts")
+)
+DEBIAN_NAMES: Final = ("deb.debian.org", "security.debian.org")
+WORLD_ENV: Final = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "LANG": "C.UTF-8"}
+
+
+class VpcNetwork(Network):
+    """``relay`` is the twin's namespace (NIC ``ens5``), ``service`` the VPC's."""
+
+    def _create(self, host_name: str) -> None:
+        for name in (self.relay, self.service):
+            run("ip", "netns", "add", name)
+            self.created.append(name)
+            run("ip", "-n", name, "link", "set", "lo", "up")
+        run(
+            "ip", "link", "add", NIC, "address", MAC, "netns", self.relay,
+            "type", "veth", "peer", "name", "vpc0", "netns", self.service,
+        )  # fmt: skip
+        addresses = (
+            f"{ROUTER_IP}/24",
+            *(f"{ip}/32" for ip in (RESOLVER_IP, IMDS_IP, AWS_IP, MIRROR_IP, *CMC_IPS)),
+            *(f"{ip}/32" for ip in (CLIENT_IP, OUTSIDER_IP)),
+        )
+        for cidr in addresses:
+            run("ip", "-n", self.service, "addr", "add", cidr, "dev", "vpc0")
+        run("ip", "-n", self.service, "link", "set", "vpc0", "up")
+        # The NIC stays down and unaddressed: the twin's own networkd brings it up with DHCP.
+
+
+class World:
+    """Every service of the VPC, started in order; ``close`` stops them (by PID) and the
+    namespaces. The password reaches the stand-in and moto by file and pipe, never argv."""
+
+    def __init__(self, tag: str, work: Path, smtp_host: str, api_user: str) -> None:
+        self.work = work
+        self.smtp_host = smtp_host
+        self.api_user = api_user
+        self.network = VpcNetwork(tag, smtp_host)
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.dns: list[Dnsmasq] = []
+        self.standin: StandInProcess | None = None
+        self.secret_arn = ""
+
+    @property
+    def ca_path(self) -> Path:
+        return self.work / "tls" / "ca.pem"
+
+    def exec(self, *command: str | Path) -> list[str]:
+        return self.network.exec(self.network.service, *command)
+
+    def start(self, name: str, command: Sequence[str | Path], ready: str, **kwargs: Any) -> str:
+        """A long-running process in the VPC; returns its first line starting with ``ready``."""
+        log = (self.work / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            self.exec(*command),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=REPO,
+            env=WORLD_ENV,
+            **kwargs,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            if line.startswith(ready):
+                return line.strip()
+        raise RuntimeError(f"{name} exited before it was ready; see {log.name}")
+
+    def start_dhcp(self) -> None:
+        self.dns.append(
+            Dnsmasq(
+                self.network,
+                self.network.service,
+                self.work / "dhcp.log",
+                [
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--port=0",
+                    "--interface=vpc0",
+                    "--bind-interfaces",
+                    f"--dhcp-range={TWIN_IP},{TWIN_IP},255.255.255.0,2m",
+                    f"--dhcp-host={MAC},{TWIN_IP}",
+                    f"--dhcp-option=option:router,{ROUTER_IP}",
+                    f"--dhcp-option=option:dns-server,{RESOLVER_IP}",
+                    f"--dhcp-option=option:domain-name,{DOMAIN}",
+                    "--dhcp-option=option:mtu,9001",
+                    f"--dhcp-leasefile={self.work}/dhcp.leases",
+                    "--log-dhcp",
+                ],
+            )
+        )
+
+    def start_resolver(self) -> None:
+        """The VPC resolver: the service's host name round robin, AWS's endpoints, Debian's
+        archive and the instance's own name; anything else NXDOMAIN."""
+        records = [f"--host-record={self.smtp_host},{ip}" for ip in CMC_IPS]
+        records += [f"--host-record={name},{AWS_IP}" for name in AWS_NAMES]
+        records += [f"--host-record={name},{MIRROR_IP}" for name in DEBIAN_NAMES]
+        own = "ip-" + TWIN_IP.replace(".", "-")
+        records.append(f"--host-record={own}.{DOMAIN},{TWIN_IP}")
+        self.dns.append(
+            Dnsmasq(
+                self.network,
+                self.network.service,
+                self.work / "resolver.log",
+                [
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    f"--listen-address={RESOLVER_IP}",
+                    *records,
+                ],
+            )
+        )
+
+    def start_standin(self, password: str) -> None:
+        config = StandInConfig(
+            hosts=CMC_IPS,
+            port=10025,
+            hostname=self.smtp_host,
+            tls_dir=str(self.work / "tls"),
+            users={self.api_user: password},
+        )
+        self.standin = StandInProcess(self.network, self.work, config)
+
+    def start_mirror(self, mirror: Path) -> None:
+        command = [sys.executable, "-u", "-m", "http.server", "--bind", MIRROR_IP, "80"]
+        command += ["--directory", str(mirror)]
+        self.start("mirror", command, "Serving HTTP", stdin=subprocess.DEVNULL)
+
+    def start_imds(self, facts: dict[str, Any]) -> None:
+        config = self.work / "imds.json"
+        config.write_text(json.dumps(facts))
+        imds = [sys.executable, "-m", "simworld.twin.imds", "--config", str(config)]
+        imds += ["--events", str(self.work / "imds-events.jsonl")]
+        self.start("imds", imds, "READY", stdin=subprocess.DEVNULL)
+
+    def imds_events(self) -> list[dict[str, Any]]:
+        path = self.work / "imds-events.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines]
+
+    def close(self) -> None:
+        if self.standin is not None:
+            self.standin.stop()
+        for dnsmasq in self.dns:
+            dnsmasq.stop()
+        for process in self.processes:
+            stop_process(process)
+        self.network.destroy()

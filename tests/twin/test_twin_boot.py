@@ -1,0 +1,145 @@
+"""The payload booted on twins of Debian's EC2 images, with systemd as PID 1 (nspawn).
+
+Per OS, one module-scoped boot runs the whole scenario (``simworld.twin.scenario``): first
+boot, mail through the relay, the service down, a reboot, the service back, a rotation with the
+real timer. Each test then judges one thing the scenario observed. The twin's deviations from
+EC2 are listed in ``simworld.twin.session.DEVIATIONS`` and the README.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simworld.twin import scenario
+from simworld.twin import world as net
+from simworld.twin.session import TwinBoot
+from userdata.render import postfix_parameters
+
+OSES = ("debian-12", "debian-13")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)")
+
+
+# pytest sets a failed module fixture up again for every test: one boot per OS, failed or not.
+_RUNS: dict[str, scenario.Findings | BaseException] = {}
+
+
+def run_scenario(os_name: str, logs: Path) -> scenario.Findings:
+    found = scenario.Findings(os=os_name)
+    boot = TwinBoot(os_name, secrets.token_urlsafe(18))
+    try:
+        for step in scenario.ALL_STEPS:
+            step(boot, found, print)
+        found.secret_places += [p for p in boot.secret_places() if p not in found.secret_places]
+    finally:
+        boot.close(keep=logs)  # the world's logs, the journal and cloud-init's, for a post-mortem
+    return found
+
+
+@pytest.fixture(scope="module", params=OSES)
+def findings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[scenario.Findings]:
+    os_name: str = request.param
+    if os_name not in _RUNS:
+        try:
+            _RUNS[os_name] = run_scenario(os_name, tmp_path_factory.mktemp(f"twin-{os_name}"))
+        except Exception as error:  # re-raised for every test of this OS
+            _RUNS[os_name] = error
+    outcome = _RUNS[os_name]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    yield outcome
+
+
+def test_cloud_init_done_without_errors_or_warnings(findings: scenario.Findings) -> None:
+    status = findings.first.cloud_init
+    assert status["status"] == "done", status
+    assert status["datasource"] == "ec2"
+    # cloud-init 22.4 (Debian 12) does not report recoverable errors: its log is read for them.
+    assert status["errors"] == [] and status.get("recoverable_errors", {}) == {}, status
+    assert findings.first.log_problems == []
+
+
+def test_no_failed_unit_on_either_boot(findings: scenario.Findings) -> None:
+    assert findings.first.system_state == "running", findings.first.failed_units
+    assert findings.first.failed_units == []
+    assert findings.after_reboot.system_state == "running", findings.after_reboot.failed_units
+    assert findings.after_reboot.failed_units == []
+
+
+def test_mail_relayed_with_auth_over_tls(findings: scenario.Findings) -> None:
+    record = findings.relayed
+    assert record is not None, "the first message never reached the stand-in"
+    assert record.client_ip == net.TWIN_IP
+    assert record.auth_user == "twin-api-user"
+    assert record.tls and record.tls_version in ("TLSv1.2", "TLSv1.3")
+
+
+def test_outsider_refused(findings: scenario.Findings) -> None:
+    assert findings.outsider is not None and findings.outsider.code == 554
+    assert "Relay access denied" in findings.outsider.reply
+
+
+def test_verifier_passes_before_and_after_reboot(findings: scenario.Findings) -> None:
+    for boot in (findings.first, findings.after_reboot):
+        assert boot.verify_exit == 0, boot.failed_checks()
+        names = {check["name"] for check in boot.verify["checks"]}
+        assert {"dns-cache", "smtp-service", "ssm-agent"} <= names
+        assert findings.settings is not None
+        assert {f"postconf:{p}" for p in postfix_parameters(findings.settings)} <= names
+
+
+def test_ssm_agent_installed_signed_and_running(findings: scenario.Findings) -> None:
+    assert findings.first.active["amazon-ssm-agent"] == "active"
+    assert findings.after_reboot.active["amazon-ssm-agent"] == "active"
+
+
+def test_role_credentials_only_with_a_token(findings: scenario.Findings) -> None:
+    requests = findings.credentials_requests()
+    assert requests, "nothing read the role's credentials from the metadata service"
+    assert all(r["token"] for r in requests if r["status"] == 200)
+    assert all(r["status"] == 401 for r in requests if not r["token"])
+
+
+def test_secret_only_where_it_belongs(findings: scenario.Findings) -> None:
+    assert set(findings.secret_places) <= {
+        "/etc/postfix/relay_password",
+        "/etc/postfix/relay_password.db",
+    }
+    assert "/etc/postfix/relay_password" in findings.secret_places
+
+
+def test_services_back_by_themselves_after_reboot(findings: scenario.Findings) -> None:
+    """G12: Postfix and dnsmasq enabled, so the reboot starts them."""
+    assert findings.after_reboot.active["postfix"] == "active"
+    assert findings.after_reboot.active["dnsmasq"] == "active"
+    assert findings.after_reboot.active["cmc-relay-fetch-secret.timer"] == "active"
+
+
+def test_resolver_keeps_the_cache_first(findings: scenario.Findings) -> None:
+    """G14: after the first boot, the reboot and a DHCP renewal, 127.0.0.1 comes first and the
+    VPC resolver stays as the fallback."""
+    for servers in (
+        findings.first.resolv_conf,
+        findings.after_reboot.resolv_conf,
+        findings.resolv_after_renewal,
+    ):
+        assert servers[:2] == ["127.0.0.1", net.RESOLVER_IP], servers
+
+
+def test_mail_queued_while_down_survives_the_reboot_once(findings: scenario.Findings) -> None:
+    assert findings.queued_before_reboot == 1
+    assert findings.queued_after_reboot == 1
+    assert len(findings.queued_deliveries) == 1
+
+
+def test_rotated_secret_in_use_within_the_timer_period(findings: scenario.Findings) -> None:
+    record, seconds = findings.rotation_record, findings.rotation_seconds
+    assert record is not None and seconds is not None
+    assert record.session_started_at > findings.rotated_at  # a new session, the new key
+    assert seconds <= 60 + scenario.TIMER_RANDOM_DELAY + 20  # the timer's period and delay
