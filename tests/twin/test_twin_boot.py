@@ -21,7 +21,10 @@ from simworld.twin.session import TwinBoot
 from userdata.render import postfix_parameters
 
 OSES = ("debian-12", "debian-13")
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)"),
+]
 
 
 # pytest sets a failed module fixture up again for every test: one boot per OS, failed or not.
