@@ -6,8 +6,6 @@ not match. Nothing is installed on this machine: every run stops before dpkg -i.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
@@ -18,31 +16,20 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import pytest
 import trustme
 
+from tests.host_scripts import SCRIPTS, load_script
 from userdata.render import aws_ssm_agent_key
 
-SCRIPT = (
-    Path(__file__).resolve().parents[1] / "userdata" / "scripts" / "cmc-relay-install-ssm-agent"
-)
+SCRIPT = SCRIPTS / "cmc-relay-install-ssm-agent"
 GPG = shutil.which("gpg")
 needs_gpg = pytest.mark.skipif(not (GPG and shutil.which("gpgv")), reason="gpg/gpgv missing")
 
 
-def load() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("install_ssm_agent", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-agent = load()
+agent = load_script(SCRIPT.name)
 
 
 @pytest.mark.parametrize(

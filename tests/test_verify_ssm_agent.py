@@ -3,24 +3,16 @@ systemd; tests/test_verify.py runs the rest of the verifier on a booted host).""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "userdata" / "scripts" / "cmc-relay-verify"
+from tests.host_scripts import load_script
 
 
 @pytest.fixture
 def verifier() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("cmc_relay_verify", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_script("cmc-relay-verify")
 
 
 def with_systemd(

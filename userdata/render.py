@@ -40,6 +40,17 @@ class OsProfile:
 _COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3")
 # Checks the SSM Agent package's signature; Debian 13's apt uses sqv, so gpgv may be absent.
 _SSM_AGENT_VERIFIER = "gpgv"
+# Debian's official EC2 images (bookworm and trixie) configure the network with netplan,
+# systemd-networkd and systemd-resolved; no dhclient. They ship no SSM Agent either (AWS
+# documents installing it by hand on Debian): cmc-relay-install-ssm-agent does.
+_DEBIAN = OsProfile(
+    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _SSM_AGENT_VERIFIER),
+    ca_file="/etc/ssl/certs/ca-certificates.crt",
+    login_user="admin",
+    dhclient=False,
+    ssm_agent_preinstalled=False,
+    ssm_agent_unit="amazon-ssm-agent",
+)
 OS_PROFILES: Final[dict[OsName, OsProfile]] = {
     "al2023": OsProfile(
         packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain"),
@@ -49,25 +60,8 @@ OS_PROFILES: Final[dict[OsName, OsProfile]] = {
         ssm_agent_preinstalled=True,
         ssm_agent_unit="amazon-ssm-agent",
     ),
-    # Debian's official EC2 images (bookworm and trixie) configure the network with netplan,
-    # systemd-networkd and systemd-resolved; no dhclient. They ship no SSM Agent either (AWS
-    # documents installing it by hand on Debian): cmc-relay-install-ssm-agent does.
-    "debian-12": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _SSM_AGENT_VERIFIER),
-        ca_file="/etc/ssl/certs/ca-certificates.crt",
-        login_user="admin",
-        dhclient=False,
-        ssm_agent_preinstalled=False,
-        ssm_agent_unit="amazon-ssm-agent",
-    ),
-    "debian-13": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _SSM_AGENT_VERIFIER),
-        ca_file="/etc/ssl/certs/ca-certificates.crt",
-        login_user="admin",
-        dhclient=False,
-        ssm_agent_preinstalled=False,
-        ssm_agent_unit="amazon-ssm-agent",
-    ),
+    "debian-12": _DEBIAN,
+    "debian-13": _DEBIAN,
     "ubuntu-24.04": OsProfile(
         packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
         ca_file="/etc/ssl/certs/ca-certificates.crt",

@@ -8,6 +8,7 @@ stops the twin and the world and removes the overlay, also after a failure.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -24,7 +25,7 @@ from simworld.standin import MessageRecord
 from simworld.twin import world as net
 from simworld.twin.build import Twin, build, cache_dir
 from simworld.twin.images import TWINS
-from simworld.twin.machine import BootError, Machine
+from simworld.twin.machine import BootError, Machine, descendants
 from simworld.twin.ssm_agent import AgentPackage, agent_package
 from userdata.render import pack_user_data, render_user_data
 from userdata.settings import RelaySettings
@@ -281,14 +282,27 @@ class TwinBoot:
         return self.run("journalctl", "--no-pager", "-o", "short-monotonic", *args).stdout
 
     def secret_places(self) -> list[str]:
-        """Files of the twin that hold the password: only Postfix's table should."""
+        """Where the password is: only Postfix's table should hold it. Searched: the twin's
+        files and journal, the world's logs, and the arguments and environment of every
+        process of the twin and the world."""
         dirs = ["/etc", "/var/log", "/var/lib/cloud", "/run/cloud-init", "/var/tmp", "/tmp"]
         assert self.machine is not None  # the pattern goes on stdin, never into grep's argv
         grep = ["grep", "-rlF", "-f", "-", *dirs]
         found = self.machine.run(grep, check=False, input=self.password + "\n").stdout.split()
-        journal = self.run("journalctl", "--no-pager", "-o", "cat").stdout
-        if self.password in journal:
+        secret = self.password.encode()
+        if secret in self.journal().encode():
             found.append("journal")
+        # (The stand-in's user table, standin.json, is the service's side: not searched.)
+        logs = self.work.glob("*.log")
+        found += [f"world {log.name}" for log in logs if secret in log.read_bytes()]
+        pids = [p.pid for p in self.world.processes] if self.world else []
+        if self.machine.process is not None:
+            pids += [self.machine.process.pid, *descendants(self.machine.process.pid)]
+        for pid in pids:
+            for part in ("cmdline", "environ"):
+                with contextlib.suppress(OSError):
+                    if secret in Path(f"/proc/{pid}/{part}").read_bytes():
+                        found.append(f"pid {pid} {part}")
         return found
 
     def close(self, keep: Path | None = None) -> None:

@@ -1,0 +1,20 @@
+"""The on-host scripts (userdata/scripts, no .py suffix) loaded as modules, for direct tests."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "userdata" / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """``userdata/scripts/NAME`` as a fresh module (its ``main`` is not run)."""
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(SCRIPTS / name))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
