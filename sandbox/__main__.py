@@ -24,7 +24,7 @@ from simworld.twin import scenario
 from simworld.twin.build import BuildError
 from simworld.twin.machine import BootError
 from simworld.twin.prereq import problems
-from simworld.twin.session import DEVIATIONS, TwinBoot
+from simworld.twin.session import DEVIATIONS, TwinBoot, clean_log_problems
 from userdata.settings import DEFAULT_OS
 
 # Targets on this project's 2-core machine (a benchmark: printed, never asserted by a test).
@@ -134,15 +134,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def diagnostics(boot: TwinBoot, report: Report) -> None:
     """cloud-init's error lines and the failed units, after a failure."""
-    if boot.machine is None or boot.machine.process is None:
+    if boot.machine is None:
         return
-    log = boot.run("grep", "-E", "WARNING|ERROR|Traceback", "/var/log/cloud-init.log").stdout
-    for line in log.splitlines()[-20:]:
+    log = boot.machine.upper / "var/log/cloud-init.log"  # written by the twin, kept in its overlay
+    problems = clean_log_problems(log.read_text(errors="replace")) if log.exists() else []
+    for line in problems[-20:]:
         report.line(f"  cloud-init.log: {line}")
-    for unit in boot.failed_units():
-        report.line(f"  failed unit: {unit}")
-        for line in boot.journal("-u", unit, "-n", "10").splitlines():
-            report.line(f"    {line}")
+    for console in sorted(boot.machine.work.glob("console-*.log")):
+        for line in console.read_text(errors="replace").splitlines()[-5:]:
+            report.line(f"  {console.name}: {line}")
+    try:
+        for unit in boot.failed_units():
+            report.line(f"  failed unit: {unit}")
+            for line in boot.journal("-u", unit, "-n", "10").splitlines():
+                report.line(f"    {line}")
+    except BootError:
+        report.line("  (the twin is not running: no unit states)")
 
 
 if __name__ == "__main__":

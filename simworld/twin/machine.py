@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from simworld.netns_rig import wait_until
 
@@ -188,9 +188,7 @@ class Machine:
             if subprocess.run(["umount", str(self.root)], capture_output=True).returncode == 0:
                 break
             time.sleep(0.2)
+        else:  # still busy: detach it now, the kernel frees it with its last user
+            subprocess.run(["umount", "--lazy", str(self.root)], capture_output=True)
         shutil.rmtree(self.upper, ignore_errors=True)
         shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def running(process: subprocess.Popen[Any] | None) -> bool:
-    return process is not None and process.poll() is None

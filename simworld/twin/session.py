@@ -11,11 +11,11 @@ import base64
 import contextlib
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -109,7 +109,7 @@ class TwinBoot:
             secret_refresh_minutes=refresh_minutes,
         )
         self.work = Path(tempfile.mkdtemp(prefix=f"cmc-twin-{os_name}-", dir="/var/tmp"))
-        self.tag = f"cmctwin{self.work.name.rsplit('-', 1)[-1][:6]}"
+        self.tag = f"cmctwin{secrets.token_hex(3)}"  # names the namespaces and the machine
         self.twin: Twin | None = None
         self.world: net.World | None = None
         self.machine: Machine | None = None
@@ -306,31 +306,30 @@ class TwinBoot:
         return found
 
     def close(self, keep: Path | None = None) -> None:
-        """Stop everything; ``keep`` receives the world's logs and the twin's journal first."""
-        if keep is not None and self.machine is not None and self.machine.process is not None:
-            (self.work / "journal.log").write_text(self.journal())
-            for log in ("cloud-init.log", "cloud-init-output.log"):
-                (self.work / log).write_text(self.run("cat", f"/var/log/{log}").stdout)
+        """Stop everything, each part even if another fails; ``keep`` first receives the
+        world's logs, the twin's console, cloud-init's logs and (if it runs) its journal."""
+        with contextlib.ExitStack() as teardown:
+            teardown.callback(shutil.rmtree, self.work, ignore_errors=True)
+            if self.world is not None:
+                teardown.callback(self.world.close)
+            if self.machine is not None:
+                teardown.callback(self.machine.close)
+            if keep is not None:
+                self.keep_logs(keep)
+
+    def keep_logs(self, keep: Path) -> None:
+        keep.mkdir(parents=True, exist_ok=True)
+        logs = [*self.work.glob("*.log"), *self.work.glob("*.jsonl")]
         if self.machine is not None:
-            self.machine.close()
-        if self.world is not None:
-            self.world.close()
-        if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
-            for kept in (*self.work.glob("*.log"), *self.work.glob("*.jsonl")):
-                shutil.copy(kept, keep / kept.name)
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-def deviations_report() -> str:
-    return "\n".join(f"- {line}" for line in DEVIATIONS)
+            logs += self.machine.work.glob("console-*.log")
+            logs += (self.machine.upper / "var/log").glob("cloud-init*.log")
+        for log in logs:
+            shutil.copy(log, keep / log.name)
+        with contextlib.suppress(BootError):  # a twin that is not running has no journal
+            (keep / "journal.log").write_text(self.journal())
 
 
 def clean_log_problems(log: str) -> list[str]:
     """Lines of cloud-init's log that are warnings, errors or tracebacks."""
     pattern = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
     return [line for line in log.splitlines() if pattern.search(line)]
-
-
-def elapsed(started: float) -> float:
-    return time.monotonic() - started
