@@ -34,6 +34,7 @@ from simworld.twin.images import (
     IMAGE_LOCALE,
     TwinImage,
 )
+from simworld.twin.machine import nspawn_command
 from userdata.render import OS_PROFILES
 
 CACHE_ENV: Final = "CMC_TWIN_CACHE"
@@ -102,13 +103,7 @@ def run(command: Sequence[str], step: str, **kwargs: object) -> str:
 
 def in_root(root: Path, command: Sequence[str], step: str) -> str:
     """A command inside the root (not booted): nspawn gives it /proc, /dev and the network."""
-    nspawn = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D", str(root)]
-    # The image's /etc/resolv.conf points into resolved's /run, which only a boot fills:
-    # this machine's resolver is put there, leaving the image's own file as it is.
-    nspawn += ["--resolv-conf=off"] + [
-        f"--bind-ro=/etc/resolv.conf:/run/systemd/resolve/{name}"
-        for name in ("resolv.conf", "stub-resolv.conf")
-    ]
+    nspawn = nspawn_command(root, network=True)
     nspawn += [f"--setenv={name}={value}" for name, value in _APT_ENV.items()]
     return run([*nspawn, "--", *command], step)
 

@@ -42,6 +42,33 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def systemd_below(nspawn_pid: int) -> int | None:
+    """The container's PID 1 (its systemd), as a PID of this machine."""
+    for pid in descendants(nspawn_pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                return pid
+    return None
+
+
+def nspawn_command(root: Path, network: bool) -> list[str]:
+    """nspawn for a command in ``root`` while it is not booted: /proc, /dev, and either this
+    machine's network and resolver or no network at all."""
+    nspawn = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D", str(root)]
+    if not network:
+        return [*nspawn, "--private-network"]
+    # The image's /etc/resolv.conf points into resolved's /run, which only a boot fills:
+    # this machine's resolver is put there, leaving the image's own file as it is.
+    return (
+        nspawn
+        + ["--resolv-conf=off"]
+        + [
+            f"--bind-ro=/etc/resolv.conf:/run/systemd/resolve/{name}"
+            for name in ("resolv.conf", "stub-resolv.conf")
+        ]
+    )
+
+
 class Machine:
     """One twin: its overlay and its nspawn process across boots."""
 
@@ -70,9 +97,8 @@ class Machine:
 
     def offline(self, command: Sequence[str]) -> str:
         """A command in the twin's root while it is not running (no network)."""
-        nspawn = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D"]
-        nspawn += [str(self.root), "--private-network", "--"]
-        result = subprocess.run([*nspawn, *command], capture_output=True, text=True, check=False)
+        nspawn = [*nspawn_command(self.root, network=False), "--", *command]
+        result = subprocess.run(nspawn, capture_output=True, text=True, check=False)
         if result.returncode:
             raise BootError(f"{' '.join(command)} in the twin's root: {result.stderr.strip()}")
         return result.stdout
@@ -103,11 +129,7 @@ class Machine:
             console = self.work / f"console-{self.boots}.log"
             said = console.read_text(errors="replace").strip().splitlines()[-10:]
             raise BootError(f"systemd-nspawn exited with {self.process.returncode}: {said}")
-        for pid in descendants(self.process.pid):
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
-                    return pid
-        return None
+        return systemd_below(self.process.pid)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         pid = self.init_pid()
@@ -164,13 +186,7 @@ class Machine:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        pid = None
-        with contextlib.suppress(OSError):
-            pid = next(
-                (p for p in descendants(process.pid)
-                 if Path(f"/proc/{p}/comm").read_text().strip() == "systemd"),
-                None,
-            )  # fmt: skip
+        pid = systemd_below(process.pid)
         if pid is not None:
             os.kill(pid, signal.SIGRTMIN + 4)
         try:
