@@ -166,19 +166,17 @@ def handler(metadata: Metadata) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        # Each request is recorded before its reply, so a client that has the reply finds
+        # the event.
         def do_PUT(self) -> None:
             ttl = self.headers.get(TTL_HEADER)
-            if self.path != TOKEN_PATH or ttl is None or not ttl.isdigit():
-                status = 400 if self.path == TOKEN_PATH else 404
-                self.reply(status, b"")
-            elif not 1 <= int(ttl) <= 21600:
-                status = 400
-                self.reply(status, b"")
-            else:
-                status = 200
-                token = metadata.issue(int(ttl))
-                self.reply(status, token.encode())
+            status, body = (404 if self.path != TOKEN_PATH else 400), b""
+            valid_ttl = ttl is not None and ttl.isdigit() and 1 <= int(ttl) <= 21600
+            if self.path == TOKEN_PATH and valid_ttl:
+                assert ttl is not None
+                status, body = 200, metadata.issue(int(ttl)).encode()
             metadata.record(method="PUT", path=self.path, token=False, status=status)
+            self.reply(status, body)
 
         def do_GET(self) -> None:
             with_token = metadata.valid(self.headers.get(TOKEN_HEADER))
@@ -186,8 +184,8 @@ def handler(metadata: Metadata) -> type[BaseHTTPRequestHandler]:
                 status, body = 401, b""  # an expired or unknown token is refused, as on EC2
             else:
                 status, body = self.answer(with_token)
-            self.reply(status, body)
             metadata.record(method="GET", path=self.path, token=with_token, status=status)
+            self.reply(status, body)
 
         def answer(self, with_token: bool) -> tuple[int, bytes]:
             version, _, rest = self.path.lstrip("/").partition("/")

@@ -54,7 +54,7 @@ class Findings:
     after_reboot: Boot = field(default_factory=Boot)
     queued_after_reboot: int = 0
     resolv_after_renewal: list[str] = field(default_factory=list)
-    queued_deliveries: list[MessageRecord] = field(default_factory=list)
+    queued_deliveries: dict[str, int] = field(default_factory=dict)  # Message-ID: deliveries
     rotation_seconds: float | None = None
     rotation_record: MessageRecord | None = None
     rotated_at: float = 0.0
@@ -67,6 +67,7 @@ class BootFailed(RuntimeError):
     """The twin's first boot went wrong: nothing after it would mean anything."""
 
 
+QUEUED: Final = tuple(f"<queued-{n}@twin.test>" for n in range(5))
 UNITS: Final = ("postfix", "dnsmasq", "amazon-ssm-agent", "cmc-relay-fetch-secret.timer")
 
 
@@ -142,10 +143,10 @@ def queue_while_down(boot: TwinBoot, findings: Findings, say: Say) -> None:
     """The service goes down; a message submitted now must wait in the queue."""
     assert boot.world is not None and boot.world.standin is not None
     boot.world.standin.down()
-    submitted = boot.submit(net.CLIENT_IP, "<queued@twin.test>")
+    codes = {boot.submit(net.CLIENT_IP, message_id).code for message_id in QUEUED}
     time.sleep(3)  # Postfix tries once and defers
     findings.queued_before_reboot = queued = queue_length(boot)
-    say(f"service down; submitted {submitted.code}; {queued} message(s) queued")
+    say(f"service down; {len(QUEUED)} submitted ({codes}); {queued} message(s) queued")
 
 
 def reboot(boot: TwinBoot, findings: Findings, say: Say) -> None:
@@ -171,10 +172,11 @@ def deliver_queued(boot: TwinBoot, findings: Findings, say: Say) -> None:
     assert boot.world is not None and boot.world.standin is not None
     say(f"{findings.queued_after_reboot} message(s) still queued after the reboot; service back")
     boot.world.standin.up()
-    boot.wait_for_message("<queued@twin.test>", timeout=60)
+    for message_id in QUEUED:
+        boot.wait_for_message(message_id, timeout=60)
     time.sleep(12)  # a duplicate would come with the next retry (backoff 5-10 s)
-    findings.queued_deliveries = boot.messages("<queued@twin.test>")
-    say(f"the queued message delivered {len(findings.queued_deliveries)} time(s)")
+    findings.queued_deliveries = {m: len(boot.messages(m)) for m in QUEUED}
+    say(f"the queued messages delivered: {sorted(findings.queued_deliveries.values())} times")
     run_verifier(boot, findings.after_reboot)
     say(verifier_line(findings.after_reboot))
 
