@@ -39,8 +39,9 @@ class StepFailed(Exception):
 class Report:
     """Progress lines with the time since start; never prints the secret."""
 
-    def __init__(self, secret: str, out: TextIO = sys.stdout) -> None:
-        self.secret, self.out, self.started = secret, out, time.monotonic()
+    def __init__(self, secret: str, out: TextIO | None = None) -> None:
+        self.secret, self.started = secret, time.monotonic()
+        self.out = out or sys.stdout  # the stdout of now, not of import time
 
     def line(self, text: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -81,6 +82,9 @@ def run(boot: TwinBoot, report: Report) -> float:
     return 0.0 if boot.twin.cached else boot.twin.build_seconds
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -103,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in found:
             print(f"sandbox: cannot run here: {problem}", file=sys.stderr)
         return 2
+    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
     for signum in (signal.SIGTERM, signal.SIGHUP):  # unwind like Ctrl-C, so teardown runs
         signal.signal(signum, _interrupt)
     report.line(f"the {args.os} twin differs from EC2 in:")
@@ -123,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut teardown
         boot.close()
         report.line("teardown: twin powered off, overlay unmounted, namespaces deleted")
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     if outcome == 0:
         total = report.elapsed()
         target = TARGET_CACHED_SECONDS if build_seconds == 0 else TARGET_FRESH_SECONDS

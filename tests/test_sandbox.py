@@ -3,7 +3,9 @@ rebooted, verified), its teardown when interrupted, and its refusal to run where
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from sandbox import __main__ as cli
+from simworld.twin import build as twin_build
 from simworld.twin import prereq
+from simworld.twin.session import TwinBoot
 from userdata.settings import DEFAULT_OS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +98,38 @@ def test_ctrl_c_during_the_boot_tears_everything_down(password_file: Path) -> No
     output = "".join(lines)
     assert process.wait(timeout=120) == 130, output
     assert "interrupted; cleaned up" in output
+    assert MARK not in output
+    assert_nothing_left()
+
+
+@pytest.mark.integration
+@needs_root
+def test_a_failed_boot_is_reported_and_cleaned_up(
+    password_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The mirror lacks Postfix: the sandbox names cloud-init's errors and the failed units,
+    tears down and exits 1."""
+
+    class TwinWithoutPostfix(TwinBoot):
+        def build(self) -> twin_build.Twin:
+            twin = super().build()
+            mirror = tmp_path / "mirror"
+            shutil.copytree(twin.mirror, mirror)
+            for deb in mirror.rglob("postfix_*.deb"):
+                deb.unlink()
+            self.twin = dataclasses.replace(twin, mirror=mirror)
+            return self.twin
+
+    monkeypatch.setattr(cli, "TwinBoot", TwinWithoutPostfix)
+    assert cli.main(["--password-file", str(password_file)]) == 1
+    output = capsys.readouterr().out
+    assert "FAILED: debian-13: the first boot failed" in output
+    assert "cloud-init.log: " in output and "package-update-upgrade-install" in output
+    assert "failed unit: cloud-final.service" in output
+    assert output.rstrip().endswith("FAIL")
     assert MARK not in output
     assert_nothing_left()
 

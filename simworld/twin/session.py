@@ -23,7 +23,7 @@ from typing import Any, Final
 from simworld.netns_rig import REPO, wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
-from simworld.twin.build import Twin, build, cache_dir
+from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
 from simworld.twin.ssm_agent import AgentPackage, agent_package
@@ -118,12 +118,6 @@ class TwinBoot:
         self.secret_arn = ""
         self.user_data = b""
 
-    def __enter__(self) -> TwinBoot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- stages ---------------------------------------------------------------------------
 
     def build(self) -> Twin:
@@ -143,7 +137,7 @@ class TwinBoot:
     def start_aws(self, agent: AgentPackage) -> str:
         """moto over HTTPS as AWS's regional endpoints; returns the secret's ARN."""
         assert self.world is not None
-        prefix = f"{SSM_BUCKET}/latest/debian_amd64"
+        prefix = f"{SSM_BUCKET}/latest/debian_{ARCH}"
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", net.AWS_IP]
         aws += ["--port", "443", "--region", net.REGION, "--name", SECRET_NAME]
         aws += ["--tls-dir", str(self.work / "tls")]
@@ -193,8 +187,8 @@ class TwinBoot:
             "region": net.REGION,
             "role": ROLE,
             "account_id": ACCOUNT_ID,
-            "ami_id": "ami-0c2e7e1n0000000twin"[:21],
-            "instance_id": f"i-0{self.tag[-6:]}0000000000"[:19],
+            "ami_id": "ami-0c2e7e10000000001",  # made up, in EC2's format
+            "instance_id": f"i-0{self.tag[-6:]}{'0' * 10}",
             "instance_type": "t3.small",
             "local_ipv4": net.TWIN_IP,
             "local_hostname": f"ip-{net.TWIN_IP.replace('.', '-')}.{net.DOMAIN}",
