@@ -92,9 +92,9 @@ def payload_packages(image: TwinImage) -> tuple[str, ...]:
     return tuple(OS_PROFILES[image.os].packages)
 
 
-def run(command: Sequence[str], step: str, **kwargs: object) -> str:
+def run(command: Sequence[str], step: str) -> str:
     """Run a build step; a failure raises ``BuildError`` with the step and the tool's words."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise BuildError(f"{step} failed (exit {result.returncode}):\n{tail}")

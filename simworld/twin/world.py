@@ -95,17 +95,17 @@ class World:
     def exec(self, *command: str | Path) -> list[str]:
         return self.network.exec(self.network.service, *command)
 
-    def start(self, name: str, command: Sequence[str | Path], ready: str, **kwargs: Any) -> str:
+    def start(self, name: str, command: Sequence[str | Path], ready: str) -> str:
         """A long-running process in the VPC; returns its first line starting with ``ready``."""
         log = (self.work / f"{name}.log").open("w")
         process = subprocess.Popen(
             self.exec(*command),
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
             cwd=REPO,
             env=WORLD_ENV,
-            **kwargs,
         )
         self.processes.append(process)
         assert process.stdout is not None
@@ -178,14 +178,14 @@ class World:
     def start_mirror(self, mirror: Path) -> None:
         command = [sys.executable, "-u", "-m", "http.server", "--bind", MIRROR_IP, "80"]
         command += ["--directory", str(mirror)]
-        self.start("mirror", command, "Serving HTTP", stdin=subprocess.DEVNULL)
+        self.start("mirror", command, "Serving HTTP")
 
     def start_imds(self, facts: dict[str, Any]) -> None:
         config = self.work / "imds.json"
         config.write_text(json.dumps(facts))
         imds = [sys.executable, "-m", "simworld.twin.imds", "--config", str(config)]
         imds += ["--events", str(self.work / "imds-events.jsonl")]
-        self.start("imds", imds, "READY", stdin=subprocess.DEVNULL)
+        self.start("imds", imds, "READY")
 
     def imds_events(self) -> list[dict[str, Any]]:
         path = self.work / "imds-events.jsonl"
