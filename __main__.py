@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any, cast
 
 import pulumi
+import pulumi.runtime.config
 import pulumi_aws as aws
 
 from components import RelayHost, RelayHostArgs
@@ -23,6 +26,37 @@ _STRUCTURED_KEYS = {
 _SECRET_KEYS = {"apiKey", "sshPrivateKey"}
 _NETWORK_KEYS = {"subnetId", "allowedCidrs"}  # resolved by network(), from AWS if unset
 _ARG_NAMES = {key: name for name, key in CONFIG_KEYS.items()}
+
+
+def unknown_config_keys(keys: Iterable[str], known: Iterable[str]) -> str | None:
+    """The error naming each key of ``keys`` not in ``known`` (with the closest known key, if
+    any is close), or None when every key is known."""
+    known_keys = sorted(set(known))
+    unknown = sorted(set(keys) - set(known_keys))
+    if not unknown:
+        return None
+    # Compared case-insensitively: config keys are case-sensitive, so "OS" is a typo of "os".
+    by_lower = {key.lower(): key for key in known_keys}
+    problems = []
+    for key in unknown:
+        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1)
+        hint = f"; did you mean {by_lower[close[0]]}?" if close else ""
+        problems.append(f"config {key}: unknown key{hint}")
+    separator = " " if len(problems) == 1 else "\n"
+    return "\n".join(problems) + f"{separator}(known: {', '.join(known_keys)})"
+
+
+def project_config_keys(project: str) -> list[str]:
+    """Every key set in this project's config namespace (``project:key``), without the prefix.
+
+    The SDK has no public listing of config keys. The CLI's program runner, automation API and
+    mocks all load stack config into ``pulumi.runtime.config.CONFIG``; ``get_config_env`` (the
+    ``PULUMI_CONFIG`` the CLI passes) is added in case a runner reads config lazily from it.
+    Other namespaces (``aws:``, ``pulumi:``, ...) belong to providers and the engine.
+    """
+    keys = {*pulumi.runtime.get_config_env(), *pulumi.runtime.config.CONFIG.get()}
+    prefix = f"{project}:"
+    return sorted(key.removeprefix(prefix) for key in keys if key.startswith(prefix))
 
 
 def read_config(config: pulumi.Config) -> dict[str, Any]:
@@ -71,6 +105,12 @@ def network(config: pulumi.Config) -> tuple[str, str, list[str]]:
     allowed_cidrs = config.get_object("allowedCidrs") or [aws.ec2.get_vpc(id=vpc_id).cidr_block]
     return vpc_id, subnet_id, list(allowed_cidrs)
 
+
+# A mistyped key (maxConection) would otherwise be ignored and its default used: stop first,
+# before network() makes AWS calls and before any resource exists.
+_unknown = unknown_config_keys(project_config_keys(pulumi.get_project()), CONFIG_KEYS.values())
+if _unknown:
+    raise pulumi.RunError(_unknown)
 
 config = pulumi.Config()
 vpc_id, subnet_id, allowed_cidrs = network(config)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from tests.pulumi_harness import Recorder, run_program, run_stack, strings_in, user_data_of
+from userdata.settings import CONFIG_KEYS
 
 ROOT = Path(__file__).parent.parent
 INSTANCE = "aws:ec2/instance:Instance"
@@ -120,6 +123,82 @@ def test_bad_stack_config_is_refused_with_the_key_named(
         run_stack(config, recorder=recorder)
     assert message in str(error.value)
     assert recorder.resources == []
+
+
+def test_a_mistyped_config_key_stops_the_run_before_any_invoke_or_resource() -> None:
+    recorder = Recorder()
+    with pytest.raises(pulumi.RunError) as error:
+        run_stack({"credentialsSecretArn": SECRET_ARN, "maxConection": 5}, recorder=recorder)
+    assert str(error.value).startswith(
+        "config maxConection: unknown key; did you mean maxConnections? (known: "
+    )
+    assert (recorder.resources, recorder.calls) == ([], [])  # not even the default VPC lookup
+
+
+def test_every_unknown_config_key_is_named_each_with_its_suggestion() -> None:
+    with pytest.raises(pulumi.RunError) as error:
+        run_stack({"credentialsSecretArn": SECRET_ARN, "tlsLvel": "may", "zzqx": "1"})
+    lines = str(error.value).splitlines()
+    assert lines[:2] == [
+        "config tlsLvel: unknown key; did you mean tlsLevel?",
+        "config zzqx: unknown key",  # nothing close: no suggestion
+    ]
+    assert lines[2].startswith("(known: ") and "maxConnections" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("namespace", "refused"),
+    [("cmc-relay", True), ("aws", False), ("pulumi", False), ("cmc-relay-other", False)],
+)
+def test_only_the_projects_config_namespace_is_checked(
+    namespace: str, refused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys of providers (aws:region) and the engine are not ours to know. Given through
+    PULUMI_CONFIG, the CLI's channel, as the harness only sets cmc-relay: keys."""
+    config = {"aws:region": "ap-northeast-1", f"{namespace}:maxConection": "5"}
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
+    recorder = Recorder()
+    if refused:  # the control: the same key in the project's namespace is caught
+        with pytest.raises(pulumi.RunError, match="config maxConection: unknown key"):
+            run_stack({"credentialsSecretArn": SECRET_ARN}, recorder=recorder)
+    else:
+        run_stack({"credentialsSecretArn": SECRET_ARN}, recorder=recorder)
+    assert bool(recorder.of_type(INSTANCE)) is not refused
+
+
+def test_every_key_of_config_keys_is_known() -> None:
+    """Derived from CONFIG_KEYS, so a key added there is accepted without more edits."""
+    config = {key: "1" for key in CONFIG_KEYS.values()} | {"zzqx": "1"}
+    with pytest.raises(pulumi.RunError) as error:
+        run_stack(config)
+    known = ", ".join(sorted(CONFIG_KEYS.values()))
+    assert str(error.value) == f"config zzqx: unknown key (known: {known})"  # zzqx alone
+
+
+@pytest.fixture(scope="module")
+def stack_program() -> dict[str, Any]:
+    """The stack program's globals, after a run under mocks (importing it would run it)."""
+    namespace: dict[str, Any] = {}
+    run_program(
+        lambda: namespace.update(runpy.run_path(str(ROOT / "__main__.py"))),
+        {"credentialsSecretArn": SECRET_ARN},
+    )
+    return namespace
+
+
+def test_unknown_config_keys_suggests_the_closest_known_key(stack_program: dict[str, Any]) -> None:
+    check = stack_program["unknown_config_keys"]
+    known = ["os", "smtpHost", "smtpPort", "maxConnections"]
+    assert check(["os", "smtpPort"], known) is None
+    assert check(["smtpPrt"], known) == (
+        "config smtpPrt: unknown key; did you mean smtpPort? "
+        "(known: maxConnections, os, smtpHost, smtpPort)"
+    )
+    assert check(["OS", "maxconnection", "os"], known).splitlines()[:2] == [
+        "config OS: unknown key; did you mean os?",  # a case slip is a typo too
+        "config maxconnection: unknown key; did you mean maxConnections?",
+    ]
+    assert check(["qqq"], known).startswith("config qqq: unknown key (known: ")
 
 
 def test_consumer_program_composes_the_component_with_its_own_network() -> None:
