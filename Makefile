@@ -21,7 +21,8 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	for entry in __main__.py provider/__main__.py $(HOST_SCRIPTS); do $(BIN)/mypy $$entry || exit 1; done
-	shellcheck userdata/scripts/cmc-relay-setup scripts/install-system-packages .ci/run
+	shellcheck userdata/scripts/cmc-relay-setup userdata/scripts/cmc-relay-inbound-cert \
+		scripts/install-system-packages .ci/run
 
 system-packages:
 	scripts/install-system-packages

@@ -21,7 +21,7 @@ _INT_KEYS = {
 _BOOL_KEYS = {"ephemeral", "drainOnDelete"}
 _STRUCTURED_KEYS = {
     "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
-    "tags",
+    "tags", "rewriteDomains", "allowedSenderDomains",
 }  # fmt: skip
 _SECRET_KEYS = {"apiKey", "sshPrivateKey"}
 _NETWORK_KEYS = {"subnetId", "allowedCidrs"}  # resolved by network(), from AWS if unset

@@ -25,6 +25,7 @@ from userdata.settings import (
     parse_cidrs,
     require_choice,
     require_int,
+    secret_region,
 )
 
 DEFAULT_INSTANCE_TYPE: Final = "t3.small"
@@ -33,10 +34,6 @@ MAX_REPLICAS: Final = 10
 DEFAULT_DRAIN_TIMEOUT: Final = 600
 DRAIN_TIMEOUT_RANGE: Final = (30, 7200)
 
-_SECRET_ARN = re.compile(
-    r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z]{2}(-[a-z]+)+-\d):"
-    r"\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
-)
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d:\d{12}:key/[0-9a-f-]{36}$")
 _AMI_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -120,11 +117,28 @@ class RelayHostArgs(TypedDict, total=False):
     """Drain each host's queue before deleting it (default: true with replicas > 1)."""
     drain_timeout_seconds: int
     """drain_on_delete: how long a drain waits for the queue to empty (default 600)."""
+    sender_domain: str
+    """Senders without a real domain (root@localhost, *.compute.internal, ...) become
+    local-part@sender_domain, in the envelope and the From:/Sender: headers."""
+    rewrite_domains: Sequence[str]
+    """With sender_domain: more domains (and their subdomains) to rewrite to it."""
+    allowed_sender_domains: Sequence[str]
+    """When set, MAIL FROM outside these domains (after rewriting) is refused with 5.7.1."""
+    operator_email: str
+    """Mail for the relay's own root, postmaster and other local users goes here (needs
+    sender_domain); without it, it stays in a mailbox on the host."""
+    inbound_tls: str
+    """STARTTLS offered to the applications: may (default), encrypt (required) or none."""
+    inbound_tls_secret_arn: str
+    """A secret holding the PEM key and certificate chain to offer; by default the host
+    generates a self-signed certificate at first boot."""
 
 
 _SETTINGS_FIELDS: Final = (
     "allowed_cidrs", "plan", "subdomain", "smtp_host", "smtp_port", "auth_mode", "os",
     "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
+    "sender_domain", "rewrite_domains", "allowed_sender_domains", "operator_email", "inbound_tls",
+    "inbound_tls_secret_arn",
 )  # fmt: skip
 _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
 # Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.
@@ -154,18 +168,6 @@ class HostOptions:
     @property
     def architecture(self) -> str:
         return "arm64" if _ARM_INSTANCE_TYPE.match(self.instance_type) else "x86_64"
-
-
-def secret_region(arn: str) -> str:
-    """The region of a Secrets Manager secret ARN; the host reads the secret there."""
-    match = _SECRET_ARN.match(arn)
-    if match is None:
-        raise ConfigError(
-            "credentials_secret_arn",
-            f"{arn!r} is not a Secrets Manager secret ARN "
-            "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)",
-        )
-    return match["region"]
 
 
 def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:

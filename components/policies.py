@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.args import secret_region
+from userdata.settings import secret_region
 
 PolicyDocument = dict[str, Any]
 
@@ -25,17 +25,19 @@ def ssm_managed_instance_policy_arn(partition: str) -> str:
     return f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 
 
-def secret_read_policy(secret_arn: str, kms_key_arn: str | None = None) -> PolicyDocument:
-    """Read exactly one secret; decrypt with a customer key only through Secrets Manager."""
+def secret_read_policy(
+    secret_arn: str | None, kms_key_arn: str | None = None, certificate_arn: str | None = None
+) -> PolicyDocument:
+    """Read exactly the relay's secrets: the credentials (none with IP authentication) and the
+    inbound TLS certificate (inbound_tls_secret_arn); decrypt with a customer key only through
+    Secrets Manager."""
+    readable = {"ReadRelayCredentials": secret_arn, "ReadInboundTlsCertificate": certificate_arn}
     statements: list[dict[str, Any]] = [
-        {
-            "Sid": "ReadRelayCredentials",
-            "Effect": "Allow",
-            "Action": "secretsmanager:GetSecretValue",
-            "Resource": secret_arn,
-        }
+        {"Sid": sid, "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": arn}
+        for sid, arn in readable.items()
+        if arn is not None
     ]
-    if kms_key_arn is not None:
+    if kms_key_arn is not None and secret_arn is not None:
         via_secrets_manager = f"secretsmanager.{secret_region(secret_arn)}.amazonaws.com"
         statements.append(
             {

@@ -24,7 +24,6 @@ from components.args import (
     HostOptions,
     RelayHostArgs,
     checked_subnet_ids,
-    secret_region,
     validate_args,
 )
 from components.policies import (
@@ -33,7 +32,7 @@ from components.policies import (
     ssm_managed_instance_policy_arn,
 )
 from userdata.render import OS_PROFILES, pack_user_data, render_user_data
-from userdata.settings import RelaySettings
+from userdata.settings import RelaySettings, secret_region
 
 TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
 SMTP_PORT: Final = 25
@@ -146,7 +145,9 @@ class RelayHost(pulumi.ComponentResource):
 
         secret_arn = self._credentials_secret(name, args, options, tags, child)
         group, egress_rules = self._security_group(name, args, settings, options, tags, child)
-        profile, policies = self._instance_profile(name, secret_arn, options, tags, child)
+        profile, policies = self._instance_profile(
+            name, secret_arn, settings.inbound_tls_secret_arn, options, tags, child
+        )
         public_key, drain = options.ssh_public_key, options.drain_on_delete
         user_data = (
             pulumi.Output.from_input(secret_arn).apply(
@@ -510,11 +511,13 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         secret_arn: pulumi.Input[str] | None,
+        certificate_arn: str | None,
         options: HostOptions,
         tags: dict[str, str],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.iam.InstanceProfile, list[pulumi.Resource]]:
-        """The instance's profile, and the policies it needs before the host can be verified."""
+        """The instance's profile, and the policies it needs before the host can be verified:
+        reading the credentials secret and the inbound TLS certificate's, where there are."""
         role = aws.iam.Role(
             f"{name}-role",
             assume_role_policy=json.dumps(EC2_ASSUME_ROLE_POLICY),
@@ -531,12 +534,14 @@ class RelayHost(pulumi.ComponentResource):
                 opts=child,
             )
         ]
-        if secret_arn is not None:
+        if secret_arn is not None or certificate_arn is not None:
             policy = aws.iam.RolePolicy(
                 f"{name}-read-credentials",
                 role=role.id,
                 policy=pulumi.Output.from_input(secret_arn).apply(
-                    lambda arn: json.dumps(secret_read_policy(arn, options.kms_key_arn))
+                    lambda arn: json.dumps(
+                        secret_read_policy(arn, options.kms_key_arn, certificate_arn)
+                    )
                 ),
                 opts=child,
             )

@@ -42,7 +42,14 @@ AWS_IP, AWS_PORT, REGION = "203.0.113.10", 4566, "ap-northeast-1"
 API_USER = "sandbox-api-user"
 SECRET_NAME = "cmc-relay-sandbox-credentials"
 # The payload `pulumi up` would render for a trial-plan Debian 12 host serving ALLOWED_CIDR.
-SETTINGS = RelaySettings(allowed_cidrs=(ALLOWED_CIDR,), os="debian-12")
+# With the mail policy, so that the verifier's tests cover its settings and tables too.
+SETTINGS = RelaySettings(
+    allowed_cidrs=(ALLOWED_CIDR,),
+    os="debian-12",
+    sender_domain="example.com",
+    allowed_sender_domains=("example.com", "example.test"),
+    operator_email="relay-ops@example.com",
+)
 
 # How the boot reaches the emulator: cloud-init's own environment, which runcmd (the setup
 # script, then the fetch script) inherits. Only the sandbox sets it; nothing is written to disk.

@@ -52,7 +52,12 @@ from simworld.standin import (
     read_events,
     stats_from_events,
 )
-from userdata.render import postfix_parameters, postfix_services, render_template
+from userdata.render import (
+    postfix_parameters,
+    postfix_services,
+    postfix_tables,
+    render_template,
+)
 from userdata.settings import RelaySettings
 
 if TYPE_CHECKING:
@@ -62,6 +67,7 @@ T = TypeVar("T")
 
 REPO: Final = Path(__file__).resolve().parents[1]
 FETCH_SECRET: Final = REPO / "userdata" / "scripts" / "cmc-relay-fetch-secret"
+INBOUND_CERT: Final = REPO / "userdata" / "scripts" / "cmc-relay-inbound-cert"
 SMTP_CLIENT: Final = Path(__file__).with_name("smtp_client.py")
 WIRE_TAP: Final = Path(__file__).with_name("wire_tap.py")
 
@@ -86,8 +92,6 @@ DEBIAN_INTERNET_SITE: Final = {
     "inet_interfaces": "all",
     "inet_protocols": "all",
 }
-# Where cmc-relay-setup installs the rendered tables: /etc/postfix/NAME <- template.
-POSTFIX_TABLES: Final = {"transport": "transport", "cmc-relay-reply-filter": "reply-filter"}
 REQUIRED_FILES: Final = (*DEBIAN_MAIN_CF, DEBIAN_MASTER_CF, CONFIGURE_INSTANCE)
 REQUIRED_BINARIES: Final = (
     "ip", "postfix", "postconf", "postmap", "postalias", "postqueue", "dnsmasq",
@@ -493,8 +497,9 @@ def write_postfix_config(
     As on the host: Debian's stock main.cf (main.cf.debian + main.cf.tls, plus what its postinst
     adds for "Internet Site") and master.cf, then every parameter of the debian-12 rendering
     applied with ``postconf -e``, the rendered master.cf services with ``postconf -M``, the
-    rendered transport table and reply filter installed under the names cmc-relay-setup gives
-    them, and ``postmap`` (G5).
+    rendered lookup tables (transport, reply filter, sender policy) installed under the names
+    cmc-relay-setup gives them, ``postmap`` (G5), and the self-signed certificate for inbound
+    STARTTLS made by the real cmc-relay-inbound-cert (in the private config directory).
 
     ``main_cf`` changes the rendered parameters (benchmarks compare against Postfix's stock
     settings): a value replaces or adds one, None drops it so Postfix's default applies.
@@ -542,11 +547,14 @@ def write_postfix_config(
     run("postconf", "-c", conf, "-e", *(f"{k}={v}" for k, v in parameters.items()))
     services = postfix_services(settings)
     run("postconf", "-c", conf, "-M", *(f"{name} = {entry}" for name, entry in services.items()))
-    for name, template in POSTFIX_TABLES.items():
-        (conf / name).write_text(render_template(template, settings))
+    for name, content in postfix_tables(settings).items():
+        (conf / name).write_text(content)
     (conf / "aliases").write_text("postmaster: root\n")
     run("postmap", "-c", conf, conf / "transport")
     run("postalias", "-c", conf, conf / "aliases")
+    if settings.inbound_tls != "none" and settings.inbound_tls_secret_arn is None:
+        # As cmc-relay-setup does: the real script makes the certificate smtpd offers.
+        run(INBOUND_CERT, settings.host_name, conf)
     run("postfix", "-c", conf, "check")
 
 
@@ -568,15 +576,24 @@ class Mail:
         return hashlib.sha256(self.data.partition("\r\n\r\n")[2].encode()).hexdigest()
 
 
-def new_mail(recipient: str = "user@example.com", *, padding: int = 0) -> Mail:
+def new_mail(
+    recipient: str = "user@example.com",
+    *,
+    padding: int = 0,
+    sender: str = Mail.sender,
+    from_header: str | None = None,
+    sender_header: str | None = None,
+) -> Mail:
+    """A message from ``sender`` (envelope; "" is the null sender of bounces), with a From:
+    header of ``<sender>`` unless ``from_header`` is given, and a Sender: header if given."""
     token = uuid.uuid4().hex
     message_id = f"<{token}@cmcrt.test>"
     body = f"cmc relay integration test {token}\r\n" + ("x" * 76 + "\r\n") * (padding // 78)
-    data = (
-        f"From: <app@client.example>\r\nTo: <{recipient}>\r\nSubject: relay test\r\n"
-        f"Message-ID: {message_id}\r\n\r\n{body}"
+    headers = {"From": from_header or f"<{sender}>", "Sender": sender_header}
+    data = "".join(f"{name}: {value}\r\n" for name, value in headers.items() if value) + (
+        f"To: <{recipient}>\r\nSubject: relay test\r\nMessage-ID: {message_id}\r\n\r\n{body}"
     )
-    return Mail(recipient, message_id, data)
+    return Mail(recipient, message_id, data, sender)
 
 
 def new_mails(count: int, recipient: str = "user@example.com") -> list[Mail]:
@@ -590,6 +607,10 @@ class Reply:
     stage: str
     code: int
     text: str
+    tls: str | None = None
+    """With ``starttls``: the TLS version the session negotiated."""
+    tls_cert_sha256: str | None = None
+    """With ``starttls``: the SHA-256 of the certificate the relay offered (DER, hex)."""
 
     @property
     def accepted(self) -> bool:
@@ -640,14 +661,21 @@ class Rig:
     """None in IP address authentication mode."""
 
     def submit(
-        self, mails: Iterable[Mail], *, source: str = CLIENT_INSIDE, declare_size: bool = True
+        self,
+        mails: Iterable[Mail],
+        *,
+        source: str = CLIENT_INSIDE,
+        declare_size: bool = True,
+        starttls: bool = False,
     ) -> list[Reply]:
-        """Send over SMTP to the relay's port 25 from ``source``, inside the relay ns."""
+        """Send over SMTP to the relay's port 25 from ``source``, inside the relay ns;
+        ``starttls``: after STARTTLS (the certificate not verified, as for a self-signed one)."""
         request = {
             "server": RELAY_IP,
             "port": 25,
             "source": source,
             "declare_size": declare_size,
+            "starttls": starttls,
             "messages": [
                 {"sender": m.sender, "recipients": [m.recipient], "data": m.data} for m in mails
             ],
@@ -678,6 +706,12 @@ class Rig:
             count.connections, count.peak_open = result["connections"], result["peak_open"]
         finally:
             stop_process(process)
+
+    def sendmail(self, mail: Mail) -> None:
+        """Submit as a program on the relay host itself does (cron, a bounce notice): Postfix's
+        sendmail command as root, which is the envelope sender; the local pickup path."""
+        command = ("sendmail", "-C", self.postfix.config_dir, "-i", "--", mail.recipient)
+        run(*self.network.exec(self.network.relay, *command), input=mail.data)
 
     def send(self, mails: Sequence[Mail]) -> None:
         """Submit from inside allowedCidrs; every message must be accepted."""

@@ -3,16 +3,21 @@
     ip netns exec NS python smtp_client.py < request.json > replies.json
 
 The request is a JSON object: ``server``, ``port``, ``source`` (the client address to bind),
-``declare_size`` (send ``SIZE=`` with MAIL FROM when offered) and ``messages`` (each with
-``sender``, ``recipients`` and ``data``). All messages go over one session. The answer is a JSON
-list with one reply per message: ``stage`` (the command that got the final reply: ``mail``,
-``rcpt`` or ``data``), ``code`` and ``text``.
+``declare_size`` (send ``SIZE=`` with MAIL FROM when offered), optionally ``starttls`` (STARTTLS
+before the first MAIL, the certificate not verified) and ``messages`` (each with ``sender``,
+``recipients`` and ``data``). All messages go over one session. The answer is a JSON list with
+one reply per message: ``stage`` (the command that got the final reply: ``mail``, ``rcpt`` or
+``data``; ``starttls`` when STARTTLS was asked for and failed, code 0 if it was not offered),
+``code`` and ``text``; with ``starttls``, also ``tls`` (the negotiated version) and
+``tls_cert_sha256`` (of the relay's certificate, DER, hex).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import smtplib
+import ssl
 import sys
 from typing import Any
 
@@ -42,6 +47,22 @@ def send(client: smtplib.SMTP, message: dict[str, Any], declare_size: bool) -> d
     return reply("data", code, text)
 
 
+def start_tls(client: smtplib.SMTP) -> dict[str, Any]:
+    """STARTTLS as a client of a self-signed relay does (no verification): the session's TLS
+    fields, or the failed reply."""
+    if not client.has_extn("starttls"):
+        return reply("starttls", 0, "STARTTLS not offered")
+    try:
+        client.starttls(context=ssl._create_unverified_context())
+    except smtplib.SMTPResponseException as error:
+        return reply("starttls", error.smtp_code, error.smtp_error)
+    client.ehlo("client.example")
+    tls = client.sock
+    assert isinstance(tls, ssl.SSLSocket)
+    der = tls.getpeercert(binary_form=True) or b""
+    return {"tls": tls.version(), "tls_cert_sha256": hashlib.sha256(der).hexdigest()}
+
+
 def main() -> None:
     request = json.load(sys.stdin)
     replies = []
@@ -49,8 +70,12 @@ def main() -> None:
         request["server"], request["port"], source_address=(request["source"], 0), timeout=60
     ) as client:
         client.ehlo("client.example")
+        session = start_tls(client) if request.get("starttls") else {}
+        if "stage" in session:  # STARTTLS failed: no message is sent
+            json.dump([session for _ in request["messages"]], sys.stdout)
+            return
         for message in request["messages"]:
-            answer = send(client, message, request["declare_size"])
+            answer = {**send(client, message, request["declare_size"]), **session}
             replies.append(answer)
             if answer["stage"] != "data" or answer["code"] != 250:
                 client.rset()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 
 from components import TYPE_TOKEN, RelayHost
 from tests.pulumi_harness import (
@@ -221,8 +222,35 @@ def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
     recorder = relay(plan="pro", subdomain="acme", auth_mode="ip", credentials_secret_arn=None)
     assert recorder.of_type(ROLE_POLICY) == []
     assert recorder.of_type("aws:secretsmanager/secret:Secret") == []
-    assert "CMC_SECRET_ARN" not in user_data(recorder)
+    assert "CMC_SECRET_ARN=" not in user_data(recorder)
     assert "smtp_sasl_auth_enable = no" in user_data(recorder)
+
+
+CERT_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/inbound-tls-GhIjKl"
+
+
+@pytest.mark.parametrize("auth_mode", ["sasl", "ip"])
+def test_role_reads_the_inbound_tls_certificate_secret(auth_mode: str) -> None:
+    """With inbound_tls_secret_arn the host fetches that secret too (and refreshes it on the
+    timer), in IP address authentication mode as well: exactly that ARN, its own statement."""
+    ip: dict[str, Any] = {"plan": "pro", "subdomain": "acme", "credentials_secret_arn": None}
+    ip = ip if auth_mode == "ip" else {}
+    recorder = relay(auth_mode=auth_mode, inbound_tls_secret_arn=CERT_ARN, **ip)
+    (role_policy,) = recorder.of_type(ROLE_POLICY)
+    statements = {s["Sid"]: s for s in json.loads(role_policy.inputs["policy"])["Statement"]}
+    assert statements.pop("ReadInboundTlsCertificate") == {
+        "Sid": "ReadInboundTlsCertificate",
+        "Effect": "Allow",
+        "Action": "secretsmanager:GetSecretValue",
+        "Resource": CERT_ARN,
+    }
+    assert [s["Resource"] for s in statements.values()] == ([SECRET_ARN] if not ip else [])
+    text = user_data(recorder)
+    assert f"CMC_INBOUND_TLS_SECRET_ARN={CERT_ARN}" in text
+    paths = [f["path"] for f in yaml.safe_load(text)["write_files"]]
+    assert "/usr/local/sbin/cmc-relay-fetch-secret" in paths
+    assert "/etc/systemd/system/cmc-relay-fetch-secret.timer" in paths
+    assert "/usr/local/sbin/cmc-relay-inbound-cert" not in paths
 
 
 def test_outputs_are_registered() -> None:

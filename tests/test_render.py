@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,10 +26,13 @@ from userdata.render import (
     dump_cloud_config,
     pack_user_data,
     parse_main_cf,
+    postfix_parameters,
     postfix_services,
+    postfix_tables,
     render_template,
     render_user_data,
     script,
+    shipped_script,
 )
 from userdata.settings import OS_NAMES, PLANS, OsName, RelaySettings
 
@@ -114,16 +119,26 @@ def test_payload_with_many_networks_still_fits() -> None:
     assert packed_size(settings) < USER_DATA_LIMIT
 
 
+@pytest.mark.parametrize("certificate_secret", [None, SECRET_ARN.replace("cmc/api", "cmc/cert")])
 @pytest.mark.parametrize("os_name", OS_NAMES)
-def test_the_largest_usual_payload_still_fits(os_name: OsName) -> None:
-    """Pro with SASL, the drain script (replicas > 1), an SSH key and a few networks: Debian's
-    payload carries the SSM Agent installer and key on top."""
+def test_the_largest_usual_payload_still_fits(
+    os_name: OsName, certificate_secret: str | None
+) -> None:
+    """Pro with SASL, the drain script (replicas > 1), an SSH key, a few networks, the whole
+    mail policy and the inbound certificate made on the host (its script) or fetched from a
+    secret: Debian's payload carries the SSM Agent installer and key on top."""
     settings = RelaySettings(
         allowed_cidrs=tuple(f"10.{i}.0.0/16" for i in range(8)),
         plan="pro",
         subdomain="acme",
         os=os_name,
         host_name="cmc-relay.corp.example",
+        sender_domain="mail.corp.example",
+        rewrite_domains=("corp.internal", "build.example"),
+        allowed_sender_domains=("mail.corp.example", "corp.example", "news.corp.example"),
+        operator_email="mail-ops@corp.example",
+        inbound_tls="encrypt",
+        inbound_tls_secret_arn=certificate_secret,
     )
     ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq3vQm0mZ1rL8x4m2aQe9Vt7r2hY5cJ0bN6dK3wS1pE ops"
     user_data = render_user_data(settings, SECRET_ARN, ssh_key, drain=True)
@@ -141,14 +156,34 @@ def test_payload_refuses_to_exceed_the_limit() -> None:
 def test_scripts_decode_to_the_shipped_sources(name: str) -> None:
     files = files_of(parsed(VARIANTS[name]))
     shipped = {path for path in files if path.startswith("/usr/local/sbin/")}
-    expected = {"cmc-relay-setup", "cmc-relay-verify"}
+    expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-inbound-cert"}  # inboundTls may
     if VARIANTS[name].uses_sasl:
         expected.add("cmc-relay-fetch-secret")
     if not OS_PROFILES[VARIANTS[name].os].ssm_agent_preinstalled:
         expected.add("cmc-relay-install-ssm-agent")
     assert {Path(path).name for path in shipped} == expected
     for path in shipped:
-        assert files[path] == script(Path(path).name)
+        assert files[path] == shipped_script(Path(path).name)
+
+
+SCRIPTS = sorted(p.name for p in (Path(__file__).parents[1] / "userdata" / "scripts").iterdir())
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_shipped_script_is_its_source_less_comments(name: str, tmp_path: Path) -> None:
+    """Only comment lines are left out: Python's syntax tree is the source's; the shell's
+    comment lines can hold no code (no heredocs), and bash parses the result."""
+    source, shipped = script(name), shipped_script(name)
+    assert shipped.splitlines()[0] == source.splitlines()[0]  # the shebang
+    if source.startswith("#!/usr/bin/python3"):
+        assert ast.dump(ast.parse(shipped)) == ast.dump(ast.parse(source))
+        return
+    assert "<<" not in source
+    assert [line for line in source.splitlines() if "# shellcheck " in line] == [
+        line for line in shipped.splitlines() if "# shellcheck " in line
+    ]
+    (tmp_path / name).write_text(shipped)
+    subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
 
 
 @pytest.mark.parametrize("os_name", OS_NAMES)
@@ -236,6 +271,50 @@ def test_tlsproxy_service_for_tls_connection_reuse(os_name: OsName, chroot: str)
     }
 
 
+CERT_ARN = SECRET_ARN.replace("cmc/api", "cmc/relay-cert")
+
+
+@pytest.mark.parametrize(
+    ("auth_mode", "inbound_tls", "cert_arn", "makes_cert", "fetches"),
+    [
+        ("sasl", "may", None, True, True),
+        ("sasl", "encrypt", CERT_ARN, False, True),
+        ("sasl", "none", None, False, True),
+        ("ip", "may", None, True, False),
+        ("ip", "encrypt", None, True, False),
+        ("ip", "may", CERT_ARN, False, True),  # the timer keeps the certificate current
+        ("ip", "none", None, False, False),
+    ],
+)
+def test_inbound_tls_ships_the_certificate_maker_or_the_fetcher(
+    auth_mode: str, inbound_tls: str, cert_arn: str | None, makes_cert: bool, fetches: bool
+) -> None:
+    """The self-signed certificate is made on the host only without inboundTlsSecretArn; with
+    it, cmc-relay-fetch-secret installs the secret's (in IP mode too) and its timer refreshes it."""
+    settings = RelaySettings(
+        allowed_cidrs=("10.0.0.0/16",),
+        plan="pro",
+        subdomain="acme",
+        auth_mode=auth_mode,  # type: ignore[arg-type]
+        inbound_tls=inbound_tls,  # type: ignore[arg-type]
+        inbound_tls_secret_arn=cert_arn,
+    )
+    files = files_of(parsed(settings))
+    assert (f"{SCRIPT_DIR}/cmc-relay-inbound-cert" in files) is makes_cert
+    fetcher = [
+        f"{SCRIPT_DIR}/cmc-relay-fetch-secret",
+        "/etc/systemd/system/cmc-relay-fetch-secret.timer",
+    ]
+    assert [path in files for path in fetcher] == [fetches, fetches]
+    env = files["/etc/cmc-relay/relay.env"]
+    assert f"CMC_INBOUND_TLS={inbound_tls}\n" in env
+    assert (f"CMC_INBOUND_TLS_SECRET_ARN={cert_arn}\n" in env) is (cert_arn is not None)
+    # cmc-relay-setup runs each only when the payload has it (either ARN for the fetcher).
+    setup = files[f"{SCRIPT_DIR}/cmc-relay-setup"]
+    assert 'if [ -x $cert ]; then $cert "$CMC_HOST_NAME"' in setup
+    assert '[ -n "${CMC_SECRET_ARN:-}${CMC_INBOUND_TLS_SECRET_ARN:-}" ]' in setup
+
+
 def test_ip_mode_sends_no_auth_and_fetches_no_secret() -> None:
     document = parsed(variant("pro", "al2023", "ip"))
     files = files_of(document)
@@ -251,7 +330,7 @@ def test_transport_keeps_the_hosts_own_name_local(os_name: OsName) -> None:
     )
     files = files_of(parsed(settings))
     main_cf = parse_main_cf(files["/etc/cmc-relay/main.cf"])
-    entries = [line.split() for line in files["/etc/cmc-relay/transport"].splitlines()]
+    entries = [line.split() for line in files["/etc/cmc-relay/postfix/transport"].splitlines()]
     table = {e[0]: e[1:] for e in entries if e and not e[0].startswith("#")}
     # G2: localhost names and exactly myhostname (and the short name `hostname` prints) map local.
     for local in ("localhost", "localhost.localdomain", main_cf["myhostname"], "mx"):
@@ -270,7 +349,7 @@ def test_password_table_key_equals_the_next_hop() -> None:
         line.split("=", 1) for line in files["/etc/cmc-relay/relay.env"].splitlines() if "=" in line
     )
     assert env["CMC_NEXT_HOP"] == "[te.smtps.jp]:587"  # G7: the fetch script's table key
-    assert "*     smtp:[te.smtps.jp]:587" in files["/etc/cmc-relay/transport"]
+    assert "*     smtp:[te.smtps.jp]:587" in files["/etc/cmc-relay/postfix/transport"]
     assert env["CMC_SECRET_ARN"] == SECRET_ARN
 
 
@@ -347,15 +426,133 @@ def test_reply_filter_defers_what_would_bounce_unauthenticated_mail(
     reply: str, filtered: str | None, tmp_path: Path
 ) -> None:
     """Real postmap reads the rendered regexp table exactly as the smtp client will."""
+    table = postfix_tables(variant("trial", "debian-12"))["cmc-relay-reply-filter"]
+    assert postmap_query(tmp_path, table, reply) == filtered
+
+
+def postmap_query(directory: Path, table: str, key: str) -> str | None:
+    """What real postmap finds for ``key`` in a regexp table, as Postfix's daemons will."""
     # myhostname set: otherwise postmap looks up this machine's name in DNS first.
-    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\nmyhostname = test.invalid\n")
-    (tmp_path / "master.cf").write_text("")
-    table = tmp_path / "reply-filter"
-    table.write_text(render_template("reply-filter", variant("trial", "debian-12")))
+    (directory / "main.cf").write_text("compatibility_level = 3.6\nmyhostname = test.invalid\n")
+    (directory / "master.cf").write_text("")
+    path = directory / "table"
+    path.write_text(table)
     result = subprocess.run(
-        ["postmap", "-c", str(tmp_path), "-q", reply, f"regexp:{table}"],
+        ["postmap", "-c", str(directory), "-q", key, f"regexp:{path}"],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert (result.stdout.strip() or None) == filtered, result.stderr
+    assert result.returncode in (0, 1) and not result.stderr, result.stderr
+    return result.stdout.strip() or None
+
+
+POLICY = RelaySettings(
+    allowed_cidrs=("10.0.0.0/16",),
+    sender_domain="example.com",
+    rewrite_domains=("corp.internal",),
+    allowed_sender_domains=("example.com", "example.org"),
+    operator_email="ops@example.net",
+)
+POLICY_TABLES = {
+    "sender_canonical_maps": "cmc-relay-sender-canonical",
+    "smtpd_sender_restrictions": "cmc-relay-sender-access",
+    "virtual_alias_maps": "cmc-relay-operator",
+}
+
+
+def test_mail_policy_is_rendered_only_when_configured() -> None:
+    default = variant("trial", "debian-13")
+    main_cf = postfix_parameters(default)
+    assert not POLICY_TABLES.keys() & main_cf.keys()
+    assert not POLICY_TABLES.values() & postfix_tables(default).keys()
+    assert "smtpd_delay_reject" not in main_cf  # Postfix's default: reject at RCPT
+
+    main_cf = postfix_parameters(POLICY)
+    for parameter, table in POLICY_TABLES.items():
+        assert main_cf[parameter].endswith(f"regexp:/etc/postfix/{table}")
+    assert main_cf["smtpd_delay_reject"] == "no"  # refused at MAIL FROM
+    assert main_cf["local_header_rewrite_clients"].endswith("permit_mynetworks")
+    staged = files_of(parsed(POLICY))
+    for table in POLICY_TABLES.values():
+        assert f"/etc/cmc-relay/postfix/{table}" in staged
+
+
+@pytest.mark.parametrize(
+    "settings", [variant("trial", "debian-13"), POLICY], ids=["default", "policy"]
+)
+def test_every_table_main_cf_names_is_staged(settings: RelaySettings) -> None:
+    """cmc-relay-setup installs /etc/cmc-relay/postfix/* into /etc/postfix: a table main.cf
+    names but the payload lacks would leave Postfix refusing mail."""
+    named = {
+        path.removeprefix("/etc/postfix/")
+        for value in postfix_parameters(settings).values()
+        for path in re.findall(r":(/etc/postfix/[\w.-]+)", value)
+    }
+    assert named - {"relay_password"} == postfix_tables(settings).keys()
+
+
+def test_every_local_domain_is_delivered_locally() -> None:
+    """mydestination and the transport table's local entries agree (G2): a name in one but
+    not the other would be relayed to the service, or delivered nowhere."""
+    settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",), host_name="mx.corp.example")
+    destinations = postfix_parameters(settings)["mydestination"].split(", ")
+    transport = postfix_tables(settings)["transport"].splitlines()
+    local = [line.split()[0] for line in transport if line.endswith(" :")]
+    assert local == destinations
+    assert "localhost.corp.example" in destinations  # localhost.$mydomain, as Postfix's default
+
+
+@pytest.mark.parametrize(
+    ("sender", "verdict"),
+    [
+        ("<>", "OK"),  # bounces
+        ("app@example.com", "OK"),
+        ("app@EXAMPLE.ORG", "OK"),
+        ("root", "OK"),  # rewritten to root@example.com first
+        ("root@localhost", "OK"),
+        ("cron@ip-10-0-1-5.ap-northeast-1.compute.internal", "OK"),
+        ("build@ci.corp.internal", "OK"),  # rewriteDomains, with subdomains
+        ("app@mail.example.com", "REJECT"),  # subdomains of an allowed domain are not
+        ("app@example.com.attacker.test", "REJECT"),
+        ("ceo@attacker.test", "REJECT"),
+        ("app@corp.internal.attacker.test", "REJECT"),
+    ],
+)
+def test_sender_access_table(sender: str, verdict: str, tmp_path: Path) -> None:
+    table = postfix_tables(POLICY)["cmc-relay-sender-access"]
+    answer = postmap_query(tmp_path, table, sender) or ""
+    assert answer.split()[0] == verdict
+    if verdict == "REJECT":
+        assert answer.startswith("REJECT 5.7.1 ") and "allowedSenderDomains" in answer
+
+
+@pytest.mark.parametrize(
+    ("sender", "rewritten"),
+    [
+        ("root@cmc-relay.internal", "root@example.com"),  # unqualified, after myorigin
+        ("cron@ip-10-0-1-5.ec2.internal", "cron@example.com"),
+        ("a.b+c@[10.0.1.5]", "a.b+c@example.com"),
+        ("app@client.example", None),
+        ("app@notcorp.internal.example", None),
+    ],
+)
+def test_sender_canonical_table(sender: str, rewritten: str | None, tmp_path: Path) -> None:
+    table = postfix_tables(POLICY)["cmc-relay-sender-canonical"]
+    assert postmap_query(tmp_path, table, sender) == rewritten
+
+
+@pytest.mark.parametrize(
+    ("recipient", "forwarded"),
+    [
+        ("root@cmc-relay.internal", "ops@example.net"),
+        ("postmaster@localhost", "ops@example.net"),
+        ("MAILER-DAEMON@cmc-relay", "ops@example.net"),
+        ("cron@localhost.internal", "ops@example.net"),
+        ("user@example.com", None),
+        ("root@cmc-relay.internal.example.com", None),
+    ],
+)
+def test_operator_table(recipient: str, forwarded: str | None, tmp_path: Path) -> None:
+    table = postfix_tables(POLICY)["cmc-relay-operator"]
+    assert postmap_query(tmp_path, table, recipient) == forwarded

@@ -9,6 +9,7 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 
 from tests.pulumi_harness import Recorder, run_program, run_stack, strings_in, user_data_of
 from userdata.settings import CONFIG_KEYS
@@ -90,6 +91,33 @@ def test_every_config_key_reaches_the_component() -> None:
     assert "kms:Decrypt" in policy
     ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
     assert any(r.inputs.get("referencedSecurityGroupId") == "sg-app" for r in ingress)
+
+
+def test_mail_policy_keys_reach_the_host() -> None:
+    recorder = run_stack(
+        {
+            "credentialsSecretArn": SECRET_ARN,
+            "senderDomain": "example.com",
+            "rewriteDomains": ["corp.internal"],
+            "allowedSenderDomains": ["example.com", "example.org"],
+            "operatorEmail": "ops@example.net",
+            "inboundTls": "encrypt",
+        }
+    )
+    user_data = user_data_of(recorder.one(INSTANCE))
+    for expected in (
+        r"(.+\.)?corp\.internal)$/ ${1}@example.com",
+        r"/@(example\.com|example\.org)$/ OK",
+        "ops@example.net",
+        "smtpd_tls_security_level = encrypt",
+    ):
+        assert expected in user_data
+
+
+def test_pulumi_yaml_declares_every_config_key() -> None:
+    """`pulumi config` shows these descriptions; a key missing there is undocumented."""
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert set(declared) == set(CONFIG_KEYS.values())
 
 
 def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:

@@ -175,6 +175,93 @@ BAD_INPUTS = [
         "auth_mode (config authMode): is ip: SMTP AUTH credentials are not used",
         id="ip-with-credentials",
     ),
+    pytest.param(
+        with_(sender_domain="localhost"),
+        "sender_domain (config senderDomain): 'localhost' is not a domain name",
+        id="sender-domain-syntax",
+    ),
+    pytest.param(
+        with_(sender_domain="ip-10-0-1-5.ap-northeast-1.compute.internal"),
+        "sender_domain (config senderDomain): ip-10-0-1-5.ap-northeast-1.compute.internal is one "
+        "of the names it replaces",
+        id="sender-domain-internal",
+    ),
+    pytest.param(
+        with_(sender_domain="cmc-relay.internal"),
+        "sender_domain (config senderDomain): cmc-relay.internal is one of the names it replaces",
+        id="sender-domain-host-name",
+    ),
+    pytest.param(
+        with_(rewrite_domains=["corp.internal"]),
+        "rewrite_domains (config rewriteDomains): only applies with sender_domain",
+        id="rewrite-without-sender-domain",
+    ),
+    pytest.param(
+        with_(sender_domain="example.com", rewrite_domains="corp.internal"),
+        "rewrite_domains (config rewriteDomains): must be a list of domain names",
+        id="rewrite-not-a-list",
+    ),
+    pytest.param(
+        with_(sender_domain="example.com", rewrite_domains=["corp.internal", "Corp.Internal"]),
+        "rewrite_domains (config rewriteDomains): lists corp.internal more than once",
+        id="rewrite-duplicate",
+    ),
+    pytest.param(
+        with_(sender_domain="mail.example.com", rewrite_domains=["example.com"]),
+        "rewrite_domains (config rewriteDomains): covers mail.example.com, a sender domain",
+        id="rewrite-covers-sender-domain",
+    ),
+    pytest.param(
+        with_(allowed_sender_domains=["example.com", "bad_domain.com"]),
+        "allowed_sender_domains (config allowedSenderDomains): 'bad_domain.com' is not a domain",
+        id="allowed-syntax",
+    ),
+    pytest.param(
+        with_(allowed_sender_domains=["example.com", "example.com"]),
+        "allowed_sender_domains (config allowedSenderDomains): lists example.com more than once",
+        id="allowed-duplicate",
+    ),
+    pytest.param(
+        with_(sender_domain="example.com", allowed_sender_domains=["example.org"]),
+        "sender_domain (config senderDomain): example.com is not in allowed_sender_domains",
+        id="sender-domain-not-allowed",
+    ),
+    pytest.param(
+        with_(sender_domain="example.com", operator_email="ops"),
+        "operator_email (config operatorEmail): 'ops' is not an e-mail address",
+        id="operator-email-syntax",
+    ),
+    pytest.param(
+        with_(sender_domain="example.com", operator_email="o$ps@example.com"),
+        "operator_email (config operatorEmail): 'o$ps@example.com' is not an e-mail address",
+        id="operator-email-dollar",
+    ),
+    pytest.param(
+        with_(operator_email="ops@example.com"),
+        "operator_email (config operatorEmail): needs sender_domain",
+        id="operator-without-sender-domain",
+    ),
+    pytest.param(
+        with_(sender_domain="example.com", operator_email="root@cmc-relay.internal"),
+        "operator_email (config operatorEmail): must be a mailbox outside the relay",
+        id="operator-is-local",
+    ),
+    pytest.param(
+        with_(inbound_tls="required"),
+        "inbound_tls (config inboundTls): got 'required'; allowed: may, encrypt, none",
+        id="inbound-tls",
+    ),
+    pytest.param(
+        with_(inbound_tls_secret_arn="arn:aws:s3:::bucket/cert.pem"),
+        "inbound_tls_secret_arn (config inboundTlsSecretArn): 'arn:aws:s3:::bucket/cert.pem' is "
+        "not a Secrets Manager secret ARN",
+        id="inbound-tls-secret-arn-service",
+    ),
+    pytest.param(
+        with_(inbound_tls="none", inbound_tls_secret_arn=SECRET_ARN),
+        "inbound_tls_secret_arn (config inboundTlsSecretArn): only applies with inbound_tls may",
+        id="inbound-tls-secret-arn-unused",
+    ),
 ]
 
 
@@ -246,3 +333,17 @@ def test_every_allowed_network_and_only_those_may_relay(
     assert mynetworks[:2] == ["127.0.0.0/8", "[::1]/128"]
     parsed = [ipaddress.ip_network(n.replace("[", "").replace("]", "")) for n in mynetworks[2:]]
     assert set(parsed) == set(allowed)
+
+
+def test_mail_policy_domains_are_normalised() -> None:
+    """Domains ignore case, so they are compared and rendered lower-case; local parts keep it."""
+    settings, _ = validate_args(
+        with_(
+            sender_domain="Example.COM",
+            allowed_sender_domains=["EXAMPLE.com", "example.org"],
+            operator_email="Ops@Example.NET",
+        )
+    )
+    assert settings.sender_domain == "example.com"
+    assert settings.allowed_sender_domains == ("example.com", "example.org")
+    assert settings.operator_email == "Ops@example.net"

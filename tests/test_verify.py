@@ -8,6 +8,7 @@ carries a marker that must never show up in the verifier's output.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 
@@ -77,6 +78,7 @@ def test_a_good_boot_passes_every_check(host: Sandbox) -> None:
         "postfix-running",
         "dnsmasq-running",
         "transport-table",
+        "postfix-tables",
         *(f"postconf:{name}" for name in postfix_parameters(SETTINGS)),
         *(f"master.cf:{name}" for name in postfix_services(SETTINGS)),
         "password-table",
@@ -85,6 +87,7 @@ def test_a_good_boot_passes_every_check(host: Sandbox) -> None:
         "dhcp-dns-override",
         "dns-cache",
         "smtp-service",
+        "inbound-tls",
         "ssm-agent",
     ]
     details = {c["name"]: c["detail"] for c in report["checks"]}
@@ -94,6 +97,12 @@ def test_a_good_boot_passes_every_check(host: Sandbox) -> None:
     )
     assert details["dns-cache"] == "2 record(s) for sandbox.smtps.jp"
     assert details["smtp-service"] == "sandbox.smtps.jp:10025 STARTTLS verified, AUTH sasl"
+    # The certificate cmc-relay-inbound-cert made at boot, as operators pin it.
+    chain_file = postfix_parameters(SETTINGS)["smtpd_tls_chain_files"]
+    made = sh(host, f"openssl x509 -in {chain_file} -noout -fingerprint -sha256 -enddate")
+    assert re.fullmatch(r"may: TLSv1\.[23], sha256 Fingerprint=[0-9A-F:]{95}, notAfter=.+ GMT",
+                        details["inbound-tls"]), details["inbound-tls"]  # fmt: skip
+    assert details["inbound-tls"].endswith(", ".join(made.splitlines()))
     assert details["postconf:transport_maps"] == "hash:/etc/postfix/transport"  # expanded
     assert MARK not in result.stdout + result.stderr
 
@@ -123,7 +132,13 @@ def test_password_table_readable_by_others(host: Sandbox) -> None:
 
 @pytest.mark.parametrize(
     ("name", "wrong"),
-    [("default_destination_concurrency_limit", "50"), ("smtp_tls_security_level", "none")],
+    [
+        ("default_destination_concurrency_limit", "50"),
+        ("smtp_tls_security_level", "none"),
+        ("smtpd_sender_restrictions", ""),
+        ("sender_canonical_maps", ""),
+        ("virtual_alias_maps", ""),
+    ],
 )
 def test_a_wrong_postfix_setting(host: Sandbox, name: str, wrong: str) -> None:
     right = postfix_parameters(SETTINGS)[name]
@@ -147,6 +162,23 @@ def test_a_missing_master_cf_service(host: Sandbox) -> None:
     assert code == 1
     assert list(failed) == [f"master.cf:{name}"]
     assert "no entry" in failed[f"master.cf:{name}"]
+
+
+def test_inbound_starttls_switched_off_on_the_host(host: Sandbox) -> None:
+    """may rendered, none in effect: the applications' mail would go in clear text."""
+    host.machine.run(["postconf", "-e", "smtpd_tls_security_level = none"])
+    host.machine.run(["postfix", "reload"])
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        host.machine.run(["postconf", "-e", "smtpd_tls_security_level = may"])
+        host.machine.run(["postfix", "reload"])
+    assert code == 1
+    assert failed == {
+        "postconf:smtpd_tls_security_level": "is 'none', staged 'may'",
+        "inbound-tls": "STARTTLS not offered, inboundTls may",
+    }
+    assert verify(host)[0] == 0
 
 
 def test_resolver_not_asking_the_cache(host: Sandbox) -> None:
@@ -173,6 +205,21 @@ def test_networkd_free_to_rewrite_the_resolver(host: Sandbox) -> None:
     assert code == 1
     assert list(failed) == ["dhcp-dns-override"]
     assert drop_in in failed["dhcp-dns-override"]
+
+
+@pytest.mark.parametrize(
+    "table", ["cmc-relay-sender-access", "cmc-relay-sender-canonical", "cmc-relay-operator"]
+)
+def test_a_policy_table_changed_on_the_host(host: Sandbox, table: str) -> None:
+    path = f"/etc/postfix/{table}"
+    original = host.machine.read(path)
+    host.machine.write(path, "/./ OK\n" + original)  # e.g. every sender allowed
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        host.machine.write(path, original)
+    assert code == 1
+    assert failed == {"postfix-tables": f"['{table}'] not as staged in /etc/cmc-relay/postfix"}
 
 
 def test_transport_table_not_compiled_after_a_change(host: Sandbox) -> None:

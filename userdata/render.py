@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import ipaddress
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -23,6 +24,9 @@ USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses user data above 16 KB (before 
 STAGE_DIR: Final = "/etc/cmc-relay"
 SCRIPT_DIR: Final = "/usr/local/sbin"
 UNIT_DIR: Final = "/etc/systemd/system"
+# Postfix's lookup tables, installed into /etc/postfix under the same names.
+POSTFIX_STAGE_DIR: Final = f"{STAGE_DIR}/postfix"
+_CONFIG_FILE: Final = {"owner": "root:root", "permissions": "0644"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,20 @@ _templates = jinja2.Environment(
 _templates.filters["postfix_network"] = postfix_network
 
 
+def regexp_literal(domain: str) -> str:
+    """A validated domain name as a POSIX regular expression matching exactly it."""
+    return domain.replace(".", r"\.")
+
+
+def regexp_domain(domain: str) -> str:
+    """A domain name as a regular expression matching it and its subdomains."""
+    return rf"(.+\.)?{regexp_literal(domain)}"
+
+
+_templates.filters["regexp_literal"] = regexp_literal
+_templates.filters["regexp_domain"] = regexp_domain
+
+
 def render_template(name: str, settings: RelaySettings, secret_arn: str | None = None) -> str:
     return _templates.get_template(f"{name}.j2").render(
         s=settings, os=OS_PROFILES[settings.os], secret_arn=secret_arn
@@ -117,11 +135,23 @@ def aws_ssm_agent_key() -> str:
     return resources.files("userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
 
 
+def shipped_script(name: str) -> str:
+    """An on-host script as the payload carries it: without its comment lines (the shebang and
+    shellcheck directives stay), so that the payload fits EC2's user data limit. The code is
+    unchanged: tests/test_render.py compares Python's syntax trees and parses the shell."""
+    lines = script(name).splitlines(keepends=True)
+    kept = [line for line in lines[1:] if not _COMMENT_LINE.match(line)]
+    return "".join(lines[:1] + kept)
+
+
+_COMMENT_LINE: Final = re.compile(r"^\s*#(?! shellcheck )")
+
+
 def _script_file(name: str) -> dict[str, str]:
     """An on-host script, installed as a root-owned command."""
     return {
         "path": f"{SCRIPT_DIR}/{name}",
-        "content": script(name),
+        "content": shipped_script(name),
         "owner": "root:root",
         "permissions": "0755",
     }
@@ -143,9 +173,28 @@ def postfix_parameters(settings: RelaySettings) -> dict[str, str]:
     return parse_main_cf(render_template("main.cf", settings))
 
 
+def postfix_tables(settings: RelaySettings) -> dict[str, str]:
+    """The lookup tables main.cf names, by their file name in /etc/postfix: their content."""
+    templates = {"transport": "transport", "cmc-relay-reply-filter": "reply-filter"}
+    if settings.sender_domain:
+        templates["cmc-relay-sender-canonical"] = "sender-canonical"
+    if settings.allowed_sender_domains:
+        templates["cmc-relay-sender-access"] = "sender-access"
+    if settings.operator_email:
+        templates["cmc-relay-operator"] = "operator"
+    return {name: render_template(template, settings) for name, template in templates.items()}
+
+
 def postfix_services(settings: RelaySettings) -> dict[str, str]:
     """The master.cf services the host adds with ``postconf -M``: entry by name/type."""
     return parse_main_cf(render_template("master.cf", settings))
+
+
+def without_comments(text: str) -> str:
+    """A config file without its comment and blank lines: the templates explain every setting,
+    and the payload must fit EC2's user data limit."""
+    lines = text.splitlines(keepends=True)
+    return "".join(line for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
 def write_files(
@@ -161,23 +210,32 @@ def write_files(
     armored), or None for AWS's published key; a test environment passes its own signing key."""
 
     def config_file(path: str, template: str) -> dict[str, str]:
-        content = render_template(template, settings, secret_arn)
-        return {"path": path, "content": content, "owner": "root:root", "permissions": "0644"}
+        content = without_comments(render_template(template, settings, secret_arn))
+        return {"path": path, "content": content, **_CONFIG_FILE}
 
+    tables = [
+        {
+            "path": f"{POSTFIX_STAGE_DIR}/{name}",
+            "content": without_comments(content),
+            **_CONFIG_FILE,
+        }
+        for name, content in postfix_tables(settings).items()
+    ]
     files = [
         config_file(f"{STAGE_DIR}/relay.env", "relay.env"),
         config_file(f"{STAGE_DIR}/main.cf", "main.cf"),
         config_file(f"{STAGE_DIR}/master.cf", "master.cf"),
-        config_file(f"{STAGE_DIR}/transport", "transport"),
-        config_file(f"{STAGE_DIR}/reply-filter", "reply-filter"),
+        *tables,
         config_file(f"{STAGE_DIR}/networkd-no-dns.conf", "networkd-no-dns.conf"),
         config_file("/etc/dnsmasq.d/cmc-relay.conf", "dnsmasq.conf"),
         _script_file("cmc-relay-setup"),
         _script_file("cmc-relay-verify"),
     ]
+    if settings.inbound_tls != "none" and settings.inbound_tls_secret_arn is None:
+        files.append(_script_file("cmc-relay-inbound-cert"))  # the self-signed certificate
     if OS_PROFILES[settings.os].dhclient:
         files.append(config_file("/etc/dhcp/dhclient-enter-hooks.d/cmc-relay", "dhclient-hook"))
-    if settings.uses_sasl:
+    if settings.uses_sasl or settings.inbound_tls_secret_arn:  # the secrets, kept current
         files += [
             _script_file("cmc-relay-fetch-secret"),
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.service", "fetch-secret.service"),

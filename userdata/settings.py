@@ -20,6 +20,7 @@ OsName = Literal["al2023", "debian-12", "debian-13", "ubuntu-24.04"]
 TlsLevel = Literal["may", "encrypt", "secure"]
 Verification = Literal["ssm", "ssh", "none"]
 Egress = Literal["eip", "nat"]
+InboundTls = Literal["may", "encrypt", "none"]
 
 PLANS: Final = get_args(Plan)
 AUTH_MODES: Final = get_args(AuthMode)
@@ -29,6 +30,7 @@ DEFAULT_OS: Final[OsName] = "debian-13"
 TLS_LEVELS: Final = get_args(TlsLevel)
 VERIFICATION_MODES: Final = get_args(Verification)
 EGRESS_MODES: Final = get_args(Egress)
+INBOUND_TLS_LEVELS: Final = get_args(InboundTls)
 
 # G4: the service's SMTP host per plan; Pro hosts are per customer.
 PLAN_SMTP_HOSTS: Final[dict[str, str]] = {
@@ -41,6 +43,16 @@ MAX_CONNECTIONS_LIMIT: Final[dict[str, int]] = {"trial": 10, "standard": 10, "pr
 PRO_MAX_SESSIONS_LIMIT: Final = MAX_CONNECTIONS_LIMIT["pro"]
 
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# The local part of an address as mail systems take it without quoting (RFC 5322 dot-atom).
+# Without '$' and '%', which Postfix's tables and routing would read as syntax.
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#&'*+/=?^_`{|}~-]+)*$")
+_SECRET_ARN = re.compile(
+    r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z]{2}(-[a-z]+)+-\d):"
+    r"\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+)
+# Names EC2 and the OS give hosts, never a domain the service accepts as a sender:
+# ip-10-0-1-5.ap-northeast-1.compute.internal, and ip-10-0-1-5.ec2.internal in us-east-1.
+INTERNAL_DOMAINS: Final = ("localhost", "localhost.localdomain", "compute.internal", "ec2.internal")
 _WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 # snake_case field -> camelCase stack config key, for error messages.
@@ -78,6 +90,12 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "pro_max_sessions": "proMaxSessions",
     "drain_on_delete": "drainOnDelete",
     "drain_timeout_seconds": "drainTimeoutSeconds",
+    "sender_domain": "senderDomain",
+    "rewrite_domains": "rewriteDomains",
+    "allowed_sender_domains": "allowedSenderDomains",
+    "operator_email": "operatorEmail",
+    "inbound_tls": "inboundTls",
+    "inbound_tls_secret_arn": "inboundTlsSecretArn",
 }
 
 
@@ -109,6 +127,50 @@ def require_int(name: str, value: object, low: int, high: int, why: str = "") ->
         suffix = f" {why}" if why else ""
         raise ConfigError(name, f"must be between {low} and {high}{suffix}; got {value}")
     return value
+
+
+def secret_region(arn: str, name: str = "credentials_secret_arn") -> str:
+    """The region of a Secrets Manager secret ARN; the host reads the secret there."""
+    match = _SECRET_ARN.match(arn) if isinstance(arn, str) else None
+    if match is None:
+        raise ConfigError(
+            name,
+            f"{arn!r} is not a Secrets Manager secret ARN "
+            "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)",
+        )
+    return match["region"]
+
+
+def parse_domain(name: str, value: object) -> str:
+    """A mail domain: a host name of two or more labels, lower-cased."""
+    domain = value.strip().lower() if isinstance(value, str) else value
+    if not isinstance(domain, str) or "." not in domain or not is_dns_name(domain):
+        raise ConfigError(name, f"{value!r} is not a domain name (like example.com)")
+    return domain
+
+
+def parse_domains(name: str, values: object) -> tuple[str, ...]:
+    """A list of mail domains, each once."""
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        raise ConfigError(name, f"must be a list of domain names; got {values!r}")
+    domains = [parse_domain(name, value) for value in values]
+    repeated = sorted(domain for domain, count in Counter(domains).items() if count > 1)
+    if repeated:
+        raise ConfigError(name, f"lists {repeated[0]} more than once")
+    return tuple(domains)
+
+
+def parse_email(name: str, value: object) -> str:
+    """One plain address, local@domain, as an operator's mailbox is written."""
+    local, at, domain = value.rpartition("@") if isinstance(value, str) else ("", "", "")
+    if not at or not _LOCAL_PART.match(local) or len(str(value)) > 254:
+        raise ConfigError(name, f"{value!r} is not an e-mail address (like ops@example.com)")
+    return f"{local}@{parse_domain(name, domain)}"
+
+
+def is_within(domain: str, parents: Sequence[str]) -> bool:
+    """``domain`` is one of ``parents`` or a subdomain of one."""
+    return any(domain == parent or domain.endswith("." + parent) for parent in parents)
 
 
 def parse_allowed_cidrs(values: object) -> tuple[str, ...]:
@@ -212,6 +274,12 @@ class RelaySettings:
     message_size_limit: int = 10_240_000
     host_name: str = "cmc-relay.internal"
     secret_refresh_minutes: int = 5
+    sender_domain: str | None = None
+    rewrite_domains: tuple[str, ...] = ()
+    allowed_sender_domains: tuple[str, ...] = ()
+    operator_email: str | None = None
+    inbound_tls: InboundTls = "may"
+    inbound_tls_secret_arn: str | None = None
     relay_host: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -247,8 +315,84 @@ class RelaySettings:
                 "host_name", f"{self.host_name!r} must be a fully qualified lower-case host name"
             )
         require_int("secret_refresh_minutes", self.secret_refresh_minutes, 1, 1440)
+        self._check_mail_policy()
+        require_choice("inbound_tls", self.inbound_tls, INBOUND_TLS_LEVELS)
+        if self.inbound_tls_secret_arn is not None:
+            if self.inbound_tls == "none":
+                raise ConfigError(
+                    "inbound_tls_secret_arn", "only applies with inbound_tls may or encrypt"
+                )
+            secret_region(self.inbound_tls_secret_arn, "inbound_tls_secret_arn")
         host = self.smtp_host or PLAN_SMTP_HOSTS[self.plan].format(subdomain=self.subdomain)
         object.__setattr__(self, "relay_host", host)
+
+    def _check_mail_policy(self) -> None:
+        """Sender rewriting, the allowed senders and the operator's address agree."""
+        normalised: dict[str, object] = {
+            "rewrite_domains": parse_domains("rewrite_domains", self.rewrite_domains),
+            "allowed_sender_domains": parse_domains(
+                "allowed_sender_domains", self.allowed_sender_domains
+            ),
+        }
+        if self.sender_domain is not None:
+            normalised["sender_domain"] = parse_domain("sender_domain", self.sender_domain)
+        if self.operator_email is not None:
+            normalised["operator_email"] = parse_email("operator_email", self.operator_email)
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+        sender, allowed = self.sender_domain, self.allowed_sender_domains
+        if sender is not None and is_within(sender, self.internal_domains):
+            raise ConfigError(
+                "sender_domain", f"{sender} is one of the names it replaces; give your mail domain"
+            )
+        if self.rewrite_domains and sender is None:
+            raise ConfigError("rewrite_domains", "only applies with sender_domain (their new name)")
+        for domain in (sender, *allowed) if sender is not None else ():
+            if is_within(domain, self.rewrite_domains):
+                raise ConfigError(
+                    "rewrite_domains",
+                    f"covers {domain}, a sender domain as it is (sender_domain or "
+                    "allowed_sender_domains): mail from it would never be sent under its name",
+                )
+        if sender is not None and allowed and sender not in allowed:
+            raise ConfigError(
+                "sender_domain",
+                f"{sender} is not in allowed_sender_domains: every rewritten sender would be "
+                "refused; add it there",
+            )
+        if self.operator_email is not None:
+            if sender is None:
+                raise ConfigError(
+                    "operator_email",
+                    "needs sender_domain: the relay's own mail is sent as root@"
+                    f"{self.host_name}, which the service refuses as a sender",
+                )
+            if is_within(self.operator_email.rpartition("@")[2], self.internal_domains):
+                raise ConfigError(
+                    "operator_email", "must be a mailbox outside the relay (it forwards there)"
+                )
+
+    @property
+    def local_domains(self) -> tuple[str, ...]:
+        """Domains whose mail the relay delivers itself (G2): mydestination, the transport's
+        local entries, the recipients ``operator_email`` takes."""
+        domain = self.host_name.split(".", 1)[1]
+        names = (self.host_name, self.short_host_name, f"localhost.{domain}", "localhost")
+        return tuple(dict.fromkeys((*names, "localhost.localdomain")))
+
+    @property
+    def internal_domains(self) -> tuple[str, ...]:
+        """Sender domains that are no real domain: ``sender_domain`` replaces them (and their
+        subdomains), along with ``rewrite_domains``."""
+        return tuple(dict.fromkeys((*self.local_domains, *INTERNAL_DOMAINS)))
+
+    @property
+    def rewritten_domains(self) -> tuple[str, ...]:
+        """With ``sender_domain``: the domains it replaces, with their subdomains; single-label
+        names (``localhost``, the short host name) are replaced as every single label is."""
+        if self.sender_domain is None:
+            return ()
+        return tuple(d for d in (*self.internal_domains, *self.rewrite_domains) if "." in d)
 
     @property
     def next_hop(self) -> str:

@@ -55,6 +55,7 @@ class Findings:
     queued_after_reboot: int = 0
     resolv_after_renewal: list[str] = field(default_factory=list)
     queued_deliveries: dict[str, int] = field(default_factory=dict)  # Message-ID: deliveries
+    cron_mail: MessageRecord | None = None
     rotation_seconds: float | None = None
     rotation_record: MessageRecord | None = None
     rotated_at: float = 0.0
@@ -181,6 +182,18 @@ def deliver_queued(boot: TwinBoot, findings: Findings, say: Say) -> None:
     say(verifier_line(findings.after_reboot))
 
 
+CRON_MAIL: Final = "<cron@twin.test>"
+
+
+def cron_mail(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """After the reboot, cron on the relay mails root, as cron does: through sendmail. It must
+    reach operatorEmail through the service, its sender rewritten to senderDomain."""
+    message = f"From: root (Cron Daemon)\nSubject: cron\nMessage-ID: {CRON_MAIL}\n\ndone\n"
+    boot.run("/usr/sbin/sendmail", "-i", "root", input=message, check=True)
+    findings.cron_mail = record = boot.wait_for_message(CRON_MAIL)
+    say(f"cron's mail to root: sent as {record.mail_from} to {', '.join(record.rcpt_tos)}")
+
+
 def rotation(boot: TwinBoot, findings: Findings, say: Say) -> None:
     """A new secret value (the old one refused from now on) must be in use within the
     timer's period plus its randomized delay."""
@@ -195,4 +208,4 @@ def rotation(boot: TwinBoot, findings: Findings, say: Say) -> None:
     say(f"rotated the secret; submitted {submitted.code}; the new key in use after {took:.0f}s")
 
 
-ALL_STEPS: Final = (first_boot, queue_while_down, reboot, deliver_queued, rotation)
+ALL_STEPS: Final = (first_boot, queue_while_down, reboot, deliver_queued, cron_mail, rotation)

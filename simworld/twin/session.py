@@ -97,6 +97,11 @@ class Submission:
     reply: str
 
 
+SENDER_DOMAIN: Final = "example.com"
+OPERATOR_EMAIL: Final = "relay-ops@example.com"
+CLIENT_SENDER: Final = "app@example.test"
+
+
 class TwinBoot:
     """The twin of ``os_name`` in its world, booted from the payload ``settings`` render."""
 
@@ -107,6 +112,10 @@ class TwinBoot:
             allowed_cidrs=(net.SUBNET_CIDR,),
             os=self.image.os,
             secret_refresh_minutes=refresh_minutes,
+            # The mail policy a real team sets: its own senders, the relay's mail to a person.
+            sender_domain=SENDER_DOMAIN,
+            allowed_sender_domains=(SENDER_DOMAIN, CLIENT_SENDER.partition("@")[2]),
+            operator_email=OPERATOR_EMAIL,
         )
         self.work = Path(tempfile.mkdtemp(prefix=f"cmc-twin-{os_name}-", dir="/var/tmp"))
         self.tag = f"cmctwin{secrets.token_hex(3)}"  # names the namespaces and the machine
@@ -228,10 +237,10 @@ class TwinBoot:
     # --- what the booted host shows -------------------------------------------------------
 
     def run(
-        self, *argv: str, check: bool = False, timeout: float = 120
+        self, *argv: str, check: bool = False, timeout: float = 120, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         assert self.machine is not None
-        return self.machine.run(argv, check=check, timeout=timeout)
+        return self.machine.run(argv, check=check, timeout=timeout, input=input)
 
     def cloud_init_status(self) -> dict[str, Any]:
         out = self.run("cloud-init", "status", "--wait", "--format=json", timeout=600).stdout
@@ -245,7 +254,7 @@ class TwinBoot:
     def submit(self, source: str, message_id: str) -> Submission:
         assert self.world is not None
         client = [sys.executable, "-m", "simworld.agents", "submit", "--source", source]
-        client += ["--server", net.TWIN_IP, "--mail-from", "app@example.test"]
+        client += ["--server", net.TWIN_IP, "--mail-from", CLIENT_SENDER]
         client += ["--rcpt", "someone@example.com", "--message-id", message_id]
         out = subprocess.run(
             self.world.exec(*client), capture_output=True, text=True, check=True,

@@ -8,6 +8,8 @@ EC2 are listed in ``simworld.twin.session.DEVIATIONS`` and the README.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import secrets
 from collections.abc import Iterator
@@ -146,3 +148,16 @@ def test_rotated_secret_in_use_within_the_timer_period(findings: scenario.Findin
     assert record is not None and seconds is not None
     assert record.session_started_at > findings.rotated_at  # a new session, the new key
     assert seconds <= 60 + scenario.TIMER_RANDOM_DELAY + 20  # the timer's period and delay
+
+
+def test_cron_mail_after_the_reboot_reaches_the_operator_rewritten(
+    findings: scenario.Findings,
+) -> None:
+    """The relay's own cron mails root: sent through the service to operatorEmail, as
+    root@senderDomain (envelope and From:), after the reboot."""
+    record, settings = findings.cron_mail, findings.settings
+    assert record is not None and settings is not None and record.data is not None
+    assert record.rcpt_tos == (settings.operator_email,)
+    assert record.mail_from == f"root@{settings.sender_domain}"
+    headers = email.message_from_bytes(record.data, policy=email.policy.default)
+    assert headers["From"].addresses[0].addr_spec == f"root@{settings.sender_domain}"
