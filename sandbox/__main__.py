@@ -2,8 +2,9 @@
 
 Builds (or reuses) the twin, boots it with systemd as PID 1 from the payload `pulumi up` would
 render, relays a message, refuses an outsider, runs the on-host verifier, reboots, verifies
-again and tears everything down (also on failure or Ctrl-C). Every stage is printed as it
-ends, with the time since start; the run's time is set against its targets at the end.
+again, has cron's mail to root reach operatorEmail (its sender rewritten) and tears everything
+down (also on failure or Ctrl-C). Every stage is printed as it ends, with the time since start;
+the run's time is set against its targets at the end.
 
 exit: 0 passed, 1 a step failed (named), 2 this machine cannot run the sandbox, 130 interrupted
 """
@@ -66,6 +67,17 @@ def judge(findings: scenario.Findings) -> None:
             raise StepFailed(
                 f"{when}: failed units {boot.failed_units}, checks {boot.failed_checks()}"
             )
+    cron, settings = findings.cron_mail, findings.settings
+    if (
+        cron is None
+        or settings is None
+        or (cron.mail_from, cron.rcpt_tos)
+        != (
+            f"root@{settings.sender_domain}",
+            (settings.operator_email,),
+        )
+    ):
+        raise StepFailed(f"cron's mail to root did not reach operatorEmail rewritten: {cron}")
     wrong = [p for p in findings.secret_places if not p.startswith("/etc/postfix/relay_password")]
     if wrong:
         raise StepFailed(f"the password appears in: {', '.join(wrong)}")
@@ -77,6 +89,7 @@ def run(boot: TwinBoot, report: Report) -> float:
     scenario.first_boot(boot, findings, report.line)
     report.line(f"secret: only in {', '.join(findings.secret_places)} on the host")
     scenario.reboot(boot, findings, report.line)
+    scenario.cron_mail(boot, findings, report.line)
     judge(findings)
     assert boot.twin is not None
     return 0.0 if boot.twin.cached else boot.twin.build_seconds
