@@ -275,8 +275,10 @@ class _RelaySMTP(SMTP):
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()
         transport = self._original_transport or self.transport
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()
+        # Not isinstance(asyncio.Transport): uvloop's transports do not derive from it.
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            abort()
         self._close_if_lost_in_handshake()
 
     def _close_if_lost_in_handshake(self) -> None:
@@ -491,7 +493,7 @@ class StandIn:
                     open(events_path, "w", encoding="utf-8")  # noqa: SIM115 (ExitStack closes it)
                 )
             self._state = _State(config, events)
-            self._loop = asyncio.new_event_loop()
+            self._loop = _new_event_loop()
             self._cleanup.callback(self._loop.close)
             self._thread = threading.Thread(
                 target=self._loop.run_forever, name="standin", daemon=True
@@ -617,3 +619,12 @@ class StandIn:
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(_LOOP_CALL_TIMEOUT_S)
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    # uvloop (the bench extra) where installed: a cheaper loop.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
