@@ -24,6 +24,7 @@ from benchmarks.machine import machine
 from benchmarks.measure import as_json
 from benchmarks.profiles import PROFILES, TUNED, TUNING, Profile, check_profiles, without
 from simworld.netns_rig import (
+    RELAY_IPS,
     missing_requirements,
     netns_etc,
     relay_settings,
@@ -32,7 +33,12 @@ from simworld.netns_rig import (
 
 T = TypeVar("T")
 HERE: Final = Path(__file__).resolve().parent
-SECTIONS: Final = ("throughput", "ceiling", "ablation", "churn", "recovery", "dns")
+SECTIONS: Final = (
+    "throughput", "ceiling", "ablation", "churn", "recovery", "dns", "latency", "relays", "soak",
+)  # fmt: skip
+# The latency matrix's clients: the rendered settings, the guide's, the rig's minimal client.
+LATENCY_CLIENTS: Final = ("tuned", "guide", "direct")
+SOAK_STOPS: Final = ("plain", "graceful")
 # Retiring connections every second packs a long run's worth of reconnections into seconds.
 CHURN: Final = {"smtp_connection_reuse_time_limit": "1s"}
 # Recovery runs wait on Postfix's timers, not on the CPU: they run side by side.
@@ -66,6 +72,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--outage-messages", type=int, default=50)
     parser.add_argument("--dns-delay-ms", type=float, default=10)
     parser.add_argument("--dns-rounds", type=int, default=6)
+    parser.add_argument("--rtts", type=_csv(float), default=[0, 2, 10, 30], help="ms")
+    parser.add_argument("--latency-messages", type=int, default=200, help="per latency run")
+    parser.add_argument(
+        "--latency-clients", type=_csv(str), default=list(LATENCY_CLIENTS), help="profiles, direct"
+    )
+    parser.add_argument("--relays", type=_csv(int), default=[1, 2, 3], help="relay hosts at once")
+    parser.add_argument("--relay-intervals", type=_csv(int), default=[200, 1000], help="ms")
+    parser.add_argument("--relay-messages", type=int, default=300, help="per relay and run")
+    parser.add_argument("--soak-messages", type=int, default=20_000)
+    parser.add_argument("--soak-interval", type=int, default=50, help="ms")
+    parser.add_argument("--soak-outage-seconds", type=float, default=30)
+    parser.add_argument(
+        "--soak-stops",
+        type=_csv(str),
+        default=list(SOAK_STOPS),
+        help="how Postfix is stopped mid-soak, one soak each: plain (postfix stop), graceful",
+    )
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--report-dir", type=Path, default=HERE)
     parser.add_argument(
@@ -78,6 +101,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in args.sections:
         if name not in SECTIONS:
             parser.error(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
+    for name in args.latency_clients:
+        if name not in (*PROFILES, "direct"):
+            parser.error(f"unknown latency client {name!r}; known: {', '.join(LATENCY_CLIENTS)}")
+    if not set(args.soak_stops) <= set(SOAK_STOPS):
+        parser.error(f"--soak-stops: from {', '.join(SOAK_STOPS)}")
+    if not all(1 <= n <= len(RELAY_IPS) for n in args.relays):
+        parser.error(f"--relays: 1 to {len(RELAY_IPS)}")
     if args.repeats < 1:
         parser.error("--repeats: at least 1")
     return args
@@ -162,6 +192,46 @@ def run_all(bench: scenarios.Bench, args: argparse.Namespace, say: Progress) -> 
             f"dns: cache hit p50 {latency.cache_hit.p50_ms:.2f} ms, miss p50 "
             f"{latency.cache_miss.p50_ms:.2f} ms, direct p50 {latency.direct.p50_ms:.2f} ms"
         )
+    if "latency" in args.sections:
+        sent = scenarios.commands_sent(bench, args.latency_messages)
+        say(f"commands the relay sent for {args.latency_messages} messages: {sent}")
+        results["commands_sent"] = {"messages": args.latency_messages, "commands": sent}
+        results["latency"] = []
+        for rtt in args.rtts:
+            for interval in args.intervals:
+                for client in args.latency_clients:
+                    point = scenarios.latency(bench, client, interval, rtt, args.latency_messages)
+                    say(
+                        f"latency {client} {interval} ms RTT {rtt:g} ms: "
+                        f"{point.run.batch_ratio:.3f} of the bound, {point.ideal_ratio:.3f} of "
+                        f"the ideal, {point.run.refused_sessions} refused"
+                    )
+                    results["latency"].append(point)
+    if "relays" in args.sections:
+        results["relays"] = []
+        for interval in args.relay_intervals:
+            for count in args.relays:
+                m = scenarios.multi_relay(bench, TUNED, count, interval, args.relay_messages)
+                say(
+                    f"relays {count} at {interval} ms: {m.achieved_msg_s:.1f} msg/s "
+                    f"({m.ratio:.3f} of {m.bound_msg_s:g}), peaks {m.peak_sessions_by_ip}, "
+                    f"CPU {m.cpu_busy:.2f}"
+                )
+                results["relays"].append(m)
+    if "soak" in args.sections:
+        results["soak"] = []
+        for stop in args.soak_stops:
+            soak = scenarios.soak(
+                bench, TUNED, args.soak_messages, args.soak_interval, args.soak_outage_seconds, stop
+            )
+            a = soak.accounting
+            say(
+                f"soak, {stop} stop: {a.once}/{a.expected} exactly once, {a.duplicated} "
+                f"duplicated, {a.lost} lost, {soak.bounces} bounced; drained in "
+                f"{soak.drain_s:.0f} s (bound {soak.drain_bound_s:.0f} s), Postfix peak PSS "
+                f"{soak.postfix_peak_pss_mb:.0f} MB"
+            )
+            results["soak"].append(soak)
     return results
 
 
@@ -206,6 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "outage_s": args.outage_seconds,
             "outage_messages": args.outage_messages,
             "dns_delay_ms": args.dns_delay_ms,
+            "rtts_ms": args.rtts,
+            "latency_messages": args.latency_messages,
+            "relays": args.relays,
+            "relay_intervals_ms": args.relay_intervals,
+            "relay_messages": args.relay_messages,
+            "soak_messages": args.soak_messages,
+            "soak_interval_ms": args.soak_interval,
+            "soak_outage_s": args.soak_outage_seconds,
+            "soak_stops": args.soak_stops,
         },
         "profiles": {
             p.name: {"title": p.title, "main_cf": dict(p.main_cf)} for p in PROFILES.values()

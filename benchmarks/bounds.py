@@ -16,6 +16,19 @@ def throughput_bound(sessions: int, interval_ms: float) -> float:
     return sessions * 1000 / interval_ms
 
 
+def ideal_rate(sessions: int, interval_ms: float, rtt_ms: float) -> float:
+    """Messages per second of an ideal client over a network with round trip ``rtt_ms``: per
+    message and session the receiving interval plus two round trips, one for the pipelined
+    envelope (MAIL, RCPT, DATA up to its 354) and one from the final dot's 250 to the next."""
+    return sessions * 1000 / (interval_ms + 2 * rtt_ms)
+
+
+def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of CPU time not idle between two (busy, total) tick counts of /proc/stat."""
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total if total > 0 else math.nan
+
+
 def outside_interval_budget_ms(interval_ms: float, ratio: float) -> float:
     """Time per message a session may spend outside the receiving interval (its transaction,
     the wait for each reply, the client's turn-around) and still reach ``ratio`` of the bound."""

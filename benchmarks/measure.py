@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.bounds import per_thousand, percentile, throughput_bound
+from benchmarks.bounds import ideal_rate, per_thousand, percentile, throughput_bound
 from simworld.standin import Event, MessageRecord, messages_from_events, stats_from_events
 
 # Steady state: the middle of a batch, without the first connections and the last stragglers.
@@ -181,6 +181,194 @@ def timing(
         interval_overshoot_ms=_median(overshoots),
         outside_interval_ms=_median(outside),
         outside_interval_p10_ms=percentile(outside, 0.1) if outside else float("nan"),
+    )
+
+
+@dataclass(frozen=True)
+class LatencyRun:
+    """A throughput run through the delaying proxy, against the bound and the ideal client."""
+
+    rtt_ms: float
+    ideal_msg_s: float
+    """sessions x 1000 / (interval + 2 x RTT): see ``bounds.ideal_rate``."""
+    ideal_ratio: float
+    """The batch's time at the ideal rate / the time it took (like ``batch_ratio``)."""
+    run: Throughput
+
+
+def latency_run(run: Throughput, rtt_ms: float) -> LatencyRun:
+    ideal = ideal_rate(run.session_cap, run.interval_ms, rtt_ms)
+    return LatencyRun(
+        rtt_ms=rtt_ms,
+        ideal_msg_s=ideal,
+        ideal_ratio=run.batch_ratio * run.bound_msg_s / ideal,
+        run=run,
+    )
+
+
+@dataclass(frozen=True)
+class MultiRelay:
+    """Several relays, one sending address each, draining to one stand-in at once."""
+
+    profile: str
+    relays: int
+    interval_ms: int
+    messages: int
+    """All relays together."""
+    bound_msg_s: float
+    """relays x sessions x 1000 / interval: the cap is per sending address."""
+    delivered: int
+    window_s: float
+    achieved_msg_s: float
+    ratio: float
+    """achieved / bound."""
+    peak_sessions_by_ip: dict[str, int]
+    refused_sessions: int
+    left_in_queue: int
+    cpu_busy: float
+    """Share of the machine's CPU time in use from the release to the end of the run."""
+
+
+def multi_relay(
+    *,
+    profile: str,
+    interval_ms: int,
+    messages: int,
+    session_cap: int,
+    relay_ips: Sequence[str],
+    released_at: float,
+    events: Sequence[Event],
+    left_in_queue: int,
+    cpu_busy: float,
+) -> MultiRelay:
+    stats = stats_from_events(events)
+    accepted = [r.accepted_at for r in messages_from_events(events)]
+    window = max(accepted) - released_at if accepted else 0.0
+    bound = len(relay_ips) * throughput_bound(session_cap, interval_ms)
+    achieved = len(accepted) / window if window > 0 else 0.0
+    return MultiRelay(
+        profile=profile,
+        relays=len(relay_ips),
+        interval_ms=interval_ms,
+        messages=messages,
+        bound_msg_s=bound,
+        delivered=len(accepted),
+        window_s=window,
+        achieved_msg_s=achieved,
+        ratio=achieved / bound,
+        peak_sessions_by_ip={ip: stats.peak_sessions_by_ip.get(ip, 0) for ip in relay_ips},
+        refused_sessions=stats.refused_sessions,
+        left_in_queue=left_in_queue,
+        cpu_busy=cpu_busy,
+    )
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Each expected message against what arrived, by Message-ID and body hash."""
+
+    expected: int
+    arrived: int
+    """Records at the stand-in, duplicates included."""
+    once: int
+    duplicated: int
+    """Messages that arrived more than once."""
+    lost: int
+    damaged: int
+    """Arrivals whose body hash differs from what was sent."""
+    unexpected: int
+    """Arrivals with a Message-ID that was never sent (a bounce, a notice)."""
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.once == self.expected and self.arrived == self.expected
+
+
+def delivered(expected: Mapping[str, str], records: Sequence[MessageRecord]) -> Delivered:
+    """``expected``: Message-ID -> body SHA-256 of every message sent."""
+    counts: dict[str, int] = {}
+    damaged = unexpected = 0
+    for r in records:
+        if r.message_id is None or r.message_id not in expected:
+            unexpected += 1
+            continue
+        counts[r.message_id] = counts.get(r.message_id, 0) + 1
+        damaged += r.body_sha256 != expected[r.message_id]
+    return Delivered(
+        expected=len(expected),
+        arrived=len(records),
+        once=sum(n == 1 for n in counts.values()),
+        duplicated=sum(n > 1 for n in counts.values()),
+        lost=len(expected) - len(counts),
+        damaged=damaged,
+        unexpected=unexpected,
+    )
+
+
+@dataclass(frozen=True)
+class Soak:
+    profile: str
+    stop: str
+    """How Postfix was stopped and started: ``plain`` or ``graceful``."""
+    interval_ms: int
+    messages: int
+    outage_s: float
+    accounting: Delivered
+    bounces: int
+    """Postfix's ``status=bounced`` lines."""
+    refused_sessions: int
+    deferrals: int
+    drain_s: float
+    """From the release to the last 250."""
+    drain_bound_s: float
+    """messages / bound + the outage: no client drains faster."""
+    outage_at_s: float
+    restart_at_s: float
+    """When the outage began and Postfix was stopped, from the release."""
+    postfix_peak_rss_mb: float
+    """Peak of the summed resident memory of the relay's Postfix processes (sampled); shared
+    pages count once per process."""
+    postfix_peak_pss_mb: float
+    """The same with shared pages divided among the processes sharing them."""
+    standin_peak_rss_mb: float
+
+
+def soak(
+    *,
+    profile: str,
+    stop: str,
+    interval_ms: int,
+    session_cap: int,
+    outage_s: float,
+    released_at: float,
+    outage_at: float,
+    restart_at: float,
+    expected: Mapping[str, str],
+    records: Sequence[MessageRecord],
+    refused_sessions: int,
+    bounces: int,
+    deferrals: int,
+    postfix_kb: Mapping[str, int],
+    standin_kb: Mapping[str, int],
+) -> Soak:
+    last = max((r.accepted_at for r in records), default=released_at)
+    return Soak(
+        profile=profile,
+        stop=stop,
+        interval_ms=interval_ms,
+        messages=len(expected),
+        outage_s=outage_s,
+        accounting=delivered(expected, records),
+        bounces=bounces,
+        refused_sessions=refused_sessions,
+        deferrals=deferrals,
+        drain_s=last - released_at,
+        drain_bound_s=len(expected) / throughput_bound(session_cap, interval_ms) + outage_s,
+        outage_at_s=outage_at - released_at,
+        restart_at_s=restart_at - released_at,
+        postfix_peak_rss_mb=postfix_kb["rss"] / 1024,
+        postfix_peak_pss_mb=postfix_kb["pss"] / 1024,
+        standin_peak_rss_mb=standin_kb["rss"] / 1024,
     )
 
 

@@ -133,6 +133,144 @@ def dns_tables(results: Row) -> str:
     return out
 
 
+def latency_table(points: Sequence[Row]) -> str:
+    headers = [
+        "client", "interval", "RTT", "bound msg/s", "ideal msg/s", "achieved msg/s",
+        "achieved/bound", "achieved/ideal", "refused sessions", "TCP per msg",
+        "ms per msg per session", "MAIL FROM to end of DATA", "250 to next MAIL FROM",
+    ]  # fmt: skip
+    rows = [
+        [
+            p["run"]["profile"],
+            f"{p['run']['interval_ms']} ms",
+            f"{p['rtt_ms']:g} ms",
+            _num(p["run"]["bound_msg_s"]),
+            _num(p["ideal_msg_s"]),
+            _num(p["run"]["achieved_msg_s"]),
+            ("≤ " if p["run"]["left_in_queue"] else "") + _num(p["run"]["batch_ratio"], 3),
+            ("≤ " if p["run"]["left_in_queue"] else "") + _num(p["ideal_ratio"], 3),
+            str(p["run"]["refused_sessions"]),
+            _num(p["run"]["tcp_per_message"], 3),
+            _num(p["run"]["timing"]["cycle_ms"]),
+            f"{_num(p['run']['timing']['transaction_ms'])} ms",
+            f"{_num(p['run']['timing']['gap_ms'])} ms",
+        ]
+        for p in points
+    ]
+    return _table(headers, rows)
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of y over x; None with fewer than two distinct x."""
+    xs = [x for x, _ in points]
+    if len(set(xs)) < 2:
+        return None
+    mx = sum(xs) / len(xs)
+    my = sum(y for _, y in points) / len(points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
+
+
+def round_trips(points: Sequence[Row]) -> dict[tuple[str, int], dict[str, float | None]]:
+    """Per client and interval, how many round trips each part of a message's cycle grows by
+    per round trip of the network: the slopes of the medians over the RTTs."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for p in points:
+        groups.setdefault((p["run"]["profile"], p["run"]["interval_ms"]), []).append(p)
+    out = {}
+    for key, group in groups.items():
+        parts = {}
+        for part in ("transaction_ms", "gap_ms", "outside_interval_ms"):
+            samples = [(p["rtt_ms"], p["run"]["timing"][part]) for p in group]
+            parts[part] = slope([(x, y) for x, y in samples if y is not None])
+        out[key] = parts
+    return out
+
+
+def round_trips_table(points: Sequence[Row]) -> str:
+    rows = [
+        [client, f"{interval} ms", *(_num(v, 2) for v in parts.values())]
+        for (client, interval), parts in round_trips(points).items()
+    ]
+    return _table(
+        ["client", "interval", "MAIL FROM to end of DATA", "250 to next MAIL FROM",
+         "per cycle outside the interval"],
+        rows,
+    )  # fmt: skip
+
+
+def commands_line(results: Row) -> str:
+    """What the relay sent, counted in its verbose log: the RSET per reused connection."""
+    sent = results.get("commands_sent")
+    if not sent:
+        return ""
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(sent["commands"].items()))
+    return (
+        f"\nCommands the rendered relay sent for {sent['messages']} messages (its smtp log "
+        f"with `debug_peer_list` covering the service, a run of its own): {counts}. Every "
+        "message on a reused connection is preceded by an RSET that Postfix waits for before "
+        "MAIL FROM.\n"
+    )
+
+
+def one_host_rates(runs: Sequence[Row]) -> dict[int, float]:
+    """The achieved rate of a single relay, by interval: what N relays are compared with."""
+    return {r["interval_ms"]: r["achieved_msg_s"] for r in runs if r["relays"] == 1}
+
+
+def relays_table(runs: Sequence[Row]) -> str:
+    one = one_host_rates(runs)
+    headers = [
+        "relays", "interval", "bound msg/s", "achieved msg/s", "achieved/bound",
+        "achieved / (N x one relay)", "delivered", "peak sessions per sending IP",
+        "refused sessions", "CPU busy",
+    ]  # fmt: skip
+    rows = [
+        [
+            str(r["relays"]),
+            f"{r['interval_ms']} ms",
+            _num(r["bound_msg_s"]),
+            _num(r["achieved_msg_s"]),
+            _num(r["ratio"], 3),
+            _num(r["achieved_msg_s"] / (r["relays"] * one[r["interval_ms"]]), 3)
+            if one.get(r["interval_ms"])
+            else "-",
+            f"{r['delivered']}/{r['messages']}",
+            ", ".join(str(v) for v in r["peak_sessions_by_ip"].values()),
+            str(r["refused_sessions"]),
+            f"{100 * r['cpu_busy']:.0f}%",
+        ]
+        for r in runs
+    ]
+    return _table(headers, rows)
+
+
+def soak_table(soaks: Sequence[Row]) -> str:
+    return "\n".join(_soak_table(soak) for soak in soaks)
+
+
+def _soak_table(soak: Row) -> str:
+    a = soak["accounting"]
+    rows = [
+        ["messages", str(soak["messages"])],
+        ["delivered exactly once (Message-ID and body hash)", f"{a['once']}/{a['expected']}"],
+        ["duplicated / lost / damaged / unexpected",
+         f"{a['duplicated']} / {a['lost']} / {a['damaged']} / {a['unexpected']}"],
+        ["bounced", str(soak["bounces"])],
+        ["refused sessions / deferred attempts",
+         f"{soak['refused_sessions']} / {soak['deferrals']}"],
+        ["outage", f"{soak['outage_s']:g} s, from {soak['outage_at_s']:.0f} s after the release"],
+        ["Postfix stopped and started", f"{soak['restart_at_s']:.0f} s after the release"],
+        ["drain time (release to last 250)", f"{soak['drain_s']:.0f} s"],
+        ["drain bound (messages / bound + outage)", f"{soak['drain_bound_s']:.0f} s"],
+        ["bound / drain time", _num(soak["drain_bound_s"] / soak["drain_s"], 3)
+         if soak["drain_s"] else "-"],
+        ["peak memory, Postfix's processes together: PSS (RSS summed)",
+         f"{soak['postfix_peak_pss_mb']:.0f} MB ({soak['postfix_peak_rss_mb']:.0f} MB)"],
+        ["peak RSS, the stand-in", f"{soak['standin_peak_rss_mb']:.0f} MB"],
+    ]  # fmt: skip
+    return _table([f"soak, {soak['stop']} stop and start", ""], rows)
+
+
 def repeated(runs: Sequence[Row], profile: str) -> dict[int, list[Row]]:
     """A profile's runs by receiving interval, in run order."""
     out: dict[int, list[Row]] = {}
@@ -167,7 +305,7 @@ def _in_runs(runs: Sequence[Row]) -> str:
 def verdicts(results: Row) -> list[tuple[str, bool]]:
     """The targets, checked on the rendered settings ("tuned"): achieved/bound on the median
     of the repeated runs, sessions on every run."""
-    tuned = repeated(results["throughput"], "tuned")
+    tuned = repeated(results.get("throughput", []), "tuned")
     recovery = [r for r in results.get("recovery", []) if r["profile"] == "tuned"]
     ceiling = repeated(results.get("ceiling", []), "direct")
 
@@ -206,7 +344,65 @@ def verdicts(results: Row) -> list[tuple[str, bool]]:
     checks += [
         (f"recovery within the bound, {r['scenario']}", bool(r["within_bound"])) for r in recovery
     ]
+    for point in results.get("latency", []):
+        if point["run"]["profile"] != "tuned":
+            continue
+        run = point["run"]
+        checks.append(
+            (
+                f"achieved/ideal ≥ {TARGET_RATIO} at {run['interval_ms']} ms, RTT "
+                f"{point['rtt_ms']:g} ms ({point['ideal_ratio']:.3f}; minimal client "
+                f"{_latency_of(results, 'direct', run['interval_ms'], point['rtt_ms'])}), "
+                f"{run['refused_sessions']} refused",
+                point["ideal_ratio"] >= TARGET_RATIO and run["refused_sessions"] == 0,
+            )
+        )
+    relays = results.get("relays", [])
+    one = one_host_rates(relays)
+    for r in relays:
+        if r["relays"] == 1 or not one.get(r["interval_ms"]):
+            continue
+        scale = r["achieved_msg_s"] / (r["relays"] * one[r["interval_ms"]])
+        checks.append(
+            (
+                f"{r['relays']} relays at {r['interval_ms']} ms: ≥ {TARGET_RATIO} x "
+                f"{r['relays']} x one relay ({scale:.3f})",
+                scale >= TARGET_RATIO,
+            )
+        )
+    for r in relays:
+        peak = max(r["peak_sessions_by_ip"].values(), default=0)
+        checks.append(
+            (
+                f"{r['relays']} relays at {r['interval_ms']} ms: at most {p_cap(results)} "
+                f"sessions per sending IP (peak {peak}), {r['refused_sessions']} refused",
+                peak <= p_cap(results) and r["refused_sessions"] == 0,
+            )
+        )
+    for soak in results.get("soak", []):
+        a = soak["accounting"]
+        checks.append(
+            (
+                f"soak, {soak['stop']} stop: {a['expected']} messages through an outage and a "
+                f"Postfix stop and start, each delivered exactly once ({a['once']}; "
+                f"{a['duplicated']} duplicated, {a['lost']} lost, {a['damaged']} damaged), "
+                f"{soak['bounces']} bounced",
+                a["once"] == a["expected"] == a["arrived"] and soak["bounces"] == 0,
+            )
+        )
     return checks
+
+
+def p_cap(results: Row) -> int:
+    return int(results["parameters"]["session_cap"])
+
+
+def _latency_of(results: Row, client: str, interval: int, rtt: float) -> str:
+    for point in results.get("latency", []):
+        run = point["run"]
+        if (run["profile"], run["interval_ms"], point["rtt_ms"]) == (client, interval, rtt):
+            return f"{point['ideal_ratio']:.3f}"
+    return "-"
 
 
 def target_lines(results: Row) -> str:
@@ -229,9 +425,12 @@ def results_markdown(results: Row) -> str:
     sections = [
         f"# Benchmark run {results['started_at']}\n",
         f"Machine: {machine_line(results)}. Wall time {results['wall_s']:.0f} s.\n",
-        f"## Throughput\n\n{p['messages']} messages per run, stand-in session cap "
-        f"{p['session_cap']} (= maxConnections).\n\n" + throughput_table(results["throughput"]),
     ]
+    if results.get("throughput"):
+        sections.append(
+            f"## Throughput\n\n{p['messages']} messages per run, stand-in session cap "
+            f"{p['session_cap']} (= maxConnections).\n\n" + throughput_table(results["throughput"])
+        )
     if results.get("ceiling"):
         sections.append(
             "## A minimal client straight to the stand-in\n\n"
@@ -249,7 +448,15 @@ def results_markdown(results: Row) -> str:
         )
     if results.get("recovery"):
         sections.append("## Recovery\n\n" + recovery_table(results["recovery"]))
-    sections.append("## DNS\n\n" + dns_tables(results))
+    if results.get("latency"):
+        sections.append("## Latency\n\n" + latency_table(results["latency"]))
+        sections.append("Round trips per RTT\n\n" + round_trips_table(results["latency"]))
+    if results.get("relays"):
+        sections.append("## Several sending IPs\n\n" + relays_table(results["relays"]))
+    if results.get("soak"):
+        sections.append("## Soak\n\n" + soak_table(results["soak"]))
+    if results.get("throughput"):
+        sections.append("## DNS\n\n" + dns_tables(results))
     sections.append("## Targets (rendered settings)\n\n" + target_lines(results))
     return "\n".join(sections)
 
@@ -267,11 +474,65 @@ def write_chart(results: Row, path: Path) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    runs = results.get("throughput", [])
+    points = results.get("latency", [])
+    rows = bool(runs) + bool(points)
+    if not rows:
+        return
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows), squeeze=False)
+    if runs:
+        _throughput_chart(results, axes[0][0], axes[0][1])
+    if points:
+        _latency_chart(results, axes[-1][0], axes[-1][1])
+    fig.suptitle(
+        f"stand-in with {results['parameters']['session_cap']} sessions per sending IP; "
+        f"{results['machine']['nproc']} CPUs",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _latency_chart(results: Row, left: Any, right: Any) -> None:
+    """Achieved/bound over the RTT per interval (relay and minimal client) beside the ideal
+    client's curve; achieved/ideal on the right."""
+    points = results["latency"]
+    intervals = sorted({p["run"]["interval_ms"] for p in points})
+    clients = list(dict.fromkeys(p["run"]["profile"] for p in points))
+    styles = {"tuned": "-", "guide": "-.", "direct": ":"}
+    colours = ["C0", "C1", "C2", "C3", "C4"]
+    for colour, interval in zip(colours, intervals, strict=False):
+        rtts = sorted({p["rtt_ms"] for p in points if p["run"]["interval_ms"] == interval})
+        left.plot(rtts, [interval / (interval + 2 * r) for r in rtts], color=colour,
+                  linestyle="--", linewidth=0.8, alpha=0.6)  # fmt: skip
+        for client in clients:
+            mine = sorted(
+                (p["rtt_ms"], p)
+                for p in points
+                if p["run"]["interval_ms"] == interval and p["run"]["profile"] == client
+            )
+            xs = [x for x, _ in mine]
+            style = styles.get(client, "-")
+            left.plot(xs, [q["run"]["batch_ratio"] for _, q in mine], color=colour,
+                      linestyle=style, marker="o", markersize=3,
+                      label=f"{client} {interval} ms")  # fmt: skip
+            right.plot(xs, [q["ideal_ratio"] for _, q in mine], color=colour, linestyle=style,
+                       marker="o", markersize=3, label=f"{client} {interval} ms")  # fmt: skip
+    left.set_title("achieved / bound over the RTT (dashed: the ideal client)", fontsize=10)
+    right.set_title("achieved / ideal (interval + 2 RTT per message)", fontsize=10)
+    right.axhline(TARGET_RATIO, color="grey", linestyle="--", linewidth=0.8)
+    for axis in (left, right):
+        axis.set_xlabel("round trip time, ms")
+        axis.set_ylim(0, 1.1)
+        axis.legend(fontsize=6, ncol=3, loc="lower left")
+
+
+def _throughput_chart(results: Row, left: Any, right: Any) -> None:
     runs = results["throughput"]
     intervals = sorted({r["interval_ms"] for r in runs})
     profiles = list(dict.fromkeys(r["profile"] for r in runs))
     width = 0.8 / len(profiles)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
 
     def bars(axis: Any, value: Callable[[Row], float]) -> None:
         # Repeated runs: the median run's value, whiskers from the lowest to the highest.
@@ -304,15 +565,7 @@ def write_chart(results: Row, path: Path) -> None:
     bars(right, lambda r: r["refused_sessions"])
     right.set_ylim(0, 1.15 * max(1, *(r["refused_sessions"] for r in runs)))
     cap = runs[0]["session_cap"]
-    right.set_title(f"sessions refused by the service (cap {cap})")
-    fig.suptitle(
-        f"{runs[0]['messages']} messages to a stand-in with {cap} sessions; "
-        f"{results['machine']['nproc']} CPUs",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    right.set_title(f"sessions refused by the service (cap {cap}), {runs[0]['messages']} msgs")
 
 
 # Why each tuning knob is there (main.cf.j2 says the same in its comments).
@@ -407,7 +660,7 @@ def _shortfall(run: Row, ceiling: Row | None) -> str:
 
 def findings(results: Row) -> list[str]:
     """What the tables say, in sentences computed from them."""
-    runs = results["throughput"]
+    runs = results.get("throughput", [])
     by_profile = {name: [r for r in runs if r["profile"] == name] for name in results["profiles"]}
     ceiling = ceiling_by_interval(results)
     out = []
@@ -458,7 +711,93 @@ def findings(results: Row) -> list[str]:
         if r["batch_ratio"] < TARGET_RATIO and t["outside_interval_p10_ms"] is not None:
             line += " " + _shortfall(r, ceiling.get(r["interval_ms"]))
         out.append(line)
+    out += latency_findings(results.get("latency", []))
+    out += relays_findings(results.get("relays", []))
+    out += [soak_finding(soak) for soak in results.get("soak", [])]
     return out
+
+
+def rset_cost(interval_ms: float, rtt_ms: float) -> float:
+    """The ideal client's rate with one more round trip per message (Postfix's RSET on a
+    reused connection), as a share of the ideal."""
+    return (interval_ms + 2 * rtt_ms) / (interval_ms + 3 * rtt_ms)
+
+
+def latency_findings(points: Sequence[Row]) -> list[str]:
+    out = []
+    trips = round_trips(points)
+    rtts = sorted({p["rtt_ms"] for p in points})
+    for (client, interval), parts in trips.items():
+        if client != "tuned" or parts["outside_interval_ms"] is None:
+            continue
+        mine = {p["rtt_ms"]: p for p in points if p["run"]["profile"] == client
+                and p["run"]["interval_ms"] == interval}  # fmt: skip
+        direct = {p["rtt_ms"]: p for p in points if p["run"]["profile"] == "direct"
+                  and p["run"]["interval_ms"] == interval}  # fmt: skip
+        top = rtts[-1]
+        line = (
+            f"Rendered settings over a network, {interval} ms: each RTT adds "
+            f"{parts['outside_interval_ms']:.2f} round trips to a message's cycle (the ideal "
+            f"client: 2), {_num(parts['transaction_ms'], 2)} from MAIL FROM to the end of DATA "
+            f"(the pipelined envelope, then the message) and {_num(parts['gap_ms'], 2)} from "
+            "the 250 to the next MAIL FROM, where Postfix first sends RSET on the reused "
+            'connection and waits for its reply (postconf(5), smtp_rset_timeout: "to verify '
+            'that a cached session is still usable"; no parameter turns it off). Achieved/ideal '
+            + ", ".join(f"{mine[r]['ideal_ratio']:.3f} at {r:g} ms" for r in rtts if r in mine)
+        )
+        if direct:
+            line += (
+                " (minimal client: "
+                + ", ".join(f"{direct[r]['ideal_ratio']:.3f}" for r in rtts if r in direct)
+                + ")"
+            )
+        line += (
+            f". That one round trip alone caps the relay at {rset_cost(interval, top):.3f} of "
+            f"the ideal at {top:g} ms."
+        )
+        out.append(line)
+    return out
+
+
+def relays_findings(runs: Sequence[Row]) -> list[str]:
+    one = one_host_rates(runs)
+    out = []
+    for interval in dict.fromkeys(r["interval_ms"] for r in runs):
+        mine = [r for r in runs if r["interval_ms"] == interval]
+        if not one.get(interval):
+            continue
+        parts = [
+            f"{r['relays']} relays {r['achieved_msg_s']:.1f} msg/s = "
+            f"{r['achieved_msg_s'] / (r['relays'] * one[interval]):.3f} x {r['relays']} x one "
+            f"(peak {max(r['peak_sessions_by_ip'].values(), default=0)} sessions per IP, "
+            f"CPU {100 * r['cpu_busy']:.0f}% busy)"
+            for r in mine
+        ]
+        out.append(
+            f"Several sending IPs, {interval} ms: one relay {one[interval]:.1f} msg/s; "
+            + "; ".join(parts[1:] if len(parts) > 1 else parts)
+            + "."
+        )
+    return out
+
+
+def soak_finding(soak: Row) -> str:
+    a = soak["accounting"]
+    text = (
+        f"Soak ({soak['stop']} stop and start): {a['once']} of {a['expected']} messages "
+        f"arrived exactly once, {a['duplicated']} twice or more, {a['lost']} lost, "
+        f"{soak['bounces']} bounced; drained in {soak['drain_s']:.0f} s against a bound of "
+        f"{soak['drain_bound_s']:.0f} s; Postfix's processes peaked at "
+        f"{soak['postfix_peak_pss_mb']:.0f} MB PSS."
+    )
+    if a["duplicated"] and soak["stop"] == "plain":
+        text += (
+            " The duplicates are the deliveries under way when `postfix stop` ended their smtp "
+            "processes: the service accepted each message, the relay never read the 250, and "
+            "retried after the start (SMTP's known duplicate window); the graceful stop avoids "
+            "it."
+        )
+    return text
 
 
 def report_markdown(results: Row) -> str:
@@ -495,6 +834,7 @@ def report_markdown(results: Row) -> str:
         "during the throughput runs; lookup latency from the relay namespace through the cache "
         f"and straight to an upstream resolver {p['dns_delay_ms']:g} ms away (a delaying "
         "forwarder: the kernel here has no netem).",
+        "- **Latency**, **several sending IPs**, **soak**: see their sections.",
         "- **Profiles**: "
         + "; ".join(f"*{name}*: {v['title']}" for name, v in profiles.items())
         + ".\n",
@@ -503,11 +843,14 @@ def report_markdown(results: Row) -> str:
         "![achieved/bound and refused sessions per receiving interval](throughput.png)\n",
         "## Findings\n",
         "".join(f"- {line}\n" for line in findings(results)),
-        "## Throughput\n",
-        throughput_table(results["throughput"]),
-        "Where the time per message goes (medians, as the stand-in saw them):\n",
-        timing_table(results["throughput"] + results.get("ceiling", [])),
     ]
+    if results.get("throughput"):
+        out += [
+            "## Throughput\n",
+            throughput_table(results["throughput"]),
+            "Where the time per message goes (medians, as the stand-in saw them):\n",
+            timing_table(results["throughput"] + results.get("ceiling", [])),
+        ]
     if results.get("ceiling"):
         out += [
             "What this rig lets any client reach: a minimal client (`direct_client.py`: Python "
@@ -534,7 +877,46 @@ def report_markdown(results: Row) -> str:
         ]
     if results.get("recovery"):
         out += ["## Recovery\n", recovery_table(results["recovery"])]
-    out += ["## DNS\n", dns_tables(results), _dns_cost(results)]
+    if results.get("latency"):
+        out += [
+            "## Latency\n",
+            f"{p['latency_messages']} messages per run, through `simworld/delay_proxy.py`, which "
+            "delays every byte by half the round trip in each direction (this kernel has no "
+            "netem); RTT 0 goes through the same proxy, so its cost is in every row. The ideal "
+            "client needs the receiving interval plus two round trips per message and session "
+            "(the pipelined envelope up to the 354, then the message up to its 250): "
+            "sessions x 1000 / (interval + 2 x RTT).\n",
+            latency_table(results["latency"]),
+            "\nWhere the round trips go: the slope of each median over the RTTs, in round trips "
+            "per round trip (the ideal client: 1 from MAIL FROM to the end of DATA, 1 from the "
+            "250 to the next MAIL FROM, 2 per cycle):\n",
+            round_trips_table(results["latency"]),
+            commands_line(results),
+        ]
+    if results.get("relays"):
+        out += [
+            "## Several sending IPs\n",
+            f"{p['relay_messages']} messages held on each relay (one namespace, Postfix, "
+            "dnsmasq and sending address per relay), released at once to one stand-in whose "
+            f"cap ({p['session_cap']}) is per sending IP; CPU busy is the machine's "
+            f"({results['machine']['nproc']} CPUs) from the release to the end.\n",
+            relays_table(results["relays"]),
+        ]
+    if results.get("soak"):
+        out += [
+            "## Soak\n",
+            f"{p['soak_messages']} messages held, then released at a "
+            f"{p['soak_interval_ms']} ms receiving interval; a third of the way through the "
+            f"service goes down for {p['soak_outage_s']:g} s, two thirds of the way Postfix is "
+            "stopped and started: *plain*, `postfix stop` then `postfix start`; *graceful*, "
+            "`defer_transports = smtp` and a reload first (deliveries under way finish, no new "
+            "ones start), a few seconds' wait, the stop, and after the start the deferred rest "
+            "flushed. Each message is checked at the stand-in by Message-ID and body hash; "
+            "memory is sampled every half second.\n",
+            soak_table(results["soak"]),
+        ]
+    if results.get("throughput"):
+        out += ["## DNS\n", dns_tables(results), _dns_cost(results)]
     out += [
         "## Rerun\n",
         "```sh\nsudo .venv/bin/python -m benchmarks          # everything: "

@@ -10,20 +10,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
 from benchmarks import measure
-from benchmarks.bounds import recovery_bound, throughput_bound
+from benchmarks.bounds import busy_fraction, recovery_bound, throughput_bound
 from benchmarks.profiles import PROFILES, Profile
 from simworld.netns_rig import (
     API_USER,
-    RELAY_IP,
+    PROXY_IPS,
     SERVICE_IPS,
     UPSTREAM_DNS,
     Mail,
@@ -31,6 +34,7 @@ from simworld.netns_rig import (
     Rig,
     RigOptions,
     Secrets,
+    add_relay,
     build_rig,
     dns_cache,
     new_mail,
@@ -41,6 +45,7 @@ from simworld.netns_rig import (
     upstream_dns,
     wait_until,
 )
+from simworld.standin import messages_from_events, stats_from_events
 from userdata.settings import RelaySettings
 
 DNS_TOOLS: Final = Path(__file__).with_name("dns_tools.py")
@@ -52,6 +57,8 @@ SUBMITTERS: Final = 4
 # A run ends when every message is delivered, or the rest waits for an attempt this far off.
 HORIZON_S: Final = 60.0
 DELAYED_DNS: Final = "198.51.100.54"  # the delaying forwarder, in the service namespace
+# A graceful restart's wait for the deliveries in flight: many receiving intervals.
+QUIESCE_S: Final = 3.0
 
 
 class Bench:
@@ -63,15 +70,33 @@ class Bench:
         self.artifacts = artifacts
 
     @contextlib.contextmanager
-    def rig(
-        self, name: str, profile: Profile, main_cf: dict[str, str] | None = None, **options: Any
-    ) -> Iterator[Rig]:
+    def rigs(
+        self,
+        name: str,
+        profile: Profile,
+        main_cf: dict[str, str] | None = None,
+        relays: int = 1,
+        **options: Any,
+    ) -> Iterator[list[Rig]]:
+        """``relays`` relay hosts, each with its own sending address, against one stand-in."""
         with contextlib.ExitStack() as stack:
             root = stack.enter_context(rig_directory(self.artifacts / name))
             changes = {**profile.main_cf, **(main_cf or {})}
-            yield build_rig(
+            first = build_rig(
                 stack, root, self.settings, RigOptions(main_cf=changes, **options), self.secrets
             )
+            more = [
+                add_relay(stack, first, root / f"relay{n}", n, self.secrets)
+                for n in range(1, relays)
+            ]
+            yield [first, *more]
+
+    @contextlib.contextmanager
+    def rig(
+        self, name: str, profile: Profile, main_cf: dict[str, str] | None = None, **options: Any
+    ) -> Iterator[Rig]:
+        with self.rigs(name, profile, main_cf, **options) as [rig]:
+            yield rig
 
 
 # --------------------------------------------------------------------------- queue
@@ -137,30 +162,47 @@ def throughput_standin(interval_ms: int, cap: int) -> dict[str, Any]:
     return {"receive_interval_ms": interval_ms, "max_sessions_per_ip": cap, "record_data": False}
 
 
+def release_backlog(rigs: Sequence[Rig], mails: Sequence[Sequence[Mail]]) -> float:
+    """Submit ``mails[i]`` to relay ``i``, held, then release them all at once; returns when."""
+    for rig, batch in zip(rigs, mails, strict=True):
+        submit(rig, batch)
+    for rig, batch in zip(rigs, mails, strict=True):
+        count = len(batch)
+        wait_until(
+            lambda rig=rig, count=count: rig.postfix.queued("hold") >= count,  # type: ignore[misc]
+            60 + count / 100,
+            f"{count} messages on hold",
+        )
+    for rig in rigs:
+        run("postsuper", "-c", rig.postfix.config_dir, "-H", "ALL")
+    released_at = time.time()
+    for rig in rigs:
+        rig.postfix.flush()
+    return released_at
+
+
 def throughput(
-    bench: Bench, profile: Profile, interval_ms: int, messages: int
+    bench: Bench,
+    profile: Profile,
+    interval_ms: int,
+    messages: int,
+    one_way_delay_ms: float | None = None,
 ) -> measure.Throughput:
     """Release a backlog of ``messages`` held on the relay and let it drain to a stand-in that
-    holds each message ``interval_ms`` and allows maxConnections sessions."""
+    holds each message ``interval_ms`` and allows maxConnections sessions; with
+    ``one_way_delay_ms``, through the delaying proxy."""
     cap = bench.settings.max_connections
     ideal_s = messages / throughput_bound(cap, interval_ms)
+    delay = "" if one_way_delay_ms is None else f"-rtt{2 * one_way_delay_ms:g}ms"
     with bench.rig(
-        f"throughput-{profile.name}-{interval_ms}ms",
+        f"throughput-{profile.name}-{interval_ms}ms{delay}",
         profile,
         HOLD,
         standin=throughput_standin(interval_ms, cap),
+        one_way_delay_ms=one_way_delay_ms,
     ) as rig:
-        mails = new_mails(messages)
         with rig.wire_tap() as wire:
-            submit(rig, mails)
-            wait_until(
-                lambda: rig.postfix.queued("hold") == messages,
-                60,
-                f"{messages} messages on hold",
-            )
-            run("postsuper", "-c", rig.postfix.config_dir, "-H", "ALL")
-            released_at = time.time()
-            rig.postfix.flush()
+            released_at = release_backlog([rig], [new_mails(messages)])
             left, next_attempt = settle(rig, messages, 3 * ideal_s + 120)
         host = bench.settings.relay_host
         return measure.throughput(
@@ -168,7 +210,7 @@ def throughput(
             interval_ms=interval_ms,
             messages=messages,
             session_cap=cap,
-            relay_ip=RELAY_IP,
+            relay_ip=rig.seen_as,
             released_at=released_at,
             events=rig.standin.events(),
             wire={"connections": wire.connections, "peak_open": wire.peak_open},
@@ -180,17 +222,21 @@ def throughput(
         )
 
 
-def direct(bench: Bench, interval_ms: int, messages: int) -> measure.Throughput:
+def direct(
+    bench: Bench, interval_ms: int, messages: int, one_way_delay_ms: float | None = None
+) -> measure.Throughput:
     """The same stand-in and load, but a minimal client (``direct_client.py``) instead of the
-    relay: the ceiling this rig can show at ``interval_ms``."""
+    relay: the ceiling this rig can show at ``interval_ms`` (and delay)."""
     cap = bench.settings.max_connections
+    delay = "" if one_way_delay_ms is None else f"-rtt{2 * one_way_delay_ms:g}ms"
     with bench.rig(
-        f"throughput-direct-{interval_ms}ms",
+        f"throughput-direct-{interval_ms}ms{delay}",
         PROFILES["tuned"],
         standin=throughput_standin(interval_ms, cap),
+        one_way_delay_ms=one_way_delay_ms,
     ) as rig:
         request = {
-            "servers": list(SERVICE_IPS),
+            "servers": list(SERVICE_IPS if one_way_delay_ms is None else PROXY_IPS),
             "port": bench.settings.smtp_port,
             "ca_file": str(rig.standin.ca_path),
             "user": API_USER,
@@ -209,7 +255,7 @@ def direct(bench: Bench, interval_ms: int, messages: int) -> measure.Throughput:
             interval_ms=interval_ms,
             messages=messages,
             session_cap=cap,
-            relay_ip=RELAY_IP,
+            relay_ip=rig.seen_as,
             released_at=json.loads(out)["started"],
             events=rig.standin.events(),
             wire={"connections": wire.connections, "peak_open": wire.peak_open},
@@ -219,6 +265,195 @@ def direct(bench: Bench, interval_ms: int, messages: int) -> measure.Throughput:
             dns_lookups=0,
             upstream_queries=0,
         )
+
+
+def latency(
+    bench: Bench, client: str, interval_ms: int, rtt_ms: float, messages: int
+) -> measure.LatencyRun:
+    """One point of the latency matrix: ``client`` (a profile's name, or ``direct``) through
+    the proxy that delays each direction by half of ``rtt_ms``."""
+    if client == "direct":
+        run_ = direct(bench, interval_ms, messages, rtt_ms / 2)
+    else:
+        run_ = throughput(bench, PROFILES[client], interval_ms, messages, rtt_ms / 2)
+    return measure.latency_run(run_, rtt_ms)
+
+
+# What the relay's smtp client sends, from its verbose log (debug_peer_list for the service).
+_SENT = re.compile(r"postfix/smtp\[\d+\]: > \S+: ([A-Z]+(?: FROM| TO)?)")
+
+
+def commands_sent(bench: Bench, messages: int) -> dict[str, int]:
+    """The SMTP commands the rendered relay sends for ``messages`` held and released, counted
+    in its log with debug_peer_list covering the service (not timed: the logging slows it)."""
+    with bench.rig(
+        "commands",
+        PROFILES["tuned"],
+        {**HOLD, "debug_peer_list": "203.0.113.0/24"},
+        standin=throughput_standin(200, bench.settings.max_connections),
+    ) as rig:
+        release_backlog([rig], [new_mails(messages)])
+        settle(rig, messages, 120)
+        return dict(Counter(_SENT.findall(rig.postfix.log())))
+
+
+def multi_relay(
+    bench: Bench, profile: Profile, relays: int, interval_ms: int, messages: int
+) -> measure.MultiRelay:
+    """``relays`` relay hosts, each with its own address and ``messages`` held, released at
+    once to one stand-in whose cap (maxConnections) is per sending address."""
+    cap = bench.settings.max_connections
+    total = relays * messages
+    ideal_s = messages / throughput_bound(cap, interval_ms)
+    with bench.rigs(
+        f"relays{relays}-{profile.name}-{interval_ms}ms",
+        profile,
+        HOLD,
+        relays=relays,
+        standin=throughput_standin(interval_ms, cap),
+    ) as rigs:
+        before = cpu_ticks()
+        released_at = release_backlog(rigs, [new_mails(messages) for _ in rigs])
+        left = sum(settle(rig, total, 3 * ideal_s + 120)[0] for rig in rigs)
+        busy = busy_fraction(before, cpu_ticks())
+        return measure.multi_relay(
+            profile=profile.name,
+            interval_ms=interval_ms,
+            messages=total,
+            session_cap=cap,
+            relay_ips=[rig.seen_as for rig in rigs],
+            released_at=released_at,
+            events=rigs[0].standin.events(),
+            left_in_queue=left,
+            cpu_busy=busy,
+        )
+
+
+def soak(
+    bench: Bench,
+    profile: Profile,
+    messages: int,
+    interval_ms: int,
+    outage_s: float,
+    stop: str,
+) -> measure.Soak:
+    """A long drain: ``messages`` released at once; a third of the way the service goes down
+    for ``outage_s``, two thirds of the way Postfix is stopped and started (``stop``: ``plain``
+    ``postfix stop``, or ``graceful``: see ``graceful_restart``). Every message must arrive
+    exactly once (Message-ID and body hash), none bounce."""
+    cap = bench.settings.max_connections
+    bound = throughput_bound(cap, interval_ms)
+    with bench.rig(
+        f"soak-{profile.name}-{stop}", profile, HOLD, standin=throughput_standin(interval_ms, cap)
+    ) as rig:
+        mails = new_mails(messages)
+        with RssPeaks(rig) as rss:
+            released_at = release_backlog([rig], [mails])
+            timeout = 3 * messages / bound + outage_s + 300
+
+            def reached(count: int) -> None:
+                wait_until(lambda: rig.standin.delivered() >= count, timeout, f"{count} in", 0.2)
+
+            reached(messages // 3)
+            rig.standin.down()
+            outage_at = time.time()
+            time.sleep(outage_s)
+            rig.standin.up()
+            reached(2 * messages // 3)
+            restart_at = time.time()
+            if stop == "graceful":
+                graceful_restart(rig)
+            else:
+                rig.postfix.restart()
+            reached(messages)
+            rig.postfix.wait_for_empty_queue(timeout)
+        events = rig.standin.events()
+        return measure.soak(
+            profile=profile.name,
+            stop=stop,
+            interval_ms=interval_ms,
+            session_cap=cap,
+            outage_s=outage_s,
+            released_at=released_at,
+            outage_at=outage_at,
+            restart_at=restart_at,
+            expected={m.message_id: m.body_sha256 for m in mails},
+            records=messages_from_events(events),
+            refused_sessions=stats_from_events(events).refused_sessions,
+            bounces=sum(d.status == "bounced" for d in rig.postfix.deliveries()),
+            deferrals=deferrals(rig),
+            postfix_kb=rss.postfix,
+            standin_kb=rss.standin,
+        )
+
+
+def graceful_restart(rig: Rig) -> None:
+    """Stop and start Postfix without cutting a delivery short: the queue manager stops handing
+    mail to smtp (``defer_transports``; the reload lets running deliveries finish), the stop
+    waits QUIESCE_S for those, and after the start the deferred rest is flushed."""
+    conf = rig.postfix.config_dir
+    run("postconf", "-c", conf, "-e", "defer_transports=smtp")
+    run("postfix", "-c", conf, "reload")
+    time.sleep(QUIESCE_S)
+    rig.postfix.stop()
+    run("postconf", "-c", conf, "-e", "defer_transports=")
+    rig.postfix.start()
+    rig.postfix.flush()
+
+
+class RssPeaks:
+    """Samples, every half second while the block runs, the resident memory of the relay
+    namespace's processes (Postfix's; the dnsmasq cache left out) summed, and the stand-in's:
+    peaks of RSS (shared pages counted in each process) and PSS (shared pages divided)."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.postfix = {"rss": 0, "pss": 0}
+        self.standin = {"rss": 0, "pss": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> RssPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            pids = run("ip", "netns", "pids", self.rig.network.relay).stdout.split()
+            postfix = [memory_kb(int(pid)) for pid in pids if _comm(int(pid)) != "dnsmasq"]
+            standin = memory_kb(self.rig.standin.process.pid)
+            for kind in ("rss", "pss"):
+                total = sum(m[kind] for m in postfix)
+                self.postfix[kind] = max(self.postfix[kind], total)
+                self.standin[kind] = max(self.standin[kind], standin[kind])
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """A process's ``rss`` and ``pss`` in kB (/proc/PID/smaps_rollup); 0 once it is gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {"rss": 0, "pss": 0}
+    fields = {line.split(":")[0]: line.split()[1] for line in rollup.splitlines()[1:]}
+    return {"rss": int(fields.get("Rss", 0)), "pss": int(fields.get("Pss", 0))}
 
 
 # --------------------------------------------------------------------------- recovery

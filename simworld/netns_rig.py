@@ -70,6 +70,7 @@ FETCH_SECRET: Final = REPO / "userdata" / "scripts" / "cmc-relay-fetch-secret"
 INBOUND_CERT: Final = REPO / "userdata" / "scripts" / "cmc-relay-inbound-cert"
 SMTP_CLIENT: Final = Path(__file__).with_name("smtp_client.py")
 WIRE_TAP: Final = Path(__file__).with_name("wire_tap.py")
+DELAY_PROXY: Final = Path(__file__).with_name("delay_proxy.py")
 
 # Debian 12's postfix package: its stock config and the chroot sync its init and unit run.
 DEBIAN_MAIN_CF: Final = (
@@ -97,10 +98,16 @@ REQUIRED_BINARIES: Final = (
     "ip", "postfix", "postconf", "postmap", "postalias", "postqueue", "dnsmasq",
 )  # fmt: skip
 
-RELAY_IP: Final = "198.51.100.2"
+# The first relay's sending address; more relay namespaces (Network(join=...)) get the others.
+RELAY_IPS: Final = ("198.51.100.2", "198.51.100.3", "198.51.100.4")
+RELAY_IP: Final = RELAY_IPS[0]
 SERVICE_GATEWAY: Final = "198.51.100.1"
 UPSTREAM_DNS: Final = "198.51.100.53"
 SERVICE_IPS: Final = ("203.0.113.10", "203.0.113.11", "203.0.113.12")
+# The delaying proxy (RigOptions.one_way_delay_ms), in the service ns: where DNS then points,
+# and the one address it connects to the stand-in from.
+PROXY_IPS: Final = ("203.0.113.20", "203.0.113.21", "203.0.113.22")
+PROXY_SOURCE: Final = "198.51.100.9"
 CLIENT_INSIDE: Final = "192.0.2.10"
 CLIENT_OUTSIDE: Final = "192.0.2.200"
 ALLOWED_CIDRS: Final = ("192.0.2.0/26",)
@@ -171,11 +178,21 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
 
 
 class Network:
-    """The relay and service namespaces, created on construction; ``destroy`` undoes it all."""
+    """The relay and service namespaces, created on construction; ``destroy`` undoes it all.
 
-    def __init__(self, tag: str, host_name: str) -> None:
+    With ``join``, only another relay namespace is made, with its own sending address
+    (``RELAY_IPS[number]``) and its own veth (``cmc<number>``) into ``join``'s service
+    namespace: several relay hosts against one service, which tells them apart by address.
+    """
+
+    def __init__(
+        self, tag: str, host_name: str, join: Network | None = None, number: int = 0
+    ) -> None:
         self.relay = tag
-        self.service = f"{tag}-svc"
+        self.service: str = join.service if join else f"{tag}-svc"
+        self.number = number
+        self.joined = join is not None
+        self.relay_ip = RELAY_IPS[number]
         self.etc = Path("/etc/netns") / self.relay
         self.created: list[str] = []
         try:
@@ -185,7 +202,8 @@ class Network:
             raise
 
     def _create(self, host_name: str) -> None:
-        for name in (self.relay, self.service):
+        with_service, number = not self.joined, self.number
+        for name in (self.relay, self.service) if with_service else (self.relay,):
             run("ip", "netns", "add", name)
             self.created.append(name)
             run("ip", "-n", name, "link", "set", "lo", "up")
@@ -194,24 +212,26 @@ class Network:
         resolv = f"nameserver 127.0.0.1\nnameserver {UPSTREAM_DNS}\n"
         (self.etc / "resolv.conf").write_text(resolv)
         short = host_name.split(".", 1)[0]
-        hosts = f"127.0.0.1 localhost\n::1 localhost\n{RELAY_IP} {host_name} {short}\n"
+        hosts = f"127.0.0.1 localhost\n::1 localhost\n{self.relay_ip} {host_name} {short}\n"
         (self.etc / "hosts").write_text(hosts)
+        link = f"cmc{number}"
         run(
             "ip", "link", "add", "cmc0", "netns", self.relay,
-            "type", "veth", "peer", "name", "cmc0", "netns", self.service,
+            "type", "veth", "peer", "name", link, "netns", self.service,
         )  # fmt: skip
-        addresses = {
-            self.relay: (f"{RELAY_IP}/24", f"{CLIENT_INSIDE}/32", f"{CLIENT_OUTSIDE}/32"),
-            self.service: (
-                f"{SERVICE_GATEWAY}/24",
-                f"{UPSTREAM_DNS}/32",
-                *(f"{ip}/32" for ip in SERVICE_IPS),
-            ),
-        }
-        for name, cidrs in addresses.items():
+        relay = (f"{self.relay_ip}/24", f"{CLIENT_INSIDE}/32", f"{CLIENT_OUTSIDE}/32")
+        service = (
+            (f"{SERVICE_GATEWAY}/24", f"{UPSTREAM_DNS}/32", *(f"{ip}/32" for ip in SERVICE_IPS))
+            if with_service
+            else ()
+        )
+        for name, dev, cidrs in ((self.relay, "cmc0", relay), (self.service, link, service)):
             for cidr in cidrs:
-                run("ip", "-n", name, "addr", "add", cidr, "dev", "cmc0")
-            run("ip", "-n", name, "link", "set", "cmc0", "up")
+                run("ip", "-n", name, "addr", "add", cidr, "dev", dev)
+            run("ip", "-n", name, "link", "set", dev, "up")
+        if not with_service:
+            # The service's /24 is on cmc0 there: this relay's address is reached on its link.
+            run("ip", "-n", self.service, "route", "add", f"{self.relay_ip}/32", "dev", link)
         run("ip", "-n", self.relay, "route", "add", "default", "via", SERVICE_GATEWAY)
 
     def exec(self, netns: str, *cmd: str | Path) -> list[str]:
@@ -308,6 +328,7 @@ class StandInProcess:
     def __init__(self, network: Network, root: Path, config: StandInConfig) -> None:
         self.events_path = root / "standin-events.jsonl"
         self.is_down = False
+        self._read_to = self._delivered = 0
         config_path = root / "standin.json"
         config_path.write_text(json.dumps(config.to_dict()))
         command = network.exec(
@@ -371,6 +392,17 @@ class StandInProcess:
 
     def messages(self) -> list[MessageRecord]:
         return messages_from_events(self.events())
+
+    def delivered(self) -> int:
+        """How many messages were accepted so far, reading the events file on from where the
+        last call stopped: a long run's file is too big to parse at every poll."""
+        with self.events_path.open("rb") as events:
+            events.seek(self._read_to)
+            chunk = events.read()
+        whole = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
+        self._delivered += chunk.count(b'{"event": "message"', 0, whole)
+        self._read_to += whole
+        return self._delivered
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -659,6 +691,10 @@ class Rig:
     """The key the stand-in accepts for API_USER."""
     credentials: Credentials | None
     """None in IP address authentication mode."""
+    options: RigOptions
+    seen_as: str
+    """The client address the stand-in sees for this relay: its sending address, or the
+    delaying proxy's (``RigOptions.one_way_delay_ms``)."""
 
     def submit(
         self,
@@ -671,7 +707,7 @@ class Rig:
         """Send over SMTP to the relay's port 25 from ``source``, inside the relay ns;
         ``starttls``: after STARTTLS (the certificate not verified, as for a self-signed one)."""
         request = {
-            "server": RELAY_IP,
+            "server": self.network.relay_ip,
             "port": 25,
             "source": source,
             "declare_size": declare_size,
@@ -756,6 +792,9 @@ class RigOptions:
     """The key stored in the secret; None = the key the stand-in accepts."""
     main_cf: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
     """Changes to the rendered main.cf parameters (see ``write_postfix_config``)."""
+    one_way_delay_ms: float | None = None
+    """Set: the relay reaches the service through ``delay_proxy.py``, which delays each
+    direction this long (DNS answers the proxy's addresses, PROXY_IPS)."""
 
 
 class Secrets:
@@ -835,12 +874,11 @@ def build_rig(
     tag = f"cmcrt-{os.getpid()}-{next(_rig_numbers)}"
     network = Network(tag, settings.host_name)
     stack.callback(network.destroy)
+    addresses = options.dns_addresses
+    if options.one_way_delay_ms is not None:
+        addresses = tuple(PROXY_IPS[SERVICE_IPS.index(ip)] for ip in addresses)
     upstream = upstream_dns(
-        network,
-        root / "dns-upstream.log",
-        settings.relay_host,
-        options.dns_ttl,
-        options.dns_addresses,
+        network, root / "dns-upstream.log", settings.relay_host, options.dns_ttl, addresses
     )
     stack.callback(upstream.stop)
     api_key = uuid.uuid4().hex
@@ -848,6 +886,8 @@ def build_rig(
         hosts=SERVICE_IPS,
         port=settings.smtp_port,
         hostname=settings.relay_host,
+        # The proxy's addresses too: a client that checks names connects to those.
+        cert_names=(settings.relay_host, *SERVICE_IPS, *PROXY_IPS),
         tls_dir=str(root / "tls"),
         users={API_USER: api_key},
         # The console's session cap matches what the relay is configured for (G9).
@@ -855,20 +895,80 @@ def build_rig(
     ).with_changes(**options.standin)
     standin = StandInProcess(network, root, standin_config)
     stack.callback(standin.stop)
+    seen_as = network.relay_ip
+    if options.one_way_delay_ms is not None:
+        seen_as = PROXY_SOURCE
+        proxy = delay_proxy(network, options.one_way_delay_ms, settings.smtp_port)
+        stack.callback(stop_process, proxy)
+    return _relay(
+        stack, root, network, settings, options, secrets, standin, upstream, api_key, seen_as
+    )
+
+
+def add_relay(
+    stack: contextlib.ExitStack, rig: Rig, root: Path, number: int, secrets: Secrets
+) -> Rig:
+    """Another relay host (namespace, dnsmasq cache, Postfix, its own sending address
+    ``RELAY_IPS[number]``) sending to ``rig``'s service, built with ``rig``'s options."""
+    tag = f"cmcrt-{os.getpid()}-{next(_rig_numbers)}"
+    network = Network(tag, rig.settings.host_name, join=rig.network, number=number)
+    stack.callback(network.destroy)
+    root.mkdir(mode=0o755)
+    return _relay(
+        stack, root, network, rig.settings, rig.options, secrets, rig.standin, rig.upstream,
+        rig.api_key, network.relay_ip,
+    )  # fmt: skip
+
+
+def _relay(
+    stack: contextlib.ExitStack,
+    root: Path,
+    network: Network,
+    settings: RelaySettings,
+    options: RigOptions,
+    secrets: Secrets,
+    standin: StandInProcess,
+    upstream: Dnsmasq,
+    api_key: str,
+    seen_as: str,
+) -> Rig:
+    """The relay host's side of a rig: its DNS cache, credentials and Postfix."""
     cache = dns_cache(network, root, settings)
     stack.callback(cache.stop)
     postfix = Postfix(network, root)
     write_postfix_config(postfix, settings, standin.ca_path, options.main_cf)
     credentials = None
     if settings.uses_sasl:
-        arn = secrets.create(f"{tag}-smtp", options.api_key or api_key)
+        arn = secrets.create(f"{network.relay}-smtp", options.api_key or api_key)
         env_file = root / "relay.env"
         env_file.write_text(render_template("relay.env", settings, arn))
         credentials = Credentials(secrets, arn, env_file, postfix.config_dir)
         credentials.install()  # before the start, as cmc-relay-setup does
     stack.callback(postfix.stop)
     postfix.start()
-    return Rig(settings, network, upstream, cache, standin, postfix, api_key, credentials)
+    return Rig(
+        settings, network, upstream, cache, standin, postfix, api_key, credentials, options,
+        seen_as,
+    )  # fmt: skip
+
+
+def delay_proxy(network: Network, one_way_ms: float, port: int) -> subprocess.Popen[str]:
+    """``delay_proxy.py`` in the service namespace: PROXY_IPS forward to SERVICE_IPS, every
+    byte ``one_way_ms`` late each way; the stand-in sees its clients as PROXY_SOURCE."""
+    for ip in (*PROXY_IPS, PROXY_SOURCE):
+        run("ip", "-n", network.service, "addr", "add", f"{ip}/32", "dev", "cmc0")
+    pairs = [f"{p}:{port}={s}:{port}" for p, s in zip(PROXY_IPS, SERVICE_IPS, strict=True)]
+    process = subprocess.Popen(
+        network.exec(network.service, sys.executable, DELAY_PROXY, str(one_way_ms), PROXY_SOURCE,
+                     *pairs),
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "READY":
+        stop_process(process)
+        raise RuntimeError("the delaying proxy did not start")
+    return process
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ import pytest
 
 from benchmarks import measure, report
 from benchmarks.bounds import (
+    busy_fraction,
+    ideal_rate,
     outside_interval_budget_ms,
     percentile,
     postfix_seconds,
@@ -112,7 +114,9 @@ def document(**changes: Any) -> dict[str, Any]:
         "machine": {"nproc": 2, "cpu_model": "cpu", "kernel": "k", "python": "3", "postfix": "3.7",
                     "dnsmasq": "Dnsmasq version 2.90", "load_average": [0.0, 0.0, 0.0]},
         "parameters": {"messages": 200, "session_cap": 10, "ablation_interval_ms": 200,
-                       "failures": 3, "outage_s": 30, "outage_messages": 50, "dns_delay_ms": 10},
+                       "failures": 3, "outage_s": 30, "outage_messages": 50, "dns_delay_ms": 10,
+                       "latency_messages": 200, "relay_messages": 100, "soak_messages": 2,
+                       "soak_interval_ms": 50, "soak_outage_s": 30},
         "profiles": {name: {"title": p.title, "main_cf": dict(p.main_cf)}
                      for name, p in PROFILES.items()},
         "throughput": [measure.as_json(run_numbers())],
@@ -189,3 +193,106 @@ def test_chart_draws_repeated_runs(tmp_path: Path) -> None:
 
 def test_as_json_turns_nothing_measured_into_null() -> None:
     assert measure.as_json({"x": math.nan, "y": [1.5]}) == {"x": None, "y": [1.5]}
+
+
+def test_ideal_client_and_cpu_share() -> None:
+    # 10 sessions, 50 ms interval, 10 ms round trips: 70 ms per message and session.
+    assert ideal_rate(10, 50, 10) == pytest.approx(1000 / 7)
+    assert ideal_rate(10, 200, 0) == throughput_bound(10, 200)
+    assert busy_fraction((100, 1000), (250, 1200)) == 0.75
+    assert math.isnan(busy_fraction((1, 1), (1, 1)))
+
+
+def test_latency_run_against_the_ideal() -> None:
+    run = run_numbers(interval_ms=200)  # 201 ms per message: 4/4.02 of the bound
+    point = measure.latency_run(run, rtt_ms=10)
+    assert point.ideal_msg_s == pytest.approx(10 * 1000 / 220)
+    assert point.ideal_ratio == pytest.approx(run.batch_ratio * 220 / 200)
+    assert measure.latency_run(run, rtt_ms=0).ideal_ratio == pytest.approx(run.batch_ratio)
+
+
+def test_round_trips_are_the_slopes_over_the_rtt() -> None:
+    assert report.slope([(0, 1.0), (10, 21.0), (30, 61.0)]) == pytest.approx(2.0)
+    assert report.slope([(2, 1.0), (2, 3.0)]) is None
+    points = []
+    for rtt in (0, 10, 30):
+        point = measure.as_json(measure.latency_run(run_numbers(interval_ms=200), rtt))
+        # The relay's turn-around grows by two round trips per RTT, its transaction by one.
+        point["run"]["timing"] |= {"gap_ms": 1 + 2 * rtt, "transaction_ms": 1 + rtt,
+                                   "outside_interval_ms": 2 + 3 * rtt}  # fmt: skip
+        points.append(point)
+    parts = report.round_trips(points)[("tuned", 200)]
+    assert parts == pytest.approx(
+        {"transaction_ms": 1.0, "gap_ms": 2.0, "outside_interval_ms": 3.0}
+    )
+    doc = document(latency=points)
+    verdicts = dict(report.verdicts(doc))
+    assert [ok for text, ok in verdicts.items() if text.startswith("achieved/ideal")] == [
+        True,  # RTT 0: 0.995 of the ideal
+        True,  # the made-up timings do not change the ratios
+        True,
+    ]
+    assert "| tuned | 200 ms | 2.00 | 1.00 | 3.00 |" not in report.report_markdown(doc)
+    assert "| tuned | 200 ms | 1.00 | 2.00 | 3.00 |" in report.report_markdown(doc)
+
+
+def relays_run(relays: int, rate: float) -> dict[str, Any]:
+    ips = ["198.51.100.2", "198.51.100.3", "198.51.100.4"][:relays]
+    return measure.as_json(measure.MultiRelay(
+        profile="tuned", relays=relays, interval_ms=200, messages=100 * relays,
+        bound_msg_s=50.0 * relays, delivered=100 * relays, window_s=100 * relays / rate,
+        achieved_msg_s=rate, ratio=rate / (50 * relays), peak_sessions_by_ip=dict.fromkeys(ips, 10),
+        refused_sessions=0, left_in_queue=0, cpu_busy=0.5,
+    ))  # fmt: skip
+
+
+def test_several_relays_are_judged_against_n_times_one() -> None:
+    doc = document(relays=[relays_run(1, 48.0), relays_run(2, 95.0), relays_run(3, 120.0)])
+    assert report.one_host_rates(doc["relays"]) == {200: 48.0}
+    verdicts = dict(report.verdicts(doc))
+    assert verdicts["2 relays at 200 ms: ≥ 0.95 x 2 x one relay (0.990)"]
+    assert not verdicts["3 relays at 200 ms: ≥ 0.95 x 3 x one relay (0.833)"]
+    assert verdicts["3 relays at 200 ms: at most 10 sessions per sending IP (peak 10), 0 refused"]
+    assert "| 3 | 200 ms | 150.0 | 120.0 | 0.800 | 0.833 | 300/300 | 10, 10, 10 | 0 | 50% |" in (
+        report.report_markdown(doc)
+    )
+
+
+def record(message_id: str | None, body: str) -> MessageRecord:
+    return MessageRecord(
+        session=1, client_ip=RELAY, auth_user="u", tls=True, tls_version="TLSv1.3",
+        mail_from="a@b", rcpt_tos=("c@d",), message_id=message_id, body_sha256=body, size=1,
+        data=None, session_started_at=0.0, mail_from_at=1.0, received_at=1.0, accepted_at=2.0,
+        sessions_open=1, sessions_open_from_ip=1, deliveries_in_progress=1,
+        deliveries_in_progress_from_ip=1,
+    )  # fmt: skip
+
+
+def test_exactly_once_accounting() -> None:
+    expected = {"<a>": "ha", "<b>": "hb", "<c>": "hc", "<d>": "hd"}
+    records = [record("<a>", "ha"), record("<b>", "hb"), record("<b>", "hb"),
+               record("<c>", "xx"), record(None, "hn"), record("<z>", "hz")]  # fmt: skip
+    tally = measure.delivered(expected, records)
+    assert (tally.expected, tally.arrived, tally.once, tally.duplicated) == (4, 6, 2, 1)
+    assert (tally.lost, tally.damaged, tally.unexpected) == (1, 1, 2)
+    assert not tally.exactly_once
+    assert measure.delivered({"<a>": "ha"}, [record("<a>", "ha")]).exactly_once
+
+
+def test_soak_numbers_and_verdict() -> None:
+    soak = measure.soak(
+        profile="tuned", stop="plain", interval_ms=50, session_cap=10, outage_s=30,
+        released_at=0.0, outage_at=40.0, restart_at=90.0, expected={"<a>": "ha", "<b>": "hb"},
+        records=[record("<a>", "ha"), record("<b>", "hb"), record("<b>", "hb")],
+        refused_sessions=0, bounces=0, deferrals=3,
+        postfix_kb={"rss": 204800, "pss": 102400}, standin_kb={"rss": 51200, "pss": 40960},
+    )  # fmt: skip
+    assert soak.drain_s == 2.0
+    assert soak.drain_bound_s == pytest.approx(2 / 200 + 30)
+    assert (soak.postfix_peak_rss_mb, soak.postfix_peak_pss_mb) == (200, 100)
+    doc = document(soak=[measure.as_json(soak)])
+    (text, ok) = next(v for v in report.verdicts(doc) if v[0].startswith("soak"))
+    assert not ok and "(1; 1 duplicated, 0 lost, 0 damaged), 0 bounced" in text
+    assert "| duplicated / lost / damaged / unexpected | 1 / 0 / 0 / 0 |" in (
+        report.report_markdown(doc)
+    )
