@@ -75,6 +75,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rtts", type=_csv(float), default=[0, 2, 10, 30], help="ms")
     parser.add_argument("--latency-messages", type=int, default=200, help="per latency run")
     parser.add_argument(
+        "--latency-time-limit",
+        type=float,
+        default=90,
+        help="s; a relay still retrying then is cut off (the guide's settings back off)",
+    )
+    parser.add_argument(
         "--latency-clients", type=_csv(str), default=list(LATENCY_CLIENTS), help="profiles, direct"
     )
     parser.add_argument("--relays", type=_csv(int), default=[1, 2, 3], help="relay hosts at once")
@@ -121,18 +127,36 @@ class Progress:
         print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
 
 
-def run_all(bench: scenarios.Bench, args: argparse.Namespace, say: Progress) -> dict[str, Any]:
+def run_all(
+    bench: scenarios.Bench,
+    args: argparse.Namespace,
+    say: Progress,
+    checkpoint: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Every section asked for; ``checkpoint`` gets the results so far after each section, and
+    a run that fails is reported under ``failures`` while the others go on."""
     profiles = [PROFILES[name] for name in args.profiles]
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"failures": []}
+
+    def attempt(what: str, job: Callable[[], T]) -> T | None:
+        try:
+            return job()
+        except Exception as error:  # one run's failure must not lose the others' results
+            say(f"{what}: FAILED: {error!r}")
+            results["failures"].append({"run": what, "error": repr(error)})
+            return None
 
     def throughput_runs(runs: Sequence[tuple[Profile, int]], messages: int) -> list[Any]:
         out = []
         for profile, interval in runs:
-            r = scenarios.throughput(bench, profile, interval, messages)
+            what = f"throughput {profile.name} {interval} ms"
+            r = attempt(what, partial(scenarios.throughput, bench, profile, interval, messages))
+            if r is None:
+                continue
             say(
-                f"throughput {profile.name} {interval} ms: {r.achieved_msg_s:.1f} msg/s "
-                f"({r.batch_ratio:.3f} of {r.bound_msg_s:g}), {r.delivered} delivered, "
-                f"{r.refused_sessions} sessions refused"
+                f"{what}: {r.achieved_msg_s:.1f} msg/s ({r.batch_ratio:.3f} of "
+                f"{r.bound_msg_s:g}), {r.delivered} delivered, {r.refused_sessions} sessions "
+                "refused"
             )
             out.append(r)
         return out
@@ -143,13 +167,17 @@ def run_all(bench: scenarios.Bench, args: argparse.Namespace, say: Progress) -> 
     if "throughput" in args.sections:
         runs = [(p, i) for p in profiles for i in args.intervals for _ in range(repeats(p))]
         results["throughput"] = throughput_runs(runs, args.messages)
+        checkpoint(results)
     if "ceiling" in args.sections:
         results["ceiling"] = []
         for interval in args.intervals:
             for _ in range(args.repeats):
-                r = scenarios.direct(bench, interval, args.messages)
-                say(f"ceiling {interval} ms: a minimal client reaches {r.batch_ratio:.3f}")
-                results["ceiling"].append(r)
+                what = f"ceiling {interval} ms"
+                r = attempt(what, partial(scenarios.direct, bench, interval, args.messages))
+                if r is not None:
+                    say(f"{what}: a minimal client reaches {r.batch_ratio:.3f}")
+                    results["ceiling"].append(r)
+        checkpoint(results)
     if "ablation" in args.sections:
         knobs = [k for k in TUNING if k != "smtp_skip_quit_response"]  # matters in churn only
         results["ablation"] = throughput_runs(
@@ -157,6 +185,7 @@ def run_all(bench: scenarios.Bench, args: argparse.Namespace, say: Progress) -> 
             + [(without(k), args.ablation_interval) for k in knobs],
             args.messages,
         )
+        checkpoint(results)
     if "churn" in args.sections:
         churn = [
             Profile("churn", "as rendered, connections retired every second", CHURN),
@@ -171,59 +200,111 @@ def run_all(bench: scenarios.Bench, args: argparse.Namespace, say: Progress) -> 
             [(p, args.ablation_interval) for _ in range(args.churn_runs) for p in churn],
             args.churn_messages,
         )
+        checkpoint(results)
     if "recovery" in args.sections:
-        jobs: list[Callable[[], Any]] = []
+        jobs: list[tuple[str, Callable[[], Any]]] = []
         for profile in profiles:
             jobs += [
-                partial(scenarios.temporary_failures, bench, profile, "451", args.failures),
-                partial(scenarios.temporary_failures, bench, profile, "421", args.failures),
-                partial(
-                    scenarios.outage, bench, profile, args.outage_messages, args.outage_seconds
+                (
+                    f"recovery {profile.name} 451x{args.failures}",
+                    partial(scenarios.temporary_failures, bench, profile, "451", args.failures),
+                ),
+                (
+                    f"recovery {profile.name} 421x{args.failures}",
+                    partial(scenarios.temporary_failures, bench, profile, "421", args.failures),
+                ),
+                (
+                    f"recovery {profile.name} outage",
+                    partial(
+                        scenarios.outage, bench, profile, args.outage_messages, args.outage_seconds
+                    ),
                 ),
             ]
         with ThreadPoolExecutor(PARALLEL_RECOVERIES) as pool:
-            results["recovery"] = list(pool.map(lambda job: job(), jobs))
+            done = list(pool.map(lambda job: attempt(*job), jobs))
+        results["recovery"] = [r for r in done if r is not None]
         for r in results["recovery"]:
             say(f"recovery {r.profile} {r.scenario}: {r.recovered_s} s (bound {r.bound_s} s)")
+        checkpoint(results)
     if "dns" in args.sections:
-        latency = scenarios.dns_latency(bench, args.dns_delay_ms, args.dns_rounds, per_round=20)
-        results["dns_latency"] = latency
-        say(
-            f"dns: cache hit p50 {latency.cache_hit.p50_ms:.2f} ms, miss p50 "
-            f"{latency.cache_miss.p50_ms:.2f} ms, direct p50 {latency.direct.p50_ms:.2f} ms"
+        latency = attempt(
+            "dns",
+            partial(scenarios.dns_latency, bench, args.dns_delay_ms, args.dns_rounds, 20),
         )
+        if latency is not None:
+            results["dns_latency"] = latency
+            say(
+                f"dns: cache hit p50 {latency.cache_hit.p50_ms:.2f} ms, miss p50 "
+                f"{latency.cache_miss.p50_ms:.2f} ms, direct p50 {latency.direct.p50_ms:.2f} ms"
+            )
+        checkpoint(results)
     if "latency" in args.sections:
-        sent = scenarios.commands_sent(bench, args.latency_messages)
-        say(f"commands the relay sent for {args.latency_messages} messages: {sent}")
-        results["commands_sent"] = {"messages": args.latency_messages, "commands": sent}
+        sent = attempt("commands", partial(scenarios.commands_sent, bench, args.latency_messages))
+        if sent is not None:
+            say(f"commands the relay sent for {args.latency_messages} messages: {sent}")
+            results["commands_sent"] = {"messages": args.latency_messages, "commands": sent}
         results["latency"] = []
         for rtt in args.rtts:
             for interval in args.intervals:
                 for client in args.latency_clients:
-                    point = scenarios.latency(bench, client, interval, rtt, args.latency_messages)
+                    what = f"latency {client} {interval} ms RTT {rtt:g} ms"
+                    point = attempt(
+                        what,
+                        partial(
+                            scenarios.latency,
+                            bench,
+                            client,
+                            interval,
+                            rtt,
+                            args.latency_messages,
+                            args.latency_time_limit,
+                        ),
+                    )
+                    if point is None:
+                        continue
                     say(
-                        f"latency {client} {interval} ms RTT {rtt:g} ms: "
-                        f"{point.run.batch_ratio:.3f} of the bound, {point.ideal_ratio:.3f} of "
-                        f"the ideal, {point.run.refused_sessions} refused"
+                        f"{what}: {point.run.batch_ratio:.3f} of the bound, "
+                        f"{point.ideal_ratio:.3f} of the ideal, {point.run.refused_sessions} "
+                        f"refused{' (cut off)' if point.run.cut_off else ''}"
                     )
                     results["latency"].append(point)
+            checkpoint(results)
     if "relays" in args.sections:
         results["relays"] = []
         for interval in args.relay_intervals:
             for count in args.relays:
-                m = scenarios.multi_relay(bench, TUNED, count, interval, args.relay_messages)
+                what = f"relays {count} at {interval} ms"
+                m = attempt(
+                    what,
+                    partial(
+                        scenarios.multi_relay, bench, TUNED, count, interval, args.relay_messages
+                    ),
+                )
+                if m is None:
+                    continue
                 say(
-                    f"relays {count} at {interval} ms: {m.achieved_msg_s:.1f} msg/s "
-                    f"({m.ratio:.3f} of {m.bound_msg_s:g}), peaks {m.peak_sessions_by_ip}, "
-                    f"CPU {m.cpu_busy:.2f}"
+                    f"{what}: {m.achieved_msg_s:.1f} msg/s ({m.ratio:.3f} of "
+                    f"{m.bound_msg_s:g}), peaks {m.peak_sessions_by_ip}, CPU {m.cpu_busy:.2f}"
                 )
                 results["relays"].append(m)
+        checkpoint(results)
     if "soak" in args.sections:
         results["soak"] = []
         for stop in args.soak_stops:
-            soak = scenarios.soak(
-                bench, TUNED, args.soak_messages, args.soak_interval, args.soak_outage_seconds, stop
+            soak = attempt(
+                f"soak, {stop} stop",
+                partial(
+                    scenarios.soak,
+                    bench,
+                    TUNED,
+                    args.soak_messages,
+                    args.soak_interval,
+                    args.soak_outage_seconds,
+                    stop,
+                ),
             )
+            if soak is None:
+                continue
             a = soak.accounting
             say(
                 f"soak, {stop} stop: {a.once}/{a.expected} exactly once, {a.duplicated} "
@@ -232,6 +313,7 @@ def run_all(bench: scenarios.Bench, args: argparse.Namespace, say: Progress) -> 
                 f"{soak.postfix_peak_pss_mb:.0f} MB"
             )
             results["soak"].append(soak)
+            checkpoint(results)
     return results
 
 
@@ -278,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dns_delay_ms": args.dns_delay_ms,
             "rtts_ms": args.rtts,
             "latency_messages": args.latency_messages,
+            "latency_time_limit_s": args.latency_time_limit,
             "relays": args.relays,
             "relay_intervals_ms": args.relay_intervals,
             "relay_messages": args.relay_messages,
@@ -291,17 +374,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.results_dir / f"{stamp}.json"
+
+    def save(results: dict[str, Any]) -> None:
+        """The run so far, rewritten after every section: a crash keeps what was measured."""
+        document.update(as_json(results))
+        document["wall_s"] = time.monotonic() - say.started
+        document["load_average_end"] = list(machine()["load_average"])
+        json_path.write_text(json.dumps(document, indent=2) + "\n")
+
     with netns_etc(), secrets_service() as secrets:
         bench = scenarios.Bench(settings, secrets, args.results_dir / stamp)
-        document |= as_json(run_all(bench, args, say))
-    document["wall_s"] = time.monotonic() - say.started
-    document["load_average_end"] = list(machine()["load_average"])
-    json_path = args.results_dir / f"{stamp}.json"
-    json_path.write_text(json.dumps(document, indent=2) + "\n")
+        save(run_all(bench, args, say, save))
     (args.results_dir / f"{stamp}.md").write_text(report.results_markdown(document))
     say(f"wrote {json_path}")
     write_report(document, args.report_dir, say)
-    return 0
+    return 1 if document["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class Throughput:
     """Messages still deferred when the run ended (their next attempt beyond the horizon)."""
     next_attempt_s: float | None
     """For those: seconds from the end of the run to the earliest next attempt."""
+    cut_off: bool
+    """The run reached its time limit with messages still being retried: the window ends at
+    the limit and ``batch_ratio`` counts only what was delivered."""
     dns_lookups_per_1000: float
     """Queries for the service's name that Postfix sent to the local cache; without a cache
     every one of them goes to the upstream resolver."""
@@ -97,17 +100,23 @@ def throughput(
     next_attempt_s: float | None,
     dns_lookups: int,
     upstream_queries: int,
+    cut_off_at: float | None = None,
 ) -> Throughput:
-    """One throughput run's numbers; ``released_at`` is when the held backlog was let go."""
+    """One throughput run's numbers; ``released_at`` is when the held backlog was let go,
+    ``cut_off_at`` when the run's time limit ended it (None: it settled)."""
     stats = stats_from_events(events)
     records = messages_from_events(events)
     peak_sessions = stats.peak_sessions_by_ip.get(relay_ip, 0)
     accepted = sorted(r.accepted_at for r in records)
     starts = [e["t"] for e in events if e["event"] == "delivery_start"]
     delivered = len(accepted)
-    window = accepted[-1] - released_at if accepted else 0.0
+    if cut_off_at is not None:
+        window = cut_off_at - released_at
+    else:
+        window = accepted[-1] - released_at if accepted else 0.0
     bound = throughput_bound(session_cap, interval_ms)
     achieved = delivered / window if window > 0 else 0.0
+    counted = delivered if cut_off_at is not None else messages
     return Throughput(
         profile=profile,
         interval_ms=interval_ms,
@@ -118,7 +127,7 @@ def throughput(
         window_s=window,
         achieved_msg_s=achieved,
         ratio=achieved / bound,
-        batch_ratio=messages / bound / (window + (next_attempt_s or 0.0)) if window > 0 else 0.0,
+        batch_ratio=counted / bound / (window + (next_attempt_s or 0.0)) if window > 0 else 0.0,
         steady_ratio=steady_rate(accepted) / bound,
         first_delivery_s=min(starts) - released_at if starts else float("nan"),
         refused_sessions=stats.refused_sessions,
@@ -133,6 +142,7 @@ def throughput(
         deferrals=deferrals,
         left_in_queue=left_in_queue,
         next_attempt_s=next_attempt_s,
+        cut_off=cut_off_at is not None,
         dns_lookups_per_1000=per_thousand(dns_lookups, delivered),
         upstream_queries_per_1000=per_thousand(upstream_queries, delivered),
         timing=timing(events, records, interval_ms, peak_sessions, window),

@@ -29,9 +29,27 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _delivered(run: Row) -> str:
     text = f"{run['delivered']}/{run['messages']}"
-    if run["left_in_queue"]:
+    if run.get("cut_off"):
+        text += f" (cut off at {run['window_s']:.0f} s, {run['left_in_queue']} still queued)"
+    elif run["left_in_queue"]:
         text += f" ({run['left_in_queue']} deferred, next try in {run['next_attempt_s']:.0f} s)"
     return text
+
+
+def _at_most(run: Row) -> str:
+    """A batch ratio that counts deferred messages as delivered at their next try is an upper
+    limit; a cut-off run's counts only what was delivered."""
+    return "≤ " if run["left_in_queue"] and not run.get("cut_off") else ""
+
+
+def failures_section(results: Row) -> str:
+    """The runs that failed (a crash or a time-out of the harness, not a slow result): the
+    rest of the run's numbers stand without them."""
+    failures = results.get("failures") or []
+    if not failures:
+        return ""
+    lines = "".join(f"- {f['run']}: `{f['error']}`\n" for f in failures)
+    return f"## Runs that failed\n\n{len(failures)} run(s) did not finish:\n\n{lines}"
 
 
 def throughput_table(runs: Sequence[Row]) -> str:
@@ -46,7 +64,7 @@ def throughput_table(runs: Sequence[Row]) -> str:
             f"{r['interval_ms']} ms",
             _num(r["bound_msg_s"]),
             _num(r["achieved_msg_s"]),
-            ("≤ " if r["left_in_queue"] else "") + _num(r["batch_ratio"], 3),
+            _at_most(r) + _num(r["batch_ratio"], 3),
             _num(r["steady_ratio"], 3),
             _delivered(r),
             str(r["refused_sessions"]),
@@ -147,8 +165,8 @@ def latency_table(points: Sequence[Row]) -> str:
             _num(p["run"]["bound_msg_s"]),
             _num(p["ideal_msg_s"]),
             _num(p["run"]["achieved_msg_s"]),
-            ("≤ " if p["run"]["left_in_queue"] else "") + _num(p["run"]["batch_ratio"], 3),
-            ("≤ " if p["run"]["left_in_queue"] else "") + _num(p["ideal_ratio"], 3),
+            _at_most(p["run"]) + _num(p["run"]["batch_ratio"], 3),
+            _at_most(p["run"]) + _num(p["ideal_ratio"], 3),
             str(p["run"]["refused_sessions"]),
             _num(p["run"]["tcp_per_message"], 3),
             _num(p["run"]["timing"]["cycle_ms"]),
@@ -458,6 +476,8 @@ def results_markdown(results: Row) -> str:
     if results.get("throughput"):
         sections.append("## DNS\n\n" + dns_tables(results))
     sections.append("## Targets (rendered settings)\n\n" + target_lines(results))
+    if results.get("failures"):
+        sections.append(failures_section(results))
     return "\n".join(sections)
 
 
@@ -844,6 +864,8 @@ def report_markdown(results: Row) -> str:
         "## Findings\n",
         "".join(f"- {line}\n" for line in findings(results)),
     ]
+    if results.get("failures"):
+        out.append(failures_section(results))
     if results.get("throughput"):
         out += [
             "## Throughput\n",

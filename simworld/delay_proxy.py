@@ -59,21 +59,31 @@ def _pipe(source: socket.socket, sink: socket.socket, delay_s: float) -> None:
         chunks.put((time.monotonic() + delay_s, b""))
 
 
+def _connect(client: socket.socket, target: tuple[str, int], source: str, delay_s: float) -> None:
+    """Open the server's side one way's delay after the client connected, as a SYN would
+    arrive: otherwise a new session could reach the server before the delayed close of the
+    session it replaces, and the server would count both against its session cap."""
+    time.sleep(delay_s)
+    server = socket.socket()
+    server.bind((source, 0))
+    try:
+        server.connect(target)
+    except OSError:
+        client.close()
+        server.close()
+        return
+    for s in (client, server):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for a, b in ((client, server), (server, client)):
+        threading.Thread(target=_pipe, args=(a, b, delay_s), daemon=True).start()
+
+
 def _serve(listener: socket.socket, target: tuple[str, int], source: str, delay_s: float) -> None:
     while True:
         client, _ = listener.accept()
-        server = socket.socket()
-        server.bind((source, 0))
-        try:
-            server.connect(target)
-        except OSError:
-            client.close()
-            server.close()
-            continue
-        for s in (client, server):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for a, b in ((client, server), (server, client)):
-            threading.Thread(target=_pipe, args=(a, b, delay_s), daemon=True).start()
+        threading.Thread(
+            target=_connect, args=(client, target, source, delay_s), daemon=True
+        ).start()
 
 
 def main(argv: list[str]) -> None:

@@ -107,6 +107,32 @@ def test_throughput_numbers_from_events() -> None:
     assert run.timing.outside_interval_p10_ms == pytest.approx(1.0)
 
 
+def test_a_cut_off_run_counts_only_what_it_delivered() -> None:
+    """A relay still retrying at its time limit: the window ends at the limit, and the batch
+    ratio is what was delivered in it (not an upper limit counting the rest)."""
+    events = sessions_at_full_speed(10, 10, 0.2)  # 100 of 200 delivered by 102.01
+    run = measure.throughput(
+        profile="guide", interval_ms=200, messages=200, session_cap=10, relay_ip=RELAY,
+        released_at=100.0, events=events, wire={"connections": 10, "peak_open": 10},
+        deferrals=5, left_in_queue=100, next_attempt_s=None, dns_lookups=0, upstream_queries=0,
+        cut_off_at=110.0,
+    )  # fmt: skip
+    assert run.cut_off
+    assert run.window_s == pytest.approx(10.0)
+    assert run.batch_ratio == pytest.approx(100 / 50 / 10)
+    row = measure.as_json(run)
+    assert report._at_most(row) == ""
+    assert "cut off at 10 s, 100 still queued" in report.throughput_table([row])
+
+
+def test_failed_runs_are_reported() -> None:
+    doc = document(failures=[{"run": "latency guide 50 ms RTT 10 ms", "error": "TimeoutError()"}])
+    for text in (report.report_markdown(doc), report.results_markdown(doc)):
+        assert "## Runs that failed" in text
+        assert "- latency guide 50 ms RTT 10 ms: `TimeoutError()`" in text
+    assert "Runs that failed" not in report.report_markdown(document())
+
+
 def document(**changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "started_at": "2026-01-01T00:00:00+00:00",

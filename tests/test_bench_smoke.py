@@ -35,9 +35,10 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
             "--results-dir", str(results), "--report-dir", str(reports),
         ]
     )  # fmt: skip
-    assert status == 0
     [path] = results.glob("*.json")
     document = json.loads(path.read_text())
+    assert document["failures"] == []
+    assert status == 0
     assert set(document) >= {
         "machine",
         "parameters",
@@ -94,9 +95,10 @@ def test_benchmark_smoke_latency_relays_soak(tmp_path: Path) -> None:
             "--results-dir", str(results), "--report-dir", str(reports),
         ]
     )  # fmt: skip
-    assert status == 0
     [path] = results.glob("*.json")
     document = json.loads(path.read_text())
+    assert document["failures"] == []
+    assert status == 0
     assert [(p["run"]["profile"], p["rtt_ms"]) for p in document["latency"]] == [
         ("tuned", 0), ("direct", 0), ("tuned", 2), ("direct", 2),
     ]  # fmt: skip
