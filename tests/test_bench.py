@@ -125,6 +125,16 @@ def test_a_cut_off_run_counts_only_what_it_delivered() -> None:
     assert "cut off at 10 s, 100 still queued" in report.throughput_table([row])
 
 
+def test_latency_findings_name_the_guides_cut_off_runs() -> None:
+    run = measure.as_json(run_numbers(profile="guide")) | {
+        "refused_sessions": 300, "tcp_per_message": 3.5, "cut_off": True,
+    }  # fmt: skip
+    points = [{"rtt_ms": 10.0, "ideal_msg_s": 45.5, "ideal_ratio": 0.03, "run": run}]
+    [line] = report.latency_findings(points)
+    assert "300-300 sessions refused per run" in line
+    assert "1 of 1 runs were cut off" in line
+
+
 def test_failed_runs_are_reported() -> None:
     doc = document(failures=[{"run": "latency guide 50 ms RTT 10 ms", "error": "TimeoutError()"}])
     for text in (report.report_markdown(doc), report.results_markdown(doc)):
