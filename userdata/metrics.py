@@ -94,3 +94,21 @@ def publisher_config(namespace: str, relay: str) -> dict[str, Any]:
         "instance_dimension": INSTANCE_DIMENSION,
         "metrics": {m.key: {"name": m.name, "unit": m.unit, "kind": m.kind} for m in METRICS},
     }
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Where one relay's hosts report: the metrics' namespace, the ``Relay`` dimension's value
+    and the CloudWatch Logs group of the mail log. The component names them; the payload
+    carries them to the publisher and the CloudWatch agent."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    relay: str = "cmc-relay"
+    log_group: str = "/cmc-relay/cmc-relay"
+
+    def publisher_config(self) -> dict[str, Any]:
+        return publisher_config(self.namespace, self.relay)
+
+
+# A host rendered outside a component (the local sandbox, test hosts) reports here.
+DEFAULT_MONITORING: Final = Monitoring()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +19,7 @@ from typing import Any, Final
 import jinja2
 import yaml
 
+from userdata.metrics import DEFAULT_MONITORING, Monitoring
 from userdata.settings import OsName, RelaySettings
 
 USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses user data above 16 KB (before base64)
@@ -26,6 +28,8 @@ SCRIPT_DIR: Final = "/usr/local/sbin"
 UNIT_DIR: Final = "/etc/systemd/system"
 # Postfix's lookup tables, installed into /etc/postfix under the same names.
 POSTFIX_STAGE_DIR: Final = f"{STAGE_DIR}/postfix"
+# What the metrics publisher publishes, and where (userdata.metrics.publisher_config).
+METRICS_CONFIG_PATH: Final = f"{STAGE_DIR}/metrics.json"
 _CONFIG_FILE: Final = {"owner": "root:root", "permissions": "0644"}
 
 
@@ -203,11 +207,13 @@ def write_files(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> list[dict[str, str]]:
     """Every file the payload writes, in the order cloud-init writes them; ``drain`` adds the
     script a deployment runs before deleting the host. Where the image lacks SSM Agent, the
     installer and the public key it checks the package against: ``ssm_agent_key`` (ASCII
-    armored), or None for AWS's published key; a test environment passes its own signing key."""
+    armored), or None for AWS's published key; a test environment passes its own signing key.
+    ``monitoring``: where the host's metrics and mail log go."""
 
     def config_file(path: str, template: str) -> dict[str, str]:
         content = without_comments(render_template(template, settings, secret_arn))
@@ -228,6 +234,11 @@ def write_files(
         *tables,
         config_file(f"{STAGE_DIR}/networkd-no-dns.conf", "networkd-no-dns.conf"),
         config_file("/etc/dnsmasq.d/cmc-relay.conf", "dnsmasq.conf"),
+        {
+            "path": METRICS_CONFIG_PATH,
+            "content": json.dumps(monitoring.publisher_config(), separators=(",", ":")) + "\n",
+            **_CONFIG_FILE,
+        },
         _script_file("cmc-relay-setup"),
         _script_file("cmc-relay-verify"),
     ]
@@ -257,10 +268,11 @@ def cloud_config(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
     ``drain`` ships the drain script, ``ssm_agent_key`` replaces AWS's SSM Agent public key
-    (None: AWS's own; see ``write_files``)."""
+    (None: AWS's own; see ``write_files``), ``monitoring`` says where metrics and logs go."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
     document: dict[str, Any] = {
@@ -272,7 +284,9 @@ def cloud_config(
         "manage_etc_hosts": True,
         "package_update": True,
         "packages": list(OS_PROFILES[settings.os].packages),
-        "write_files": write_files(settings, secret_arn, drain, ssm_agent_key=ssm_agent_key),
+        "write_files": write_files(
+            settings, secret_arn, drain, ssm_agent_key=ssm_agent_key, monitoring=monitoring
+        ),
         "runcmd": [[f"{SCRIPT_DIR}/cmc-relay-setup"]],
     }
     if ssh_public_key is not None:
@@ -306,6 +320,7 @@ def render_user_data(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> str:
     """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
 
@@ -314,8 +329,9 @@ def render_user_data(
     ships AWS's published key; a test environment (an image twin serving its own package
     signed with a throwaway key) passes that key instead."""
     document = cloud_config(
-        settings, secret_arn, ssh_public_key, drain, ssm_agent_key=ssm_agent_key
-    )
+        settings, secret_arn, ssh_public_key, drain, ssm_agent_key=ssm_agent_key,
+        monitoring=monitoring,
+    )  # fmt: skip
     user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists
     return user_data
