@@ -17,7 +17,15 @@ import yaml
 from components import RelayHost
 from components.monitoring import dashboard_body, dashboard_name, relay_monitoring
 from components.policies import monitoring_policy
-from tests.pulumi_harness import ACCOUNT, REGION, Recorder, run_program, strings_in, user_data_of
+from tests.pulumi_harness import (
+    ACCOUNT,
+    REGION,
+    Recorder,
+    run_program,
+    run_stack,
+    strings_in,
+    user_data_of,
+)
 from userdata.metrics import INSTANCE_DIMENSION, METRICS, RELAY_DIMENSION, Monitoring, metric
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
@@ -313,3 +321,37 @@ def test_names_are_what_cloudwatch_accepts() -> None:
     assert monitoring.relay == "my.project/dev:eu/relay one"  # dimension values take anything
     assert monitoring.log_group == "/cmc-relay/my.project/dev-eu/relay-one"
     assert dashboard_name(monitoring) == "my-project-dev-eu-relay-one"
+
+
+def test_stack_config_keys_reach_the_alarms_log_group_and_outputs() -> None:
+    recorder = run_stack(
+        {
+            "apiUser": "cmc-user",
+            "apiKey": API_KEY,
+            "metricsNamespace": "Mail/Relay",
+            "logRetentionDays": 90,
+            "alarmEmail": "ops@example.com",
+            "alarmDeferredThreshold": 7,
+            "alarmOldestMessageMinutes": 15,
+            "alarmBouncedThreshold": 2,
+            "alarmRefusedThreshold": 9,
+        },
+        secret_keys=("apiKey",),
+    )
+    thresholds = {name: inputs["threshold"] for name, inputs in alarms(recorder).items()}
+    assert thresholds["relay-deferred-alarm"] == 7
+    assert thresholds["relay-oldest-message-alarm"] == 15 * 60
+    assert (thresholds["relay-bounced-alarm"], thresholds["relay-refused-alarm"]) == (2, 9)
+    assert recorder.one(LOG_GROUP).inputs["retentionInDays"] == 90
+    assert recorder.one(SUBSCRIPTION).inputs["endpoint"] == "ops@example.com"
+    outputs = recorder.stack_outputs
+    assert outputs["logGroupName"] == "/cmc-relay/cmc-relay/test/relay"
+    assert outputs["alarmTopicArn"] == f"arn:aws:sns:{REGION}:{ACCOUNT}:relay-alarms-1a2b3c"
+    assert outputs["dashboardUrl"].endswith("#dashboards:name=cmc-relay-test-relay")
+
+
+def test_stack_config_alarms_false_turns_the_alarms_off() -> None:
+    recorder = run_stack(
+        {"apiUser": "cmc-user", "apiKey": API_KEY, "alarms": False}, secret_keys=("apiKey",)
+    )
+    assert sorted(alarms(recorder)) == ["relay-recover-alarm"]
