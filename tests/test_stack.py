@@ -120,6 +120,12 @@ def test_pulumi_yaml_declares_every_config_key() -> None:
     assert set(declared) == set(CONFIG_KEYS.values())
 
 
+def test_readme_documents_every_config_key() -> None:
+    """Each key has a row in the README's configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    assert [key for key in CONFIG_KEYS.values() if f"\n| `{key}` | " not in readme] == []
+
+
 def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:
     recorder = run_stack({"apiUser": "cmc-user", "apiKey": API_KEY}, secret_keys=("apiKey",))
     outputs = recorder.stack_outputs
