@@ -256,11 +256,13 @@ def test_the_role_publishes_to_its_namespace_and_ships_to_its_log_group_only() -
 
 
 def test_monitoring_policy_scopes_nothing_wider() -> None:
-    policy = monitoring_policy("CMCRelay", "arn:aws:logs:r:1:log-group:g")
-    resources = [r for s in policy["Statement"] for r in json.dumps(s["Resource"]).split(",")]
-    assert all("log-group:g" in r or r == '"*"' for r in resources)
-    (wildcard,) = [s for s in policy["Statement"] if s["Resource"] == "*"]
-    assert wildcard["Condition"]["StringEquals"]["cloudwatch:namespace"] == "CMCRelay"
+    group = "arn:aws:logs:ap-northeast-1:123456789012:log-group:/cmc-relay/p/s/r"
+    for statement in monitoring_policy("CMCRelay", group)["Statement"]:
+        if statement["Resource"] == "*":  # PutMetricData takes no resource: the condition scopes it
+            assert statement["Action"] == "cloudwatch:PutMetricData"
+            assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "CMCRelay"}}
+        else:
+            assert all(resource.startswith(group) for resource in statement["Resource"])
 
 
 def dashboard_metrics(body: dict[str, Any]) -> list[list[Any]]:
