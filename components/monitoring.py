@@ -47,11 +47,17 @@ def dashboard_name(monitoring: Monitoring) -> str:
     return _NOT_IN_DASHBOARD.sub("-", monitoring.relay)[:255]
 
 
-def dashboard_url(region: str, name: str) -> str:
-    return (
-        f"https://{region}.console.aws.amazon.com/cloudwatch/home"
-        f"?region={region}#dashboards:name={name}"
-    )
+# The AWS console's domain in each partition.
+CONSOLE_DOMAINS: Final = {
+    "aws": "console.aws.amazon.com",
+    "aws-cn": "console.amazonaws.cn",
+    "aws-us-gov": "console.amazonaws-us-gov.com",
+}
+
+
+def dashboard_url(partition: str, region: str, name: str) -> str:
+    console = CONSOLE_DOMAINS.get(partition, CONSOLE_DOMAINS["aws"])
+    return f"https://{region}.{console}/cloudwatch/home?region={region}#dashboards:name={name}"
 
 
 @dataclass(frozen=True)

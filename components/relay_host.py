@@ -799,7 +799,8 @@ class RelayHost(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        return dashboard.dashboard_name.apply(lambda board: dashboard_url(region, board))
+        partition = self._partition
+        return dashboard.dashboard_name.apply(lambda board: dashboard_url(partition, region, board))
 
     @functools.cached_property
     def _partition(self) -> str:

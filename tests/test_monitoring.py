@@ -15,7 +15,12 @@ import pytest
 import yaml
 
 from components import RelayHost
-from components.monitoring import dashboard_body, dashboard_name, relay_monitoring
+from components.monitoring import (
+    dashboard_body,
+    dashboard_name,
+    dashboard_url,
+    relay_monitoring,
+)
 from components.policies import monitoring_policy
 from tests.pulumi_harness import (
     ACCOUNT,
@@ -316,6 +321,22 @@ def test_widgets_do_not_overlap() -> None:
             for y in range(widget["y"], widget["y"] + widget["height"]):
                 assert (x, y) not in cells
                 cells.add((x, y))
+
+
+@pytest.mark.parametrize(
+    ("partition", "region", "console"),
+    [
+        ("aws", "us-east-1", "console.aws.amazon.com"),
+        ("aws-cn", "cn-north-1", "console.amazonaws.cn"),
+        ("aws-us-gov", "us-gov-west-1", "console.amazonaws-us-gov.com"),
+    ],
+)
+def test_the_dashboard_url_is_in_the_partition_s_console(
+    partition: str, region: str, console: str
+) -> None:
+    assert dashboard_url(partition, region, "p-s-r") == (
+        f"https://{region}.{console}/cloudwatch/home?region={region}#dashboards:name=p-s-r"
+    )
 
 
 def test_names_are_what_cloudwatch_accepts() -> None:
