@@ -153,7 +153,8 @@ class RelayHostArgs(TypedDict, total=False):
     log_kms_key_arn: str
     """Customer-managed KMS key that encrypts the mail log group, if any."""
     alarms: bool
-    """CloudWatch alarms on the hosts' metrics (default true); false: none, and no topic."""
+    """Alarms on the hosts' metrics and the balancer (default true); false: only the hosts'
+    recovery alarms, and no topic."""
     alarm_topic_arn: pulumi.Input[str]
     """SNS topic the alarms notify; without it and alarm_email they notify nobody."""
     alarm_email: str
