@@ -87,7 +87,7 @@ def test_every_config_key_reaches_the_component() -> None:
         "mynetworks = 127.0.0.0/8 [::1]/128 10.20.0.0/24",
     ):
         assert expected in user_data
-    policy = recorder.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"]
+    policy = recorder.by_name("relay-read-credentials").inputs["policy"]
     assert "kms:Decrypt" in policy
     ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
     assert any(r.inputs.get("referencedSecurityGroupId") == "sg-app" for r in ingress)

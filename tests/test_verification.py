@@ -28,7 +28,7 @@ from tests.pulumi_harness import (
     strings_in,
     user_data_of,
 )
-from userdata.render import OS_PROFILES, cloud_config
+from userdata.render import OS_PROFILES, BundleStore, cloud_config
 from userdata.settings import OS_NAMES, ConfigError, RelaySettings
 
 ROOT = Path(__file__).parent.parent
@@ -85,9 +85,10 @@ def assert_runs_after_the_host_is_reachable(recorder: Recorder, command: Registe
         INSTANCE,
         "aws:ec2/eipAssociation:EipAssociation",
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment",  # Systems Manager access
-        "aws:iam/rolePolicy:RolePolicy",  # the secret the host reads at boot
     ):
         assert urn(recorder, needed) in command.dependencies, needed
+    # The secret the host reads at boot (the instance itself waits for its bundle).
+    assert recorder.by_name("relay-read-credentials").urn in command.dependencies
     assert command.deleted_with == urn(recorder, INSTANCE)
     assert command.inputs["addPreviousOutputInEnv"] is False
     assert "environment" not in command.inputs
@@ -162,7 +163,7 @@ def test_ssh_mode_opens_port_22_to_the_given_networks_only() -> None:
         DEPLOYERS,
         "2001:db8::/48",
     }
-    assert recorder.invoked("aws:index/getRegion:getRegion") == []
+    assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1  # the bundle's
 
 
 def test_ssh_mode_authorizes_the_public_key_and_keeps_the_private_key_out() -> None:
@@ -179,7 +180,7 @@ def test_none_creates_no_command() -> None:
     recorder = relay(verification="none")
     assert recorder.of_type(LOCAL) == recorder.of_type(REMOTE) == []
     assert recorder.outputs[urn(recorder, TYPE_TOKEN)].get("verification_report") is None
-    assert recorder.invoked("aws:index/getRegion:getRegion") == []
+    assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1  # the bundle's
 
 
 def test_ephemeral_secret_is_deleted_without_a_recovery_window() -> None:
@@ -192,8 +193,9 @@ def test_ephemeral_secret_is_deleted_without_a_recovery_window() -> None:
 
 def test_cloud_config_has_no_key_unless_given() -> None:
     settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",))
-    assert "ssh_authorized_keys" not in cloud_config(settings, SECRET_ARN)
-    with_key = cloud_config(settings, SECRET_ARN, PUBLIC_KEY)
+    store = BundleStore("relay-payload-0a1b2c3", "ap-northeast-1")
+    assert "ssh_authorized_keys" not in cloud_config(settings, SECRET_ARN, store=store)
+    with_key = cloud_config(settings, SECRET_ARN, PUBLIC_KEY, store=store)
     assert with_key["ssh_authorized_keys"] == [PUBLIC_KEY]
 
 
