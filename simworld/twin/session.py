@@ -27,7 +27,7 @@ from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
 from simworld.twin.ssm_agent import AgentPackage, agent_package
-from userdata.render import BundleStore, pack_user_data, render_bundle, render_user_data
+from userdata.render import Bundle, BundleStore, pack_user_data, render_bundle, render_user_data
 from userdata.settings import RelaySettings
 
 API_USER: Final = "twin-api-user"
@@ -127,6 +127,7 @@ class TwinBoot:
         self.aws: subprocess.Popen[str] | None = None
         self.agent: AgentPackage | None = None
         self.secret_arn = ""
+        self.bundle: Bundle | None = None
         self.user_data = b""
 
     # --- stages ---------------------------------------------------------------------------
@@ -150,7 +151,7 @@ class TwinBoot:
         PAYLOAD_STORE; returns the secret's ARN."""
         assert self.world is not None
         prefix = f"{SSM_BUCKET}/latest/debian_{ARCH}"
-        bundle = render_bundle(self.settings, ssm_agent_key=agent.public_key)
+        self.bundle = bundle = render_bundle(self.settings, ssm_agent_key=agent.public_key)
         (self.work / "bundle.tar.gz").write_bytes(bundle.data)
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", net.AWS_IP]
         aws += ["--port", "443", "--region", net.REGION, "--name", SECRET_NAME]
