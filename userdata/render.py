@@ -205,9 +205,9 @@ def write_files(
     ssm_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> list[dict[str, str]]:
-    """Every file the payload gives the host, in order: the user data's and the bundle's
-    (``is_bundled``), the bootstrap and its pin aside; ``drain`` adds the
-    script a deployment runs before deleting the host. Where the image lacks SSM Agent, the
+    """Every file the host gets besides the bootstrap and its pin, in order: the user data's
+    and the bundle's (``is_bundled`` tells them apart); ``drain`` adds the script a
+    deployment runs before deleting the host. Where the image lacks SSM Agent, the
     installer and the public key it checks the package against: ``ssm_agent_key`` (ASCII
     armored), or None for AWS's published key; a test environment passes its own signing key.
     ``monitoring``: where the host's metrics and mail log go."""
