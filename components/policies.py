@@ -76,3 +76,26 @@ def monitoring_policy(namespace: str, log_group_arn: str) -> PolicyDocument:
             },
         ],
     }
+
+
+def bundle_read_policy(object_arn: str) -> PolicyDocument:
+    """Read exactly the host's bundle (its on-host scripts), nothing else in the bucket."""
+    statement = {"Sid": "ReadPayloadBundle", "Effect": "Allow", "Action": "s3:GetObject"}
+    return {"Version": "2012-10-17", "Statement": [{**statement, "Resource": object_arn}]}
+
+
+def tls_only_bucket_policy(bucket_arn: str) -> PolicyDocument:
+    """The payload bucket refuses every request that does not come over TLS."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [bucket_arn, f"{bucket_arn}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }

@@ -8,6 +8,7 @@ No ``from __future__ import annotations`` here: Pulumi's schema analyzer (the co
 from other languages, ``components/provider.py``) reads the annotations as live types.
 """
 
+import base64
 import functools
 import json
 import sys
@@ -41,12 +42,21 @@ from components.monitoring import (
 )
 from components.policies import (
     EC2_ASSUME_ROLE_POLICY,
+    bundle_read_policy,
     monitoring_policy,
     secret_read_policy,
     ssm_managed_instance_policy_arn,
+    tls_only_bucket_policy,
 )
 from userdata.metrics import Monitoring
-from userdata.render import OS_PROFILES, pack_user_data, render_user_data
+from userdata.render import (
+    OS_PROFILES,
+    Bundle,
+    BundleStore,
+    pack_user_data,
+    render_bundle,
+    render_user_data,
+)
 from userdata.settings import RelaySettings, secret_region
 
 TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
@@ -103,6 +113,7 @@ class _Fleet:
     egress_rules: list[pulumi.Resource]
     profile: aws.iam.InstanceProfile
     policies: list[pulumi.Resource]
+    payload: list[pulumi.Resource]  # the bundle in S3 and the role's right to read it
     user_data: pulumi.Output[str]
 
 
@@ -177,19 +188,29 @@ class RelayHost(pulumi.ComponentResource):
 
         secret_arn = self._credentials_secret(name, args, options, tags, child)
         group, egress_rules = self._security_group(name, args, settings, options, tags, child)
-        profile, policies = self._instance_profile(
-            name, secret_arn, settings.inbound_tls_secret_arn, options, tags, child
+        public_key, drain = options.ssh_public_key, options.drain_on_delete
+        bucket, bundle_object = self._payload(name, render_bundle(settings, drain), tags, child)
+        profile, policies, payload_policy = self._instance_profile(
+            name,
+            secret_arn,
+            settings.inbound_tls_secret_arn,
+            bundle_object.arn,
+            options,
+            tags,
+            child,
         )
         policies.append(self._monitoring_policy(name, profile, monitoring, log_group, child))
-        public_key, drain = options.ssh_public_key, options.drain_on_delete
-
-        def payload(arn: str | None) -> str:
-            return render_user_data(settings, arn, public_key, drain, monitoring=monitoring)
-
-        user_data = (
-            pulumi.Output.from_input(secret_arn).apply(lambda arn: payload(checked_secret_arn(arn)))
-            if secret_arn is not None
-            else pulumi.Output.from_input(payload(None))
+        region = self._region
+        # The user data pins the bundle by hash: a new bundle is a new payload (replacement).
+        user_data = pulumi.Output.all(secret_arn, bucket.bucket).apply(
+            lambda values: render_user_data(
+                settings,
+                checked_secret_arn(values[0]) if values[0] is not None else None,
+                public_key,
+                drain,
+                store=BundleStore(values[1], region),
+                monitoring=monitoring,
+            )
         )
         fleet = _Fleet(
             args,
@@ -200,6 +221,7 @@ class RelayHost(pulumi.ComponentResource):
             egress_rules,
             profile,
             policies,
+            [bundle_object, payload_policy],
             user_data,
         )
         host_subnets, subnet_ids = self._subnets(args, options.replicas)
@@ -287,7 +309,8 @@ class RelayHost(pulumi.ComponentResource):
             # unset, as it always was, for the engine and provider to decide.
             opts=child.merge(
                 pulumi.ResourceOptions(
-                    depends_on=after, delete_before_replace=options.drain_on_delete or None
+                    depends_on=[*after, *fleet.payload],  # the bootstrap reads it at boot
+                    delete_before_replace=options.drain_on_delete or None,
                 )
             ),
         )
@@ -553,17 +576,55 @@ class RelayHost(pulumi.ComponentResource):
             )
         return balancer, targets
 
+    def _payload(
+        self, name: str, bundle: Bundle, tags: dict[str, str], child: pulumi.ResourceOptions
+    ) -> tuple[aws.s3.Bucket, aws.s3.BucketObjectv2]:
+        """A private bucket holding the bundle of on-host scripts, under its hash-named key."""
+        bucket = aws.s3.Bucket(
+            f"{name}-payload",
+            force_destroy=True,  # it only holds payloads the component generates
+            tags=tags,
+            opts=child,
+        )
+        private = aws.s3.BucketPublicAccessBlock(
+            f"{name}-payload",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketPolicy(
+            f"{name}-payload",
+            bucket=bucket.id,
+            policy=bucket.arn.apply(lambda arn: json.dumps(tls_only_bucket_policy(arn))),
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[private])),
+        )
+        bundle_object = aws.s3.BucketObjectv2(
+            f"{name}-payload",
+            bucket=bucket.id,
+            key=bundle.key,
+            content_base64=base64.b64encode(bundle.data).decode(),
+            content_type="application/gzip",
+            tags=tags,
+            opts=child,
+        )
+        return bucket, bundle_object
+
     def _instance_profile(
         self,
         name: str,
         secret_arn: pulumi.Input[str] | None,
         certificate_arn: str | None,
+        bundle_arn: pulumi.Output[str],
         options: HostOptions,
         tags: dict[str, str],
         child: pulumi.ResourceOptions,
-    ) -> tuple[aws.iam.InstanceProfile, list[pulumi.Resource]]:
-        """The instance's profile, and the policies it needs before the host can be verified:
-        reading the credentials secret and the inbound TLS certificate's, where there are."""
+    ) -> tuple[aws.iam.InstanceProfile, list[pulumi.Resource], aws.iam.RolePolicy]:
+        """The instance's profile, the policies it needs before the host can be verified
+        (reading the credentials secret and the inbound TLS certificate's, where there are),
+        and the one it needs to boot: reading its bundle."""
         role = aws.iam.Role(
             f"{name}-role",
             assume_role_policy=json.dumps(EC2_ASSUME_ROLE_POLICY),
@@ -592,8 +653,14 @@ class RelayHost(pulumi.ComponentResource):
                 opts=child,
             )
             policies.append(policy)
+        payload_policy = aws.iam.RolePolicy(
+            f"{name}-read-payload",
+            role=role.id,
+            policy=bundle_arn.apply(lambda arn: json.dumps(bundle_read_policy(arn))),
+            opts=child,
+        )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
-        return profile, policies
+        return profile, policies, payload_policy
 
     def _verification(
         self,

@@ -8,7 +8,8 @@ inside its private network namespace::
            192.0.2.50          a host outside allowedCidrs (must be refused)
            198.51.100.25, .26  the CMC stand-in, both A records of sandbox.smtps.jp
            169.254.169.253     the "VPC resolver": a dnsmasq that knows sandbox.smtps.jp
-           203.0.113.10:4566   Secrets Manager (moto's server) holding the SMTP credentials
+           203.0.113.10:4566   Secrets Manager and S3 (moto's server) holding the SMTP
+                               credentials and the bundle of on-host scripts
 
 The relay's own dnsmasq, rendered by the payload, listens on 127.0.0.1 and forwards to the
 "VPC resolver", exactly as on EC2. Nothing leaves the namespace: there is no route out.
@@ -28,7 +29,13 @@ from typing import Any
 
 from simworld.standin import MessageRecord, messages_from_events, read_events
 from simworld.throwaway import BASE_ENV, Rig, RigError, Unsupported
-from userdata.render import OS_PROFILES, pack_user_data, render_user_data
+from userdata.render import (
+    OS_PROFILES,
+    BundleStore,
+    pack_user_data,
+    render_bundle,
+    render_user_data,
+)
 from userdata.settings import RelaySettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +48,7 @@ RESOLVER_IP = "169.254.169.253"
 AWS_IP, AWS_PORT, REGION = "203.0.113.10", 4566, "ap-northeast-1"
 API_USER = "sandbox-api-user"
 SECRET_NAME = "cmc-relay-sandbox-credentials"
+BUNDLE_STORE = BundleStore("cmc-relay-sandbox-payload", REGION)
 # The payload `pulumi up` would render for a trial-plan Debian 12 host serving ALLOWED_CIDR.
 # With the mail policy, so that the verifier's tests cover its settings and tables too.
 SETTINGS = RelaySettings(
@@ -56,6 +64,7 @@ SETTINGS = RelaySettings(
 BOOT_ENV: Mapping[str, str] = {
     **BASE_ENV,
     "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://{AWS_IP}:{AWS_PORT}",
+    "AWS_ENDPOINT_URL_S3": f"http://{AWS_IP}:{AWS_PORT}",
     "AWS_ACCESS_KEY_ID": "sandbox",  # moto accepts any; stands in for the instance role
     "AWS_SECRET_ACCESS_KEY": "sandbox",
     "AWS_EC2_METADATA_DISABLED": "true",
@@ -78,7 +87,8 @@ OVERLAY_CHANGES = (
     "only an ed25519 SSH host key",
     f"/etc/resolv.conf names {RESOLVER_IP} (the stand-in VPC resolver), as DHCP would",
     "the stand-in's test CA appended to the OS bundle smtp_tls_CAfile names",
-    "AWS_ENDPOINT_URL_SECRETS_MANAGER and dummy credentials in cloud-init's environment",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER, AWS_ENDPOINT_URL_S3 and dummy credentials in "
+    "cloud-init's environment",
     "/dev/log is a socket the sandbox records (no syslog daemon)",
 )
 STAGES: tuple[tuple[str, ...], ...] = (
@@ -155,10 +165,14 @@ class Sandbox:
         rig.await_output(process, "syslog.log", "^READY")
 
     def start_secrets_manager(self) -> str:
-        """Moto's server holding ``{"username", "password"}``; returns the secret's ARN."""
+        """Moto's server holding ``{"username", "password"}`` and the bundle of on-host scripts
+        in BUNDLE_STORE; returns the secret's ARN."""
         rig = self.machine
+        bundle = render_bundle(SETTINGS)
+        Path(rig.host_path("bundle.tar.gz")).write_bytes(bundle.data)
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", AWS_IP]
         aws += ["--port", str(AWS_PORT), "--region", REGION, "--name", SECRET_NAME]
+        aws += [f"--s3-object={BUNDLE_STORE.bucket}/{bundle.key}={rig.world}/bundle.tar.gz"]
         process = rig.start(aws, log="aws.log", env=WORLD_ENV, stdin=subprocess.PIPE)
         assert process.stdin is not None
         process.stdin.write(json.dumps({"username": API_USER, "password": self.password}))
@@ -202,7 +216,7 @@ class Sandbox:
     def render(self) -> tuple[str, bytes]:
         """The user data, rendered and packed by the very functions the Pulumi component uses:
         the document, and the gzipped bytes EC2 would hand to cloud-init."""
-        document = render_user_data(SETTINGS, self.secret_arn)
+        document = render_user_data(SETTINGS, self.secret_arn, store=BUNDLE_STORE)
         return document, base64.b64decode(pack_user_data(document))
 
     def prepare_overlay(self, user_data: bytes) -> None:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from simworld.chroot_host import SETTINGS
+from simworld.chroot_host import BUNDLE_STORE, SETTINGS
 from userdata.render import cloud_config
 
 COMMANDS = (
@@ -60,7 +60,9 @@ def problems(facts: Facts) -> list[str]:
 
 def payload_packages() -> tuple[str, ...]:
     """The packages the Debian 12 payload asks cloud-init for (any ARN renders the same list)."""
-    packages: list[str] = cloud_config(SETTINGS, "arn:aws:secretsmanager:::secret:x")["packages"]
+    packages: list[str] = cloud_config(
+        SETTINGS, "arn:aws:secretsmanager:::secret:x", store=BUNDLE_STORE
+    )["packages"]
     return tuple(packages)
 
 

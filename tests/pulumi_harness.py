@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import io
 import json
 import runpy
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ SUBNETS = {
     "subnet-team": {"id": "subnet-team", "vpc_id": "vpc-team", "zone": f"{REGION}a"},
 }
 VPCS = {"vpc-default": DEFAULT_VPC, "vpc-team": {"id": "vpc-team", "cidr_block": "10.20.0.0/16"}}
+BUNDLE_OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 # What a passing verifier prints; the mocks give it as every verification command's stdout.
 VERIFIER_REPORT = '{"ok": true, "checks": [{"name": "postfix", "ok": true, "detail": "active"}]}'
 
@@ -94,6 +97,12 @@ class Recorder(pulumi.runtime.Mocks):
             "command:remote:Command": {"stdout": VERIFIER_REPORT},
         }
         outputs.update(computed.get(args.typ, {}))
+        if args.typ == "aws:s3/bucket:Bucket":  # S3's auto-naming; a bucket's id is its name
+            outputs["bucket"] = f"{args.name}-0a1b2c3"
+            outputs["arn"] = f"arn:aws:s3:::{outputs['bucket']}"
+            return outputs["bucket"], outputs
+        if args.typ == "aws:s3/bucketObjectv2:BucketObjectv2":
+            outputs["arn"] = f"arn:aws:s3:::{args.inputs['bucket']}/{args.inputs['key']}"
         if args.typ.startswith("aws:iam/"):
             outputs.setdefault("name", f"{args.name}-7f3a2c1")  # Pulumi's auto-naming
         return f"{args.name}-id", outputs
@@ -231,6 +240,16 @@ def strings_in(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from strings_in(item)
+
+
+def bundle_of(recorder: Recorder) -> dict[str, str]:
+    """The files of the bundle the component stores in S3, by absolute path."""
+    data = base64.b64decode(recorder.one(BUNDLE_OBJECT).inputs["contentBase64"])
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {
+            f"/{member.name}": tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+            for member in tar.getmembers()
+        }
 
 
 def user_data_of(instance: Registered) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -11,15 +12,18 @@ import yaml
 
 from components import TYPE_TOKEN, RelayHost
 from tests.pulumi_harness import (
+    BUNDLE_OBJECT,
     CREATED_SECRET_ARN,
     LOOKED_UP_AMI,
     VERIFIER_REPORT,
     Recorder,
+    bundle_of,
     run_program,
     strings_in,
     user_data_of,
 )
-from userdata.settings import ConfigError
+from userdata.render import render_bundle
+from userdata.settings import ConfigError, RelaySettings
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
 KMS_KEY = "arn:aws:kms:ap-northeast-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -221,7 +225,10 @@ def test_created_secret_holds_the_credentials_as_a_pulumi_secret() -> None:
 
 def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
     recorder = relay(plan="pro", subdomain="acme", auth_mode="ip", credentials_secret_arn=None)
-    assert [r.name for r in recorder.of_type(ROLE_POLICY)] == ["relay-monitoring"]
+    assert sorted(r.name for r in recorder.of_type(ROLE_POLICY)) == [
+        "relay-monitoring",
+        "relay-read-payload",
+    ]
     assert recorder.of_type("aws:secretsmanager/secret:Secret") == []
     assert "CMC_SECRET_ARN=" not in user_data(recorder)
     assert "smtp_sasl_auth_enable = no" in user_data(recorder)
@@ -248,10 +255,82 @@ def test_role_reads_the_inbound_tls_certificate_secret(auth_mode: str) -> None:
     assert [s["Resource"] for s in statements.values()] == ([SECRET_ARN] if not ip else [])
     text = user_data(recorder)
     assert f"CMC_INBOUND_TLS_SECRET_ARN={CERT_ARN}" in text
-    paths = [f["path"] for f in yaml.safe_load(text)["write_files"]]
+    paths = [f["path"] for f in yaml.safe_load(text)["write_files"]] + list(bundle_of(recorder))
     assert "/usr/local/sbin/cmc-relay-fetch-secret" in paths
     assert "/etc/systemd/system/cmc-relay-fetch-secret.timer" in paths
     assert "/usr/local/sbin/cmc-relay-inbound-cert" not in paths
+
+
+BUCKET = "aws:s3/bucket:Bucket"
+
+
+def test_payload_bucket_is_private_tls_only_and_emptied_on_delete() -> None:
+    recorder = relay()
+    component = recorder.one(TYPE_TOKEN)
+    bucket = recorder.one(BUCKET)
+    assert bucket.name == "relay-payload" and bucket.parent == component.urn
+    assert bucket.inputs["forceDestroy"] is True
+    block = recorder.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert block.inputs == {
+        "bucket": "relay-payload-0a1b2c3",
+        "blockPublicAcls": True,
+        "blockPublicPolicy": True,
+        "ignorePublicAcls": True,
+        "restrictPublicBuckets": True,
+    }
+    bucket_policy = recorder.one("aws:s3/bucketPolicy:BucketPolicy")
+    assert bucket_policy.inputs["bucket"] == "relay-payload-0a1b2c3"
+    assert block.urn in bucket_policy.dependencies  # a policy may not be put before the block
+    (deny,) = json.loads(bucket_policy.inputs["policy"])["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    arn = "arn:aws:s3:::relay-payload-0a1b2c3"
+    assert deny["Resource"] == [arn, f"{arn}/*"]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_object_holds_the_rendered_bundle_and_the_user_data_pins_it() -> None:
+    recorder = relay(drain_on_delete=True)
+    bundle = render_bundle(RelaySettings(allowed_cidrs=("10.20.0.0/16",)), drain=True)
+    stored = recorder.one(BUNDLE_OBJECT)
+    assert stored.inputs["bucket"] == "relay-payload-0a1b2c3"
+    assert stored.inputs["key"] == bundle.key == f"payload/{bundle.sha256}.tar.gz"
+    assert base64.b64decode(stored.inputs["contentBase64"]) == bundle.data
+    pin = yaml.safe_load(user_data(recorder))["write_files"][0]
+    assert pin["path"] == "/etc/cmc-relay/bundle.env"
+    assert pin["content"] == (
+        "CMC_BUNDLE_BUCKET=relay-payload-0a1b2c3\n"
+        f"CMC_BUNDLE_KEY={bundle.key}\n"
+        "CMC_BUNDLE_REGION=ap-northeast-1\n"
+        f"CMC_BUNDLE_SHA256={bundle.sha256}\n"
+    )
+    # The instance boots only once the bundle and the right to read it exist.
+    instance = recorder.one(INSTANCE)
+    assert stored.urn in instance.dependencies
+    assert recorder.by_name("relay-read-payload").urn in instance.dependencies
+
+
+def test_role_reads_exactly_the_bundle_object() -> None:
+    recorder = relay()
+    stored = recorder.one(BUNDLE_OBJECT)
+    policy = json.loads(recorder.by_name("relay-read-payload").inputs["policy"])
+    assert policy["Statement"] == [
+        {
+            "Sid": "ReadPayloadBundle",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::relay-payload-0a1b2c3/{stored.inputs['key']}",
+        }
+    ]
+    assert recorder.by_name("relay-read-payload").inputs["role"] == "relay-role-id"
+
+
+def test_a_new_bundle_is_a_new_payload() -> None:
+    """The user data pins the bundle's hash, so the instance is replaced when the scripts
+    change (user_data_replace_on_change), as when its configuration does."""
+    plain, drained = relay(), relay(drain_on_delete=True)
+    assert plain.one(BUNDLE_OBJECT).inputs["key"] != drained.one(BUNDLE_OBJECT).inputs["key"]
+    assert user_data(plain) != user_data(drained)
+    assert plain.one(INSTANCE).inputs["userDataReplaceOnChange"] is True
 
 
 def test_outputs_are_registered() -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import gzip
+import io
 import ipaddress
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,14 @@ import pytest
 import yaml
 
 from userdata.render import (
+    BOOTSTRAP,
+    BUNDLE_ENV_PATH,
     OS_PROFILES,
     SCRIPT_DIR,
     SSM_AGENT_KEY_PATH,
     USER_DATA_LIMIT,
+    Bundle,
+    BundleStore,
     aws_ssm_agent_key,
     cloud_config,
     dump_cloud_config,
@@ -29,15 +34,16 @@ from userdata.render import (
     postfix_parameters,
     postfix_services,
     postfix_tables,
+    render_bundle,
     render_template,
     render_user_data,
     script,
-    shipped_script,
 )
 from userdata.settings import OS_NAMES, PLANS, OsName, RelaySettings
 
 GOLDEN = Path(__file__).parent / "golden"
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
+STORE = BundleStore("relay-payload-0a1b2c3", "ap-northeast-1")
 # Regenerate with UPDATE_GOLDEN=1 after an intended change, and review the diff.
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 
@@ -58,7 +64,7 @@ VARIANTS = {
 
 
 def render(settings: RelaySettings) -> str:
-    return render_user_data(settings, SECRET_ARN if settings.uses_sasl else None)
+    return render_user_data(settings, SECRET_ARN if settings.uses_sasl else None, store=STORE)
 
 
 def parsed(settings: RelaySettings) -> dict[str, Any]:
@@ -74,12 +80,33 @@ def files_of(document: dict[str, Any]) -> dict[str, str]:
     return {entry["path"]: entry["content"] for entry in document["write_files"]}
 
 
+def bundled(bundle: Bundle) -> dict[str, tarfile.TarInfo]:
+    """The bundle's members by absolute path."""
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        return {f"/{member.name}": member for member in tar.getmembers()}
+
+
+def bundle_files(bundle: Bundle) -> dict[str, str]:
+    """The bundle's files by absolute path."""
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        return {
+            f"/{member.name}": tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+            for member in tar.getmembers()
+        }
+
+
+def host_files(settings: RelaySettings) -> dict[str, str]:
+    """Every file the host gets: the user data's and the bundle's."""
+    return files_of(parsed(settings)) | bundle_files(render_bundle(settings))
+
+
 def without_scripts(document: dict[str, Any]) -> dict[str, Any]:
-    """The golden view: configuration as written, scripts named only (they are tested below)."""
+    """The golden view: configuration as written, scripts named only and the bundle's hash
+    left out (they are tested below)."""
     entries = [
         {**entry, "content": f"<{Path(entry['path']).name}>"}
         if entry["path"].startswith(f"{SCRIPT_DIR}/")
-        else entry
+        else {**entry, "content": re.sub("[0-9a-f]{64}", "<sha256>", entry["content"])}
         for entry in document["write_files"]
     ]
     return {**document, "write_files": entries}
@@ -141,8 +168,9 @@ def test_the_largest_usual_payload_still_fits(
         inbound_tls_secret_arn=certificate_secret,
     )
     ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq3vQm0mZ1rL8x4m2aQe9Vt7r2hY5cJ0bN6dK3wS1pE ops"
-    user_data = render_user_data(settings, SECRET_ARN, ssh_key, drain=True)
-    assert len(base64.b64decode(pack_user_data(user_data))) < USER_DATA_LIMIT
+    user_data = render_user_data(settings, SECRET_ARN, ssh_key, drain=True, store=STORE)
+    # About 4.5 KB with the scripts in the bundle (Debian's was 15.7 KB with them inside).
+    assert len(base64.b64decode(pack_user_data(user_data))) < 5 * 1024
 
 
 def test_payload_refuses_to_exceed_the_limit() -> None:
@@ -153,37 +181,64 @@ def test_payload_refuses_to_exceed_the_limit() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_scripts_decode_to_the_shipped_sources(name: str) -> None:
-    files = files_of(parsed(VARIANTS[name]))
-    shipped = {path for path in files if path.startswith("/usr/local/sbin/")}
+def test_the_bundle_holds_the_scripts_as_they_are_and_the_user_data_the_rest(name: str) -> None:
+    settings = VARIANTS[name]
+    files = files_of(parsed(settings))
+    scripts = {path for path in bundle_files(render_bundle(settings)) if path != SSM_AGENT_KEY_PATH}
     expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-inbound-cert"}  # inboundTls may
-    if VARIANTS[name].uses_sasl:
+    if settings.uses_sasl:
         expected.add("cmc-relay-fetch-secret")
-    if not OS_PROFILES[VARIANTS[name].os].ssm_agent_preinstalled:
+    if not OS_PROFILES[settings.os].ssm_agent_preinstalled:
         expected.add("cmc-relay-install-ssm-agent")
-    assert {Path(path).name for path in shipped} == expected
-    for path in shipped:
-        assert files[path] == shipped_script(Path(path).name)
+    assert {Path(path).name for path in scripts} == expected
+    for path in scripts:
+        assert bundle_files(render_bundle(settings))[path] == script(Path(path).name)
+    # The user data carries only the bootstrap, which is shipped as it is too.
+    assert [path for path in files if path.startswith(f"{SCRIPT_DIR}/")] == [BOOTSTRAP]
+    assert files[BOOTSTRAP] == script("cmc-relay-bootstrap")
 
 
-SCRIPTS = sorted(p.name for p in (Path(__file__).parents[1] / "userdata" / "scripts").iterdir())
+def test_bundle_members_are_root_owned_files_with_fixed_times_and_modes() -> None:
+    settings = variant("pro", "debian-13")
+    members = bundled(render_bundle(settings, drain=True))
+    assert list(members) == sorted(members)
+    assert f"{SCRIPT_DIR}/cmc-relay-drain" in members
+    for path, member in members.items():
+        assert member.isreg()
+        assert (member.uid, member.gid, member.uname, member.gname) == (0, 0, "root", "root")
+        assert member.mtime == 0
+        assert member.mode == (0o644 if path == SSM_AGENT_KEY_PATH else 0o755)
+    assert render_bundle(settings, drain=True).data[4:8] == b"\0\0\0\0"  # gzip's mtime
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_a_shipped_script_is_its_source_less_comments(name: str, tmp_path: Path) -> None:
-    """Only comment lines are left out: Python's syntax tree is the source's; the shell's
-    comment lines can hold no code (no heredocs), and bash parses the result."""
-    source, shipped = script(name), shipped_script(name)
-    assert shipped.splitlines()[0] == source.splitlines()[0]  # the shebang
-    if source.startswith("#!/usr/bin/python3"):
-        assert ast.dump(ast.parse(shipped)) == ast.dump(ast.parse(source))
-        return
-    assert "<<" not in source
-    assert [line for line in source.splitlines() if "# shellcheck " in line] == [
-        line for line in shipped.splitlines() if "# shellcheck " in line
-    ]
-    (tmp_path / name).write_text(shipped)
-    subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
+def test_the_same_settings_give_the_same_bundle_and_a_change_a_new_key() -> None:
+    settings = variant("pro", "debian-13")
+    bundle = render_bundle(settings)
+    assert bundle == render_bundle(settings)  # byte for byte
+    assert bundle.key == f"payload/{bundle.sha256}.tar.gz"
+    drained = render_bundle(settings, drain=True)
+    assert drained.sha256 != bundle.sha256 and drained.key != bundle.key
+    assert render_bundle(settings, ssm_agent_key="another key").sha256 != bundle.sha256
+
+
+@pytest.mark.parametrize("os_name", OS_NAMES)
+def test_user_data_pins_the_bundle_and_installs_it_first(os_name: OsName) -> None:
+    settings = variant("standard", os_name)
+    document = parsed(settings)
+    pin = dict(line.split("=", 1) for line in files_of(document)[BUNDLE_ENV_PATH].splitlines())
+    bundle = render_bundle(settings)
+    assert pin == {
+        "CMC_BUNDLE_BUCKET": STORE.bucket,
+        "CMC_BUNDLE_KEY": bundle.key,
+        "CMC_BUNDLE_REGION": STORE.region,
+        "CMC_BUNDLE_SHA256": bundle.sha256,
+    }
+    assert document["runcmd"] == [[BOOTSTRAP], [f"{SCRIPT_DIR}/cmc-relay-setup"]]
+    # cloud-init installs boto3 (packages) before runcmd runs the bootstrap.
+    assert "python3-boto3" in document["packages"]
+    # A secret ARN or the monitoring settings are configuration: the bundle stays the same.
+    other = render_user_data(settings, SECRET_ARN.replace("cmc/api", "other"), store=STORE)
+    assert bundle.sha256 in other
 
 
 @pytest.mark.parametrize("os_name", OS_NAMES)
@@ -199,7 +254,7 @@ def test_packages_and_ca_bundle_fit_the_os(os_name: str) -> None:
 def test_ssm_agent_is_installed_only_where_the_image_lacks_it(os_name: OsName) -> None:
     profile = OS_PROFILES[os_name]
     document = parsed(variant("trial", os_name))
-    files = files_of(document)
+    files = host_files(variant("trial", os_name))
     env = files["/etc/cmc-relay/relay.env"]
     assert f"CMC_SSM_AGENT_UNIT={profile.ssm_agent_unit}\n" in env
     shipped = "/usr/local/sbin/cmc-relay-install-ssm-agent" in files
@@ -227,12 +282,13 @@ def test_ssm_agent_units_per_os() -> None:
 def test_a_test_environment_renders_its_own_ssm_agent_key() -> None:
     own = "\n".join(["-----BEGIN PGP PUBLIC KEY BLOCK-----", "", "dGVzdA==", "-----END PGP …"])
     settings = variant("trial", "debian-13")
-    text = render_user_data(settings, SECRET_ARN, ssm_agent_key=own)
-    assert files_of(yaml.safe_load(text))[SSM_AGENT_KEY_PATH] == own
-    assert aws_ssm_agent_key() not in text
-    document = cloud_config(settings, SECRET_ARN, ssm_agent_key=own)
-    assert files_of(document)[SSM_AGENT_KEY_PATH] == own
-    assert files_of(cloud_config(settings, SECRET_ARN))[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
+    bundle = render_bundle(settings, ssm_agent_key=own)
+    assert bundle_files(bundle)[SSM_AGENT_KEY_PATH] == own
+    assert aws_ssm_agent_key() not in bundle_files(bundle).values()
+    assert bundle_files(render_bundle(settings))[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
+    # The user data pins the bundle with that key.
+    text = render_user_data(settings, SECRET_ARN, ssm_agent_key=own, store=STORE)
+    assert bundle.sha256 in text and render_bundle(settings).sha256 not in text
 
 
 def test_guide_settings_g1_to_g11_are_rendered() -> None:
@@ -299,7 +355,7 @@ def test_inbound_tls_ships_the_certificate_maker_or_the_fetcher(
         inbound_tls=inbound_tls,  # type: ignore[arg-type]
         inbound_tls_secret_arn=cert_arn,
     )
-    files = files_of(parsed(settings))
+    files = host_files(settings)
     assert (f"{SCRIPT_DIR}/cmc-relay-inbound-cert" in files) is makes_cert
     fetcher = [
         f"{SCRIPT_DIR}/cmc-relay-fetch-secret",
@@ -316,8 +372,7 @@ def test_inbound_tls_ships_the_certificate_maker_or_the_fetcher(
 
 
 def test_ip_mode_sends_no_auth_and_fetches_no_secret() -> None:
-    document = parsed(variant("pro", "al2023", "ip"))
-    files = files_of(document)
+    files = host_files(variant("pro", "al2023", "ip"))
     assert parse_main_cf(files["/etc/cmc-relay/main.cf"])["smtp_sasl_auth_enable"] == "no"
     assert "CMC_SECRET_ARN" not in files["/etc/cmc-relay/relay.env"]
     assert not any("fetch-secret" in path for path in files)
@@ -360,7 +415,7 @@ def test_dnsmasq_listens_on_loopback_only() -> None:
 
 @pytest.mark.parametrize("os_name", OS_NAMES)
 def test_resolver_override_fits_the_os(os_name: str) -> None:
-    files = files_of(parsed(variant("trial", os_name)))
+    files = host_files(variant("trial", os_name))
     assert "UseDNS=no" in files["/etc/cmc-relay/networkd-no-dns.conf"]
     hook = "/etc/dhcp/dhclient-enter-hooks.d/cmc-relay"
     assert (hook in files) is OS_PROFILES[os_name].dhclient  # type: ignore[index]
@@ -377,7 +432,7 @@ def test_rotation_timer_uses_the_configured_interval() -> None:
 
 def test_sasl_payload_needs_the_secret_arn() -> None:
     with pytest.raises(ValueError, match="needs the credentials secret's ARN"):
-        cloud_config(variant("trial", "debian-12"))
+        cloud_config(variant("trial", "debian-12"), store=STORE)
 
 
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")

@@ -22,10 +22,12 @@ from components import TYPE_TOKEN, RelayHost
 from components.args import check_subnet_placement, validate_args
 from components.verification import DRAIN, DRAIN_MARGIN_SECONDS
 from tests.pulumi_harness import (
+    BUNDLE_OBJECT,
     ELB_ARN,
     REGION,
     VERIFIER_REPORT,
     Recorder,
+    bundle_of,
     run_program,
     run_stack,
     user_data_of,
@@ -315,15 +317,16 @@ def test_every_host_drains_through_systems_manager_before_it_is_deleted(replicas
 
 def test_draining_hosts_ship_the_drain_script() -> None:
     recorder = fleet(2)
+    assert f"{SCRIPT_DIR}/cmc-relay-drain" in bundle_of(recorder)
+    (bundle,) = recorder.of_type(BUNDLE_OBJECT)  # one bundle, which every host pins
     for instance in recorder.of_type(INSTANCE):
-        paths = [f["path"] for f in yaml.safe_load(user_data_of(instance))["write_files"]]
-        assert f"{SCRIPT_DIR}/cmc-relay-drain" in paths
+        assert bundle.inputs["key"] in user_data_of(instance)
 
 
 def test_a_single_host_does_not_drain_by_default() -> None:
     recorder = fleet(1)
     assert recorder.of_type(LOCAL) == [recorder.by_name("relay-verify")]
-    assert "cmc-relay-drain" not in user_data_of(recorder.one(INSTANCE))
+    assert f"{SCRIPT_DIR}/cmc-relay-drain" not in bundle_of(recorder)
     assert recorder.one(INSTANCE).delete_before_replace is False
     assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1  # for the verifier
 
@@ -331,11 +334,11 @@ def test_a_single_host_does_not_drain_by_default() -> None:
 def test_a_single_host_may_drain_and_several_may_not() -> None:
     single = fleet(1, drain_on_delete=True, verification="none")
     assert single.by_name("relay-drain").inputs["triggers"] == ["relay-instance-id"]
-    assert "cmc-relay-drain" in user_data_of(single.one(INSTANCE))
+    assert f"{SCRIPT_DIR}/cmc-relay-drain" in bundle_of(single)
     assert len(single.invoked("aws:index/getRegion:getRegion")) == 1
     several = fleet(2, drain_on_delete=False)
     assert sorted(c.name for c in several.of_type(LOCAL)) == ["relay-1-verify", "relay-verify"]
-    assert not any("cmc-relay-drain" in user_data_of(i) for i in several.of_type(INSTANCE))
+    assert f"{SCRIPT_DIR}/cmc-relay-drain" not in bundle_of(several)
     assert all(not i.delete_before_replace for i in several.of_type(INSTANCE))
 
 

@@ -28,7 +28,7 @@ from tests.pulumi_harness import (
     strings_in,
     user_data_of,
 )
-from userdata.render import OS_PROFILES, cloud_config
+from userdata.render import OS_PROFILES, BundleStore, cloud_config
 from userdata.settings import OS_NAMES, ConfigError, RelaySettings
 
 ROOT = Path(__file__).parent.parent
@@ -87,7 +87,8 @@ def assert_runs_after_the_host_is_reachable(recorder: Recorder, command: Registe
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment",  # Systems Manager access
     ):
         assert urn(recorder, needed) in command.dependencies, needed
-    # The secret the host reads at boot; publishing metrics and shipping the mail log.
+    # The secret the host reads at boot; publishing metrics and shipping the mail log (the
+    # instance itself waits for its bundle).
     for policy in ("relay-read-credentials", "relay-monitoring"):
         assert recorder.by_name(policy).urn in command.dependencies, policy
     assert command.deleted_with == urn(recorder, INSTANCE)
@@ -164,7 +165,7 @@ def test_ssh_mode_opens_port_22_to_the_given_networks_only() -> None:
         DEPLOYERS,
         "2001:db8::/48",
     }
-    # Once, for the dashboard and the recovery alarm, whatever the verification.
+    # Once, for the bundle, the dashboard and the recovery alarm, whatever the verification.
     assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1
 
 
@@ -182,7 +183,7 @@ def test_none_creates_no_command() -> None:
     recorder = relay(verification="none")
     assert recorder.of_type(LOCAL) == recorder.of_type(REMOTE) == []
     assert recorder.outputs[urn(recorder, TYPE_TOKEN)].get("verification_report") is None
-    # Once, for the dashboard and the recovery alarm, whatever the verification.
+    # Once, for the bundle, the dashboard and the recovery alarm, whatever the verification.
     assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1
 
 
@@ -196,8 +197,9 @@ def test_ephemeral_secret_is_deleted_without_a_recovery_window() -> None:
 
 def test_cloud_config_has_no_key_unless_given() -> None:
     settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",))
-    assert "ssh_authorized_keys" not in cloud_config(settings, SECRET_ARN)
-    with_key = cloud_config(settings, SECRET_ARN, PUBLIC_KEY)
+    store = BundleStore("relay-payload-0a1b2c3", "ap-northeast-1")
+    assert "ssh_authorized_keys" not in cloud_config(settings, SECRET_ARN, store=store)
+    with_key = cloud_config(settings, SECRET_ARN, PUBLIC_KEY, store=store)
     assert with_key["ssh_authorized_keys"] == [PUBLIC_KEY]
 
 

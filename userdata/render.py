@@ -1,17 +1,21 @@
 """Render the relay host's cloud-init payload: pure functions from settings to files.
 
 The payload is built as a data structure and dumped as ``#cloud-config`` YAML. Config files
-come from templates laid out like the files they become; the on-host scripts are shipped as
-they are. Nothing secret is rendered: the host fetches its credentials by ARN at boot.
+come from templates laid out like the files they become. The on-host scripts, as they are, go
+in the bundle: a tar.gz in S3 that the user data pins by SHA-256 and a small bootstrap in it
+installs (EC2's user data limit has no room for them). Nothing secret is rendered: the host
+fetches its credentials by ARN at boot.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import io
 import ipaddress
 import json
-import re
+import tarfile
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -30,6 +34,9 @@ UNIT_DIR: Final = "/etc/systemd/system"
 POSTFIX_STAGE_DIR: Final = f"{STAGE_DIR}/postfix"
 # What the metrics publisher publishes, and where (userdata.metrics.publisher_config).
 METRICS_CONFIG_PATH: Final = f"{STAGE_DIR}/metrics.json"
+# Where the bundle is and its hash, for cmc-relay-bootstrap.
+BUNDLE_ENV_PATH: Final = f"{STAGE_DIR}/bundle.env"
+BOOTSTRAP: Final = f"{SCRIPT_DIR}/cmc-relay-bootstrap"
 _CONFIG_FILE: Final = {"owner": "root:root", "permissions": "0644"}
 
 
@@ -112,9 +119,11 @@ _templates.filters["regexp_literal"] = regexp_literal
 _templates.filters["regexp_domain"] = regexp_domain
 
 
-def render_template(name: str, settings: RelaySettings, secret_arn: str | None = None) -> str:
+def render_template(
+    name: str, settings: RelaySettings, secret_arn: str | None = None, **extra: object
+) -> str:
     return _templates.get_template(f"{name}.j2").render(
-        s=settings, os=OS_PROFILES[settings.os], secret_arn=secret_arn
+        s=settings, os=OS_PROFILES[settings.os], secret_arn=secret_arn, **extra
     )
 
 
@@ -134,28 +143,15 @@ def aws_ssm_agent_key() -> str:
     copies it (internal/ssm/source.go, commit d5bd0d0); tests/data/ holds that block verbatim.
     Shipped as ``gpg --export-options export-minimal`` gives it: the key, its user ID and AWS's
     self-signature, byte for byte; only the certification by AWS's older key, which gpgv does
-    not use, is left out, to keep the user data under EC2's limit (tests/test_render.py checks
-    this). Replace both when AWS publishes the next key."""
+    not use, is left out. Replace both when AWS publishes the next key."""
     return resources.files("userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
-
-
-def shipped_script(name: str) -> str:
-    """An on-host script as the payload carries it: without its comment lines (the shebang and
-    shellcheck directives stay), so that the payload fits EC2's user data limit. The code is
-    unchanged: tests/test_render.py compares Python's syntax trees and parses the shell."""
-    lines = script(name).splitlines(keepends=True)
-    kept = [line for line in lines[1:] if not _COMMENT_LINE.match(line)]
-    return "".join(lines[:1] + kept)
-
-
-_COMMENT_LINE: Final = re.compile(r"^\s*#(?! shellcheck )")
 
 
 def _script_file(name: str) -> dict[str, str]:
     """An on-host script, installed as a root-owned command."""
     return {
         "path": f"{SCRIPT_DIR}/{name}",
-        "content": shipped_script(name),
+        "content": script(name),
         "owner": "root:root",
         "permissions": "0755",
     }
@@ -209,8 +205,9 @@ def write_files(
     ssm_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> list[dict[str, str]]:
-    """Every file the payload writes, in the order cloud-init writes them; ``drain`` adds the
-    script a deployment runs before deleting the host. Where the image lacks SSM Agent, the
+    """Every file the host gets besides the bootstrap and its pin, in order: the user data's
+    and the bundle's (``is_bundled`` tells them apart); ``drain`` adds the script a
+    deployment runs before deleting the host. Where the image lacks SSM Agent, the
     installer and the public key it checks the package against: ``ssm_agent_key`` (ASCII
     armored), or None for AWS's published key; a test environment passes its own signing key.
     ``monitoring``: where the host's metrics and mail log go."""
@@ -261,20 +258,79 @@ def write_files(
     return files
 
 
+def is_bundled(path: str) -> bool:
+    """The bundle holds the on-host scripts and the SSM Agent key; the user data the rest."""
+    return path.startswith(f"{SCRIPT_DIR}/") or path == SSM_AGENT_KEY_PATH
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The on-host scripts as a tar.gz, and its SHA-256 (hex), which the user data pins."""
+
+    data: bytes
+    sha256: str
+
+    @property
+    def key(self) -> str:
+        """Its S3 key: named by its hash, a new bundle never replaces one a host is pinned to."""
+        return f"payload/{self.sha256}.tar.gz"
+
+
+@dataclass(frozen=True)
+class BundleStore:
+    """Where the bundle is stored: an S3 bucket and its region."""
+
+    bucket: str
+    region: str
+
+
+def pack_bundle(files: list[dict[str, str]]) -> Bundle:
+    """``write_files`` entries as a deterministic tar.gz: members sorted, owned by root, mtime
+    0 (tar's and gzip's), so the same files give the same bytes and the same hash."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(files, key=lambda entry: entry["path"]):
+            content = entry["content"].encode()
+            member = tarfile.TarInfo(entry["path"].lstrip("/"))
+            member.size, member.mode = len(content), int(entry["permissions"], 8)
+            member.uname = member.gname = "root"
+            tar.addfile(member, io.BytesIO(content))
+    data = gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0)
+    return Bundle(data, hashlib.sha256(data).hexdigest())
+
+
+def render_bundle(
+    settings: RelaySettings, drain: bool = False, *, ssm_agent_key: str | None = None
+) -> Bundle:
+    """The bundle a host of ``settings`` installs (arguments as ``write_files``'s). It holds
+    no configuration, so no secret ARN or monitoring setting changes it."""
+    files = write_files(settings, None, drain, ssm_agent_key=ssm_agent_key)
+    return pack_bundle([entry for entry in files if is_bundled(entry["path"])])
+
+
 def cloud_config(
     settings: RelaySettings,
     secret_arn: str | None = None,
     ssh_public_key: str | None = None,
     drain: bool = False,
     *,
+    store: BundleStore,
     ssm_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
     ``drain`` ships the drain script, ``ssm_agent_key`` replaces AWS's SSM Agent public key
-    (None: AWS's own; see ``write_files``), ``monitoring`` says where metrics and logs go."""
+    (None: AWS's own; see ``write_files``), ``monitoring`` says where metrics and logs go.
+    The scripts come from the bundle ``render_bundle`` makes, stored in ``store``: the user
+    data pins its hash, and runs the bootstrap that installs it first."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
+    files = write_files(
+        settings, secret_arn, drain, ssm_agent_key=ssm_agent_key, monitoring=monitoring
+    )
+    bundle = pack_bundle([entry for entry in files if is_bundled(entry["path"])])
+    pin = render_template("bundle.env", settings, store=store, bundle=bundle)
+    config = [entry for entry in files if not is_bundled(entry["path"])]
     document: dict[str, Any] = {
         # The host's own name, which the transport table keeps local (G2), also in /etc/hosts
         # so dnsmasq and Postfix can resolve it (G14).
@@ -284,10 +340,12 @@ def cloud_config(
         "manage_etc_hosts": True,
         "package_update": True,
         "packages": list(OS_PROFILES[settings.os].packages),
-        "write_files": write_files(
-            settings, secret_arn, drain, ssm_agent_key=ssm_agent_key, monitoring=monitoring
-        ),
-        "runcmd": [[f"{SCRIPT_DIR}/cmc-relay-setup"]],
+        "write_files": [
+            {"path": BUNDLE_ENV_PATH, "content": without_comments(pin), **_CONFIG_FILE},
+            _script_file("cmc-relay-bootstrap"),
+            *config,
+        ],
+        "runcmd": [[BOOTSTRAP], [f"{SCRIPT_DIR}/cmc-relay-setup"]],
     }
     if ssh_public_key is not None:
         document["ssh_authorized_keys"] = [ssh_public_key]
@@ -319,6 +377,7 @@ def render_user_data(
     ssh_public_key: str | None = None,
     drain: bool = False,
     *,
+    store: BundleStore,
     ssm_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> str:
@@ -327,9 +386,10 @@ def render_user_data(
     ``ssm_agent_key``: the ASCII-armored public key that the on-host installer checks the SSM
     Agent package against, on OSes whose image lacks the agent (Debian). None, the default,
     ships AWS's published key; a test environment (an image twin serving its own package
-    signed with a throwaway key) passes that key instead."""
+    signed with a throwaway key) passes that key instead. ``store``: where the bundle of the
+    same arguments (``render_bundle``) is stored, for the host to fetch."""
     document = cloud_config(
-        settings, secret_arn, ssh_public_key, drain, ssm_agent_key=ssm_agent_key,
+        settings, secret_arn, ssh_public_key, drain, store=store, ssm_agent_key=ssm_agent_key,
         monitoring=monitoring,
     )  # fmt: skip
     user_data = dump_cloud_config(document)

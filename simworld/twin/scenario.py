@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
-from simworld.twin.session import Submission, TwinBoot, clean_log_problems
+from simworld.twin.session import PAYLOAD_STORE, Submission, TwinBoot, clean_log_problems
 from userdata.settings import RelaySettings
 
 Say = Callable[[str], None]
@@ -111,6 +111,9 @@ def first_boot(boot: TwinBoot, findings: Findings, say: Say) -> None:
     boot.start_world()
     say("world: DHCP, VPC resolver, IMDS, AWS (moto, HTTPS), Debian mirror, CMC stand-in")
     say(f"secret: {boot.secret_arn} (moto's Secrets Manager)")
+    assert boot.bundle is not None
+    where = f"s3://{PAYLOAD_STORE.bucket}/{boot.bundle.key}"
+    say(f"bundle: {len(boot.bundle.data)} bytes gzipped at {where} (moto's S3)")
     packed = boot.render()
     say(f"user data: {len(packed)} bytes gzipped, served by the IMDS stand-in")
     boot.prepare()

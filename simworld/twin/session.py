@@ -27,7 +27,7 @@ from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
 from simworld.twin.ssm_agent import AgentPackage, agent_package
-from userdata.render import pack_user_data, render_user_data
+from userdata.render import Bundle, BundleStore, pack_user_data, render_bundle, render_user_data
 from userdata.settings import RelaySettings
 
 API_USER: Final = "twin-api-user"
@@ -36,6 +36,7 @@ ACCOUNT_ID: Final = "123456789012"
 ROLE: Final = "cmc-relay-twin-role"
 CA_NAME: Final = "cmc-twin-test-ca.crt"
 SSM_BUCKET: Final = f"amazon-ssm-{net.REGION}"
+PAYLOAD_STORE: Final = BundleStore(net.PAYLOAD_BUCKET, net.REGION)
 
 # cloud-init in a container reads no DMI, so it cannot tell it is on EC2: it is told.
 CLOUD_CFG: Final = """\
@@ -85,7 +86,8 @@ DEVIATIONS: Final = (
     "Debian's archive is a mirror with Debian's signed indexes and only the .debs the payload "
     "needs; the VPC resolver answers deb.debian.org with it",
     "AWS's endpoints (Secrets Manager, S3) are moto; the SSM Agent in S3 is a stand-in package "
-    "signed by a test key, and the payload is rendered with that key instead of AWS's",
+    "signed by a test key, and the payload (its bundle in moto's S3) is rendered with that key "
+    "instead of AWS's",
     "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up",
 )
 
@@ -125,6 +127,7 @@ class TwinBoot:
         self.aws: subprocess.Popen[str] | None = None
         self.agent: AgentPackage | None = None
         self.secret_arn = ""
+        self.bundle: Bundle | None = None
         self.user_data = b""
 
     # --- stages ---------------------------------------------------------------------------
@@ -144,15 +147,19 @@ class TwinBoot:
         self.secret_arn = self.start_aws(self.agent)
 
     def start_aws(self, agent: AgentPackage) -> str:
-        """moto over HTTPS as AWS's regional endpoints; returns the secret's ARN."""
+        """moto over HTTPS as AWS's regional endpoints, with the bundle of on-host scripts in
+        PAYLOAD_STORE; returns the secret's ARN."""
         assert self.world is not None
         prefix = f"{SSM_BUCKET}/latest/debian_{ARCH}"
+        self.bundle = bundle = render_bundle(self.settings, ssm_agent_key=agent.public_key)
+        (self.work / "bundle.tar.gz").write_bytes(bundle.data)
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", net.AWS_IP]
         aws += ["--port", "443", "--region", net.REGION, "--name", SECRET_NAME]
         aws += ["--tls-dir", str(self.work / "tls")]
         aws += [f"--cert-name={name}" for name in net.AWS_NAMES]
         aws += [f"--s3-object={prefix}/amazon-ssm-agent.deb={agent.deb}"]
         aws += [f"--s3-object={prefix}/amazon-ssm-agent.deb.sig={agent.signature}"]
+        aws += [f"--s3-object={PAYLOAD_STORE.bucket}/{bundle.key}={self.work / 'bundle.tar.gz'}"]
         log = (self.work / "aws.log").open("w")
         self.aws = subprocess.Popen(
             self.world.exec(*aws), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -185,7 +192,7 @@ class TwinBoot:
         """The gzipped user data EC2 would hand over, rendered by the component's functions."""
         assert self.agent is not None
         document = render_user_data(
-            self.settings, self.secret_arn, ssm_agent_key=self.agent.public_key
+            self.settings, self.secret_arn, ssm_agent_key=self.agent.public_key, store=PAYLOAD_STORE
         )
         self.user_data = base64.b64decode(pack_user_data(document))
         return self.user_data

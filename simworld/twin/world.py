@@ -43,9 +43,15 @@ REGION: Final = "ap-northeast-1"
 NIC: Final = "ens5"
 MAC: Final = "0e:c2:7e:00:00:0a"
 DOMAIN: Final = f"{REGION}.compute.internal"
-AWS_NAMES: Final = tuple(
-    f"{service}.{REGION}.amazonaws.com"
-    for service in ("secretsmanager", "s3", "ssm", "ssmmessages", "ec2messages", "sts")
+# The bucket the twin's payload names for its bundle of on-host scripts.
+PAYLOAD_BUCKET: Final = "cmc-relay-twin-payload"
+AWS_NAMES: Final = (
+    *(
+        f"{service}.{REGION}.amazonaws.com"
+        for service in ("secretsmanager", "s3", "ssm", "ssmmessages", "ec2messages", "sts")
+    ),
+    # boto3 reaches a bucket by its virtual-hosted name, as on EC2.
+    f"{PAYLOAD_BUCKET}.s3.{REGION}.amazonaws.com",
 )
 DEBIAN_NAMES: Final = ("deb.debian.org", "security.debian.org")
 WORLD_ENV: Final = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "LANG": "C.UTF-8"}
