@@ -156,7 +156,8 @@ def test_payload_refuses_to_exceed_the_limit() -> None:
 def test_scripts_decode_to_the_shipped_sources(name: str) -> None:
     files = files_of(parsed(VARIANTS[name]))
     shipped = {path for path in files if path.startswith("/usr/local/sbin/")}
-    expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-inbound-cert"}  # inboundTls may
+    expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-metrics"}
+    expected.add("cmc-relay-inbound-cert")  # inboundTls may
     if VARIANTS[name].uses_sasl:
         expected.add("cmc-relay-fetch-secret")
     if not OS_PROFILES[VARIANTS[name].os].ssm_agent_preinstalled:
