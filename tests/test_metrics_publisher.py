@@ -5,6 +5,7 @@ deferred while the stand-in was down, put on hold (``postqueue -j`` saved deferr
 hold), released into 4 armed 421 greetings and delivered; 1 deferred because STARTTLS was not
 offered, then delivered; 1 deferred by a 535 to a wrong API key, then delivered; 1 bounced
 for its size, whose bounce notice bounced too. The stand-in recorded 4 refused sessions.
+maillog-secure: tls_level secure against a certificate for another name, 1 message deferred.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def test_counts_in_the_captured_mail_log() -> None:
         "session.tls_failed": 3,  # one message, tried at each of the 3 addresses
         "session.auth_failed": 3,  # likewise
     }
+
+
+def test_an_unverified_certificate_is_tls_not_established() -> None:
+    lines = (DATA / "maillog-secure").read_text().splitlines()
+    counts = publisher.log_counts(lines)
+    assert (counts["session.tls_failed"], counts["delivery.deferred"]) == (3, 1)  # 3 addresses
+    assert sum(counts.values()) == 4
 
 
 @pytest.mark.parametrize(
