@@ -131,17 +131,25 @@ def test_lines_not_about_a_session_with_the_service_are_not_counted() -> None:
     assert set(publisher.log_counts(lines).values()) == {0}
 
 
-def test_a_421_reply_after_the_greeting_is_a_refusal_too() -> None:
-    # Postfix's format (the stand-in answers 421 only as its greeting): the service closing
-    # a session it had accepted, e.g. when it is shutting down.
+@pytest.mark.parametrize(
+    ("reason", "key"),
+    [
+        # The service closing a session it had accepted, e.g. when shutting down.
+        ("host sandbox.smtps.jp[203.0.113.12] said: 421 4.7.0 Try again later (in reply to "
+         "MAIL FROM command)", "session.refused"),
+        ("Cannot start TLS: handshake failure", "session.tls_failed"),
+    ],
+)  # fmt: skip
+def test_failures_the_stand_in_cannot_make(reason: str, key: str) -> None:
+    # Postfix's format: the stand-in answers 421 only as its greeting and completes every
+    # TLS handshake it offers.
     line = (
         "Dec 05 01:32:31 cmc-relay postfix/smtp[20004]: 3A1B20D163: to=<user@example.com>, "
         "relay=sandbox.smtps.jp[203.0.113.12]:10025, delay=0.1, delays=0/0/0.05/0.05, dsn=4.7.0, "
-        "status=deferred (host sandbox.smtps.jp[203.0.113.12] said: 421 4.7.0 Try again later "
-        "(in reply to MAIL FROM command))"
+        f"status=deferred ({reason})"
     )
     counts = publisher.log_counts([line])
-    assert {key for key, n in counts.items() if n} == {"delivery.deferred", "session.refused"}
+    assert {k for k, n in counts.items() if n} == {"delivery.deferred", key}
 
 
 def test_queue_gauges_from_postqueue() -> None:
