@@ -185,7 +185,8 @@ def test_the_bundle_holds_the_scripts_as_they_are_and_the_user_data_the_rest(nam
     settings = VARIANTS[name]
     files = files_of(parsed(settings))
     scripts = {path for path in bundle_files(render_bundle(settings)) if path != SSM_AGENT_KEY_PATH}
-    expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-inbound-cert"}  # inboundTls may
+    expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-metrics"}
+    expected.add("cmc-relay-inbound-cert")  # inboundTls may
     if settings.uses_sasl:
         expected.add("cmc-relay-fetch-secret")
     if not OS_PROFILES[settings.os].ssm_agent_preinstalled:

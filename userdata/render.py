@@ -238,6 +238,9 @@ def write_files(
         },
         _script_file("cmc-relay-setup"),
         _script_file("cmc-relay-verify"),
+        _script_file("cmc-relay-metrics"),
+        config_file(f"{UNIT_DIR}/cmc-relay-metrics.service", "metrics.service"),
+        config_file(f"{UNIT_DIR}/cmc-relay-metrics.timer", "metrics.timer"),
     ]
     if settings.inbound_tls != "none" and settings.inbound_tls_secret_arn is None:
         files.append(_script_file("cmc-relay-inbound-cert"))  # the self-signed certificate
