@@ -28,7 +28,7 @@ from typing import Any
 
 from simworld.standin import MessageRecord, messages_from_events, read_events
 from simworld.throwaway import BASE_ENV, Rig, RigError, Unsupported
-from userdata.render import OS_PROFILES, pack_user_data, render_user_data
+from userdata.render import MAIL_LOG, OS_PROFILES, pack_user_data, render_user_data
 from userdata.settings import RelaySettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,8 +263,8 @@ class Sandbox:
         return result.returncode, report
 
     def mail_log(self) -> str:
-        """What the relay sent to /dev/log (Postfix logs there)."""
-        path = Path(self.machine.host_path("syslog"))
+        """Postfix's log on the relay (maillog_file)."""
+        path = Path(f"/proc/{self.machine.pid}/root{MAIL_LOG}")
         return path.read_text(errors="replace") if path.exists() else ""
 
     # --- the secret -----------------------------------------------------------------------

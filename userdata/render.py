@@ -30,6 +30,13 @@ UNIT_DIR: Final = "/etc/systemd/system"
 POSTFIX_STAGE_DIR: Final = f"{STAGE_DIR}/postfix"
 # What the metrics publisher publishes, and where (userdata.metrics.publisher_config).
 METRICS_CONFIG_PATH: Final = f"{STAGE_DIR}/metrics.json"
+# Postfix's log (maillog_file): read by the metrics publisher, shipped by the CloudWatch agent.
+# A directory of its own, which no OS's syslog or logrotate configuration touches.
+MAIL_LOG: Final = "/var/log/cmc-relay/mail.log"
+# Where the agent's documentation keeps its config; cmc-relay-setup runs fetch-config on it.
+CLOUDWATCH_AGENT_CONFIG_PATH: Final = (
+    "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
+)
 _CONFIG_FILE: Final = {"owner": "root:root", "permissions": "0644"}
 
 
@@ -43,40 +50,57 @@ class OsProfile:
     dhclient: bool  # the OS's DHCP client is dhclient (else systemd-networkd)
     ssm_agent_preinstalled: bool  # the image ships SSM Agent; else the payload installs it
     ssm_agent_unit: str  # the agent's systemd unit (after our install, where we install it)
+    # The OS's repositories carry the CloudWatch agent (a package above); else the payload
+    # downloads it from AWS.
+    cloudwatch_agent_packaged: bool
+
+    @property
+    def agent_downloads(self) -> tuple[str, ...]:
+        """The agents cmc-relay-install-agent fetches from AWS at first boot, by its names."""
+        missing = {
+            "ssm": not self.ssm_agent_preinstalled,
+            "cloudwatch": not self.cloudwatch_agent_packaged,
+        }
+        return tuple(name for name, download in missing.items() if download)
 
 
-_COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3")
-# Checks the SSM Agent package's signature; Debian 13's apt uses sqv, so gpgv may be absent.
-_SSM_AGENT_VERIFIER = "gpgv"
+# logrotate rotates the mail log; minimal images may lack it.
+_COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3", "logrotate")
+# Checks the agent packages' signatures; Debian 13's apt uses sqv, so gpgv may be absent.
+_AGENT_VERIFIER = "gpgv"
 # Debian's official EC2 images (bookworm and trixie) configure the network with netplan,
 # systemd-networkd and systemd-resolved; no dhclient. They ship no SSM Agent either (AWS
-# documents installing it by hand on Debian): cmc-relay-install-ssm-agent does.
+# documents installing it by hand on Debian): cmc-relay-install-agent does, and the CloudWatch
+# agent, which no Debian or Ubuntu repository carries.
 _DEBIAN = OsProfile(
-    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _SSM_AGENT_VERIFIER),
+    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER),
     ca_file="/etc/ssl/certs/ca-certificates.crt",
     login_user="admin",
     dhclient=False,
     ssm_agent_preinstalled=False,
     ssm_agent_unit="amazon-ssm-agent",
+    cloudwatch_agent_packaged=False,
 )
 OS_PROFILES: Final[dict[OsName, OsProfile]] = {
     "al2023": OsProfile(
-        packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain"),
+        packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain", "amazon-cloudwatch-agent"),
         ca_file="/etc/pki/tls/certs/ca-bundle.crt",
         login_user="ec2-user",
         dhclient=False,
         ssm_agent_preinstalled=True,
         ssm_agent_unit="amazon-ssm-agent",
+        cloudwatch_agent_packaged=True,
     ),
     "debian-12": _DEBIAN,
     "debian-13": _DEBIAN,
     "ubuntu-24.04": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER),
         ca_file="/etc/ssl/certs/ca-certificates.crt",
         login_user="ubuntu",
         dhclient=False,
         ssm_agent_preinstalled=True,  # as a snap
         ssm_agent_unit="snap.amazon-ssm-agent.amazon-ssm-agent",
+        cloudwatch_agent_packaged=False,
     ),
 }
 
@@ -96,6 +120,7 @@ _templates = jinja2.Environment(
     autoescape=False,  # config files, not HTML
 )
 _templates.filters["postfix_network"] = postfix_network
+_templates.globals["mail_log"] = MAIL_LOG
 
 
 def regexp_literal(domain: str) -> str:
@@ -137,6 +162,43 @@ def aws_ssm_agent_key() -> str:
     not use, is left out, to keep the user data under EC2's limit (tests/test_render.py checks
     this). Replace both when AWS publishes the next key."""
     return resources.files("userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
+
+
+CLOUDWATCH_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-cloudwatch-agent.asc"
+# AWS's CloudWatch agent public key (amazon-cloudwatch-agent.gpg; "Amazon CloudWatch Agent",
+# RSA 2048, 9376 16F3 450B 7D80 6CBD 9725 D581 6730 3B78 9C72) is not shipped yet: no copy of
+# the key block could be obtained and checked against that fingerprint (AWS's S3 is out of
+# reach here). Until userdata/keys/ carries it, hosts on Debian and Ubuntu get no CloudWatch
+# agent unless the caller passes the key (``cloudwatch_agent_key``); the installer says why.
+AWS_CLOUDWATCH_AGENT_KEY: Final[str | None] = None
+
+
+def cloudwatch_agent_config(monitoring: Monitoring) -> dict[str, Any]:
+    """The CloudWatch agent's config: the mail log to the relay's log group, one stream per
+    host; cloud-init's output (the payload's scripts report there; nothing secret) beside it.
+    No metrics section: cmc-relay's publisher sends the metrics (userdata.metrics)."""
+
+    def collect(path: str, stream: str) -> dict[str, str]:
+        return {
+            "file_path": path,
+            "log_group_name": monitoring.log_group,
+            "log_stream_name": stream,
+        }
+
+    return {
+        # Postfix's postlogd and cloud-init create their logs 0600 root (copytruncate keeps it).
+        "agent": {"run_as_user": "root"},
+        "logs": {
+            "logs_collected": {
+                "files": {
+                    "collect_list": [
+                        collect(MAIL_LOG, "{instance_id}"),
+                        collect("/var/log/cloud-init-output.log", "{instance_id}/cloud-init"),
+                    ]
+                }
+            }
+        },
+    }
 
 
 def shipped_script(name: str) -> str:
@@ -207,12 +269,14 @@ def write_files(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    cloudwatch_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> list[dict[str, str]]:
     """Every file the payload writes, in the order cloud-init writes them; ``drain`` adds the
-    script a deployment runs before deleting the host. Where the image lacks SSM Agent, the
-    installer and the public key it checks the package against: ``ssm_agent_key`` (ASCII
-    armored), or None for AWS's published key; a test environment passes its own signing key.
+    script a deployment runs before deleting the host. Where the image lacks SSM Agent or the
+    OS's repositories the CloudWatch agent, the installer and the public keys it checks the
+    packages against: ``ssm_agent_key``, ``cloudwatch_agent_key`` (ASCII armored), or None for
+    AWS's published keys; a test environment passes its own signing key.
     ``monitoring``: where the host's metrics and mail log go."""
 
     def config_file(path: str, template: str) -> dict[str, str]:
@@ -239,6 +303,12 @@ def write_files(
             "content": json.dumps(monitoring.publisher_config(), separators=(",", ":")) + "\n",
             **_CONFIG_FILE,
         },
+        config_file("/etc/logrotate.d/cmc-relay", "logrotate"),
+        {
+            "path": CLOUDWATCH_AGENT_CONFIG_PATH,
+            "content": json.dumps(cloudwatch_agent_config(monitoring), separators=(",", ":")),
+            **_CONFIG_FILE,
+        },
         _script_file("cmc-relay-setup"),
         _script_file("cmc-relay-verify"),
     ]
@@ -252,10 +322,26 @@ def write_files(
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.service", "fetch-secret.service"),
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
         ]
-    if not OS_PROFILES[settings.os].ssm_agent_preinstalled:
-        key = aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key
-        key_file = {"path": SSM_AGENT_KEY_PATH, "content": key, "owner": "root:root"}
-        files += [{**key_file, "permissions": "0644"}, _script_file("cmc-relay-install-ssm-agent")]
+    profile = OS_PROFILES[settings.os]
+    keys = {
+        SSM_AGENT_KEY_PATH: None
+        if profile.ssm_agent_preinstalled
+        else aws_ssm_agent_key()
+        if ssm_agent_key is None
+        else ssm_agent_key,
+        CLOUDWATCH_AGENT_KEY_PATH: None
+        if profile.cloudwatch_agent_packaged
+        else AWS_CLOUDWATCH_AGENT_KEY
+        if cloudwatch_agent_key is None
+        else cloudwatch_agent_key,
+    }
+    files += [
+        {"path": path, "content": key, "owner": "root:root", "permissions": "0644"}
+        for path, key in keys.items()
+        if key is not None
+    ]
+    if profile.agent_downloads:
+        files.append(_script_file("cmc-relay-install-agent"))
     if drain:
         files.append(_script_file("cmc-relay-drain"))
     return files
@@ -268,11 +354,13 @@ def cloud_config(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    cloudwatch_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
-    ``drain`` ships the drain script, ``ssm_agent_key`` replaces AWS's SSM Agent public key
-    (None: AWS's own; see ``write_files``), ``monitoring`` says where metrics and logs go."""
+    ``drain`` ships the drain script, ``ssm_agent_key`` and ``cloudwatch_agent_key`` replace
+    AWS's agent public keys (None: AWS's own; see ``write_files``), ``monitoring`` says where
+    metrics and logs go."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
     document: dict[str, Any] = {
@@ -285,7 +373,12 @@ def cloud_config(
         "package_update": True,
         "packages": list(OS_PROFILES[settings.os].packages),
         "write_files": write_files(
-            settings, secret_arn, drain, ssm_agent_key=ssm_agent_key, monitoring=monitoring
+            settings,
+            secret_arn,
+            drain,
+            ssm_agent_key=ssm_agent_key,
+            cloudwatch_agent_key=cloudwatch_agent_key,
+            monitoring=monitoring,
         ),
         "runcmd": [[f"{SCRIPT_DIR}/cmc-relay-setup"]],
     }
@@ -320,6 +413,7 @@ def render_user_data(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    cloudwatch_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> str:
     """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
@@ -327,10 +421,11 @@ def render_user_data(
     ``ssm_agent_key``: the ASCII-armored public key that the on-host installer checks the SSM
     Agent package against, on OSes whose image lacks the agent (Debian). None, the default,
     ships AWS's published key; a test environment (an image twin serving its own package
-    signed with a throwaway key) passes that key instead."""
+    signed with a throwaway key) passes that key instead; ``cloudwatch_agent_key`` likewise for
+    the CloudWatch agent on Debian and Ubuntu."""
     document = cloud_config(
         settings, secret_arn, ssh_public_key, drain, ssm_agent_key=ssm_agent_key,
-        monitoring=monitoring,
+        cloudwatch_agent_key=cloudwatch_agent_key, monitoring=monitoring,
     )  # fmt: skip
     user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists
