@@ -67,7 +67,7 @@ def test_the_mail_log_goes_to_the_relays_log_group_one_stream_per_host() -> None
 def test_the_agent_sends_no_metrics_the_publisher_does() -> None:
     config = cloudwatch_agent_config(MONITORING)
     assert set(config) == {"agent", "logs"}
-    assert config["agent"] == {"run_as_user": "root"}  # the logs are root's, mode 0600
+    assert config["agent"] == {"run_as_user": "root"}  # cloud-init's output is root's, 0640
 
 
 @pytest.mark.parametrize(

@@ -186,7 +186,7 @@ def cloudwatch_agent_config(monitoring: Monitoring) -> dict[str, Any]:
         }
 
     return {
-        # Postfix's postlogd and cloud-init create their logs 0600 root (copytruncate keeps it).
+        # cloud-init's output is root's, mode 0640 (the mail log is root's too, 0644).
         "agent": {"run_as_user": "root"},
         "logs": {
             "logs_collected": {
