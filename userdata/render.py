@@ -323,22 +323,20 @@ def write_files(
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
         ]
     profile = OS_PROFILES[settings.os]
-    keys = {
-        SSM_AGENT_KEY_PATH: None
-        if profile.ssm_agent_preinstalled
-        else aws_ssm_agent_key()
-        if ssm_agent_key is None
-        else ssm_agent_key,
-        CLOUDWATCH_AGENT_KEY_PATH: None
-        if profile.cloudwatch_agent_packaged
-        else AWS_CLOUDWATCH_AGENT_KEY
-        if cloudwatch_agent_key is None
-        else cloudwatch_agent_key,
+    keys = {  # by the agent the installer checks with it
+        "ssm": (
+            SSM_AGENT_KEY_PATH,
+            aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key,
+        ),
+        "cloudwatch": (
+            CLOUDWATCH_AGENT_KEY_PATH,
+            AWS_CLOUDWATCH_AGENT_KEY if cloudwatch_agent_key is None else cloudwatch_agent_key,
+        ),
     }
     files += [
         {"path": path, "content": key, "owner": "root:root", "permissions": "0644"}
-        for path, key in keys.items()
-        if key is not None
+        for agent, (path, key) in keys.items()
+        if agent in profile.agent_downloads and key is not None
     ]
     if profile.agent_downloads:
         files.append(_script_file("cmc-relay-install-agent"))
