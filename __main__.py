@@ -16,9 +16,10 @@ from userdata.settings import CONFIG_KEYS
 
 _INT_KEYS = {
     "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",
-    "proMaxSessions", "drainTimeoutSeconds",
+    "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
+    "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
 }  # fmt: skip
-_BOOL_KEYS = {"ephemeral", "drainOnDelete"}
+_BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms"}
 _STRUCTURED_KEYS = {
     "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
     "tags", "rewriteDomains", "allowedSenderDomains",
@@ -126,3 +127,6 @@ pulumi.export("securityGroupId", relay.security_group_id)
 pulumi.export("smtpRelayHost", relay.smtp_relay_host)
 pulumi.export("secretArn", relay.secret_arn)
 pulumi.export("verificationReport", relay.verification_report)
+pulumi.export("logGroupName", relay.log_group_name)
+pulumi.export("dashboardUrl", relay.dashboard_url)
+pulumi.export("alarmTopicArn", relay.alarm_topic_arn)

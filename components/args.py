@@ -13,6 +13,7 @@ from typing import Any, Final, Required, TypedDict
 
 import pulumi
 
+from userdata.metrics import DEFAULT_NAMESPACE
 from userdata.settings import (
     EGRESS_MODES,
     PRO_MAX_SESSIONS_LIMIT,
@@ -23,6 +24,7 @@ from userdata.settings import (
     Verification,
     check_session_budget,
     parse_cidrs,
+    parse_email,
     require_choice,
     require_int,
     secret_region,
@@ -34,6 +36,18 @@ MAX_REPLICAS: Final = 10
 DEFAULT_DRAIN_TIMEOUT: Final = 600
 DRAIN_TIMEOUT_RANGE: Final = (30, 7200)
 
+# What CloudWatch accepts as a namespace (ASCII letters, digits, ". - _ / # :" and spaces).
+_NAMESPACE = re.compile(r"^[0-9A-Za-z.\-_/#: ]{1,255}$")
+# The retention periods CloudWatch Logs accepts, in days.
+LOG_RETENTION_DAYS: Final = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+)  # fmt: skip
+DEFAULT_LOG_RETENTION_DAYS: Final = 30
+_ARN = re.compile(r"^arn:[a-z-]+:(?P<service>[a-z0-9-]*):")
+_SNS_TOPIC_ARN = re.compile(
+    r"^arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}$"
+)
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d:\d{12}:key/[0-9a-f-]{36}$")
 _AMI_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -132,6 +146,27 @@ class RelayHostArgs(TypedDict, total=False):
     inbound_tls_secret_arn: str
     """A secret holding the PEM key and certificate chain to offer; by default the host
     generates a self-signed certificate at first boot."""
+    metrics_namespace: str
+    """CloudWatch namespace of the hosts' metrics (default CMCRelay; not AWS/...)."""
+    log_retention_days: int
+    """Days CloudWatch Logs keeps the mail log (default 30; a value CloudWatch Logs accepts)."""
+    log_kms_key_arn: str
+    """Customer-managed KMS key that encrypts the mail log group, if any."""
+    alarms: bool
+    """Alarms on the hosts' metrics and the balancer (default true); false: only the hosts'
+    recovery alarms, and no topic."""
+    alarm_topic_arn: pulumi.Input[str]
+    """SNS topic the alarms notify; without it and alarm_email they notify nobody."""
+    alarm_email: str
+    """Instead of alarm_topic_arn: the component creates a topic with this e-mail subscribed."""
+    alarm_deferred_threshold: int
+    """Alarm when a host's deferred queue holds more messages for 10 minutes (default 100)."""
+    alarm_oldest_message_minutes: int
+    """Alarm when a host's oldest queued message is older, in minutes (default 30)."""
+    alarm_bounced_threshold: int
+    """Alarm when a host bounces this many messages in 5 minutes (default 1)."""
+    alarm_refused_threshold: int
+    """Alarm when the service refuses this many of a host's sessions in 5 minutes (default 5)."""
 
 
 _SETTINGS_FIELDS: Final = (
@@ -144,6 +179,40 @@ _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
 # Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.
 _INT_ARGS: Final = frozenset(k for k, t in RelayHostArgs.__annotations__.items() if t is int)
 _SSH_ARGS: Final = ("ssh_public_key", "ssh_private_key", "ssh_allowed_cidrs")
+
+
+@dataclass(frozen=True)
+class AlarmThresholds:
+    """When the alarms fire; the README's "Alarms and dashboard" lists the defaults."""
+
+    deferred_messages: int = 100
+    oldest_message_minutes: int = 30
+    bounced: int = 1
+    refused: int = 5
+
+
+# Argument -> (AlarmThresholds field, lowest value): a count of 0 would always be reached.
+_THRESHOLD_ARGS: Final = {
+    "alarm_deferred_threshold": ("deferred_messages", 0),
+    "alarm_oldest_message_minutes": ("oldest_message_minutes", 1),
+    "alarm_bounced_threshold": ("bounced", 1),
+    "alarm_refused_threshold": ("refused", 1),
+}
+_THRESHOLD_MAX: Final = 1_000_000
+_ALARM_ARGS: Final = ("alarm_topic_arn", "alarm_email", *_THRESHOLD_ARGS)
+
+
+@dataclass(frozen=True)
+class MonitoringOptions:
+    """The validated metrics, mail log and alarm arguments."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    log_retention_days: int = DEFAULT_LOG_RETENTION_DAYS
+    log_kms_key_arn: str | None = None
+    alarms: bool = True
+    alarm_topic_arn: pulumi.Input[str] | None = None
+    alarm_email: str | None = None
+    thresholds: AlarmThresholds = field(default_factory=AlarmThresholds)
 
 
 @dataclass(frozen=True)
@@ -164,6 +233,7 @@ class HostOptions:
     nat_gateway_ips: tuple[str, ...] = ()
     drain_on_delete: bool = False
     drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT
+    monitoring: MonitoringOptions = field(default_factory=MonitoringOptions)
 
     @property
     def architecture(self) -> str:
@@ -237,8 +307,72 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
         nat_gateway_ips=nat_gateway_ips,
         drain_on_delete=drain_on_delete,
         drain_timeout_seconds=drain_timeout_seconds,
+        monitoring=monitoring_options(args),
     )
     return settings, options
+
+
+def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
+    """Where the metrics and the mail log go, and which alarms notify whom."""
+    namespace = args.get("metrics_namespace", DEFAULT_NAMESPACE)
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace) or not namespace.strip():
+        raise ConfigError(
+            "metrics_namespace",
+            f"{namespace!r} is not a CloudWatch namespace (up to 255 of A-Z a-z 0-9 . - _ / # :)",
+        )
+    if namespace.startswith("AWS/"):
+        raise ConfigError("metrics_namespace", f"{namespace!r}: AWS/ is reserved for AWS services")
+    retention = args.get("log_retention_days", DEFAULT_LOG_RETENTION_DAYS)
+    if isinstance(retention, bool) or retention not in LOG_RETENTION_DAYS:
+        raise ConfigError(
+            "log_retention_days",
+            f"got {retention!r}; CloudWatch Logs accepts {', '.join(map(str, LOG_RETENTION_DAYS))}",
+        )
+    log_kms_key_arn = args.get("log_kms_key_arn")
+    if log_kms_key_arn is not None and not _KMS_KEY_ARN.match(str(log_kms_key_arn)):
+        raise ConfigError("log_kms_key_arn", f"{log_kms_key_arn!r} is not a KMS key ARN")
+    alarms = args.get("alarms", True)
+    if not isinstance(alarms, bool):
+        raise ConfigError("alarms", f"must be true or false; got {alarms!r}")
+    if not alarms:
+        given = [name for name in _ALARM_ARGS if args.get(name) is not None]
+        if given:
+            raise ConfigError(given[0], "has no effect with alarms false; remove it")
+    topic_arn, email = args.get("alarm_topic_arn"), args.get("alarm_email")
+    if topic_arn is not None and email is not None:
+        raise ConfigError(
+            "alarm_email", "give either alarm_topic_arn or alarm_email (a topic is created for it)"
+        )
+    if isinstance(topic_arn, str):
+        checked_topic_arn(topic_arn)  # an Output is checked when its value is known
+    thresholds = AlarmThresholds(
+        **{
+            field_name: require_int(name, args[name], low, _THRESHOLD_MAX)
+            for name, (field_name, low) in _THRESHOLD_ARGS.items()
+            if args.get(name) is not None
+        }
+    )
+    return MonitoringOptions(
+        namespace=namespace,
+        log_retention_days=retention,
+        log_kms_key_arn=log_kms_key_arn,
+        alarms=alarms,
+        alarm_topic_arn=topic_arn,
+        alarm_email=None if email is None else parse_email("alarm_email", email),
+        thresholds=thresholds,
+    )
+
+
+def checked_topic_arn(arn: str) -> str:
+    """An SNS topic's ARN, refused with the service it does name when it is another's."""
+    if _SNS_TOPIC_ARN.match(arn):
+        return arn
+    other = _ARN.match(arn)
+    what = f"an ARN of {other['service']}, not of SNS" if other else "not an ARN"
+    raise ConfigError(
+        "alarm_topic_arn",
+        f"{arn!r} is {what}; give an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)",
+    )
 
 
 def verification_options(

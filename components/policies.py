@@ -49,3 +49,30 @@ def secret_read_policy(
             }
         )
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def monitoring_policy(namespace: str, log_group_arn: str) -> PolicyDocument:
+    """Publish metrics to the relay's namespace only, and ship the mail log to its group only
+    (the CloudWatch agent creates a stream per host, then appends to it)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "PublishRelayMetrics",
+                "Effect": "Allow",
+                "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",  # PutMetricData has no resource; the condition scopes it
+                "Condition": {"StringEquals": {"cloudwatch:namespace": namespace}},
+            },
+            {
+                "Sid": "ShipMailLog",
+                "Effect": "Allow",
+                "Action": [
+                    "logs:CreateLogStream",
+                    "logs:PutLogEvents",
+                    "logs:DescribeLogStreams",
+                ],
+                "Resource": [log_group_arn, f"{log_group_arn}:log-stream:*"],
+            },
+        ],
+    }

@@ -22,15 +22,30 @@ from pulumi_command import local, remote
 from components import verification
 from components.args import (
     HostOptions,
+    MonitoringOptions,
     RelayHostArgs,
     checked_subnet_ids,
+    checked_topic_arn,
     validate_args,
+)
+from components.monitoring import (
+    AlarmSpec,
+    dashboard_body,
+    dashboard_name,
+    dashboard_url,
+    host_alarms,
+    recover_action,
+    recovery_alarm,
+    relay_monitoring,
+    unhealthy_targets_alarm,
 )
 from components.policies import (
     EC2_ASSUME_ROLE_POLICY,
+    monitoring_policy,
     secret_read_policy,
     ssm_managed_instance_policy_arn,
 )
+from userdata.metrics import Monitoring
 from userdata.render import OS_PROFILES, pack_user_data, render_user_data
 from userdata.settings import RelaySettings, secret_region
 
@@ -133,6 +148,12 @@ class RelayHost(pulumi.ComponentResource):
     """The credentials secret's ARN (none with IP authentication)."""
     verification_report: pulumi.Output[str | None]
     """The on-host verifier's JSON report, a list of them with replicas > 1 (none if unverified)."""
+    log_group_name: pulumi.Output[str]
+    """The CloudWatch Logs group the hosts ship the mail log to."""
+    dashboard_url: pulumi.Output[str]
+    """The relay's CloudWatch dashboard in the AWS console."""
+    alarm_topic_arn: pulumi.Output[str | None]
+    """The SNS topic the alarms notify: alarm_topic_arn, or the one created for alarm_email."""
 
     def __init__(
         self, name: str, args: RelayHostArgs, opts: pulumi.ResourceOptions | None = None
@@ -142,19 +163,33 @@ class RelayHost(pulumi.ComponentResource):
         super().__init__(TYPE_TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = {"Name": name, **options.tags}
+        monitoring = relay_monitoring(
+            options.monitoring.namespace, pulumi.get_project(), pulumi.get_stack(), name
+        )
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-mail-log",
+            name=monitoring.log_group,
+            retention_in_days=options.monitoring.log_retention_days,
+            kms_key_id=options.monitoring.log_kms_key_arn,
+            tags=tags,
+            opts=child,
+        )
 
         secret_arn = self._credentials_secret(name, args, options, tags, child)
         group, egress_rules = self._security_group(name, args, settings, options, tags, child)
         profile, policies = self._instance_profile(
             name, secret_arn, settings.inbound_tls_secret_arn, options, tags, child
         )
+        policies.append(self._monitoring_policy(name, profile, monitoring, log_group, child))
         public_key, drain = options.ssh_public_key, options.drain_on_delete
+
+        def payload(arn: str | None) -> str:
+            return render_user_data(settings, arn, public_key, drain, monitoring=monitoring)
+
         user_data = (
-            pulumi.Output.from_input(secret_arn).apply(
-                lambda arn: render_user_data(settings, checked_secret_arn(arn), public_key, drain)
-            )
+            pulumi.Output.from_input(secret_arn).apply(lambda arn: payload(checked_secret_arn(arn)))
             if secret_arn is not None
-            else pulumi.Output.from_input(render_user_data(settings, None, public_key, drain))
+            else pulumi.Output.from_input(payload(None))
         )
         fleet = _Fleet(
             args,
@@ -176,9 +211,11 @@ class RelayHost(pulumi.ComponentResource):
             hosts.append(self._host(host_name(name, index), fleet, subnet_id, after))
 
         first = hosts[0]
+        balancer_alarm = None
         if options.replicas > 1:
-            balancer = self._balancer(name, fleet, subnet_ids, hosts, tags, child)
+            balancer, targets = self._balancer(name, fleet, subnet_ids, hosts, tags, child)
             self.smtp_endpoint = balancer.dns_name.apply(lambda dns: f"{dns}:{SMTP_PORT}")
+            balancer_alarm = unhealthy_targets_alarm(balancer.arn_suffix, targets.arn_suffix)
         else:
             self.smtp_endpoint = first.instance.private_ip.apply(lambda ip: f"{ip}:{SMTP_PORT}")
         self.instance_id = first.instance.id
@@ -195,6 +232,11 @@ class RelayHost(pulumi.ComponentResource):
         self.smtp_relay_host = pulumi.Output.from_input(settings.next_hop)
         self.secret_arn = pulumi.Output.from_input(secret_arn)
         self.verification_report = pulumi.Output.from_input(self._reports(hosts))
+        self.log_group_name = log_group.name
+        self.alarm_topic_arn = pulumi.Output.from_input(
+            self._alarms(name, hosts, balancer_alarm, options.monitoring, monitoring, tags)
+        )
+        self.dashboard_url = self._dashboard(name, hosts, monitoring)
         self.register_outputs(
             {
                 "instance_id": self.instance_id,
@@ -206,6 +248,9 @@ class RelayHost(pulumi.ComponentResource):
                 "secret_arn": self.secret_arn,
                 "verification_report": self.verification_report,
                 "sending_ips": self.sending_ips,
+                "log_group_name": self.log_group_name,
+                "dashboard_url": self.dashboard_url,
+                "alarm_topic_arn": self.alarm_topic_arn,
             }
         )
 
@@ -417,8 +462,9 @@ class RelayHost(pulumi.ComponentResource):
         hosts: list[_Host],
         tags: dict[str, str],
         child: pulumi.ResourceOptions,
-    ) -> aws.lb.LoadBalancer:
-        """An internal Network Load Balancer passing port 25 through to the hosts.
+    ) -> tuple[aws.lb.LoadBalancer, aws.lb.TargetGroup]:
+        """An internal Network Load Balancer passing port 25 through to the hosts, and its
+        target group.
 
         Its security group admits the allowed clients; the hosts admit the balancer's group,
         which with client IP preservation is how AWS lets the traffic through (the hosts' rule
@@ -505,7 +551,7 @@ class RelayHost(pulumi.ComponentResource):
                     parent=self, depends_on=[host.ready, *([host.drain] if host.drain else [])]
                 ),
             )
-        return balancer
+        return balancer, targets
 
     def _instance_profile(
         self,
@@ -525,7 +571,7 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        partition = aws.get_partition(opts=pulumi.InvokeOptions(parent=self)).partition
+        partition = self._partition
         policies: list[pulumi.Resource] = [
             aws.iam.RolePolicyAttachment(
                 f"{name}-ssm",
@@ -651,6 +697,114 @@ class RelayHost(pulumi.ComponentResource):
         if len(reports) == 1:
             return reports[0]
         return pulumi.Output.all(*reports).apply(lambda texts: f"[{', '.join(texts)}]")
+
+    def _monitoring_policy(
+        self,
+        name: str,
+        profile: aws.iam.InstanceProfile,
+        monitoring: Monitoring,
+        log_group: aws.cloudwatch.LogGroup,
+        child: pulumi.ResourceOptions,
+    ) -> aws.iam.RolePolicy:
+        """Publishing the relay's metrics and shipping its mail log."""
+        return aws.iam.RolePolicy(
+            f"{name}-monitoring",
+            role=profile.role,
+            policy=log_group.arn.apply(
+                lambda arn: json.dumps(monitoring_policy(monitoring.namespace, arn))
+            ),
+            opts=child,
+        )
+
+    def _alarms(
+        self,
+        name: str,
+        hosts: list[_Host],
+        balancer_alarm: AlarmSpec | None,
+        options: MonitoringOptions,
+        monitoring: Monitoring,
+        tags: dict[str, str],
+    ) -> pulumi.Input[str] | None:
+        """Each host's alarms and recovery alarm, the balancer's; the topic they notify.
+
+        With alarms false only the recovery alarms remain: they repair, they do not notify."""
+        child = pulumi.ResourceOptions(parent=self)
+        topic_arn = self._alarm_topic(name, options, tags, child)
+        notify = [] if topic_arn is None else [topic_arn]
+        recover = recover_action(self._partition, self._region)
+        specs: list[tuple[str, AlarmSpec]] = []
+        for host in hosts:
+            if options.alarms:
+                checks = host_alarms(monitoring, options.thresholds, host.instance.id)
+                specs += [(host.name, spec) for spec in checks]
+            specs.append((host.name, recovery_alarm(host.instance.id, recover)))
+        if options.alarms and balancer_alarm is not None:
+            specs.append((name, balancer_alarm))
+        for owner, spec in specs:
+            aws.cloudwatch.MetricAlarm(
+                f"{owner}-{spec.suffix}-alarm",
+                alarm_description=f"CMC relay {monitoring.relay}: {spec.description}",
+                namespace=spec.namespace,
+                metric_name=spec.metric_name,
+                dimensions=spec.dimensions,
+                statistic=spec.statistic,
+                period=spec.period,
+                evaluation_periods=spec.evaluation_periods,
+                comparison_operator=spec.comparison_operator,
+                threshold=spec.threshold,
+                treat_missing_data=spec.treat_missing_data,
+                alarm_actions=[*spec.repair_actions, *notify],
+                ok_actions=notify,
+                tags=tags,
+                opts=child,
+            )
+        return topic_arn
+
+    def _alarm_topic(
+        self,
+        name: str,
+        options: MonitoringOptions,
+        tags: dict[str, str],
+        child: pulumi.ResourceOptions,
+    ) -> pulumi.Input[str] | None:
+        """alarm_topic_arn, or a new topic with alarm_email subscribed; None: nobody is told."""
+        if not options.alarms:
+            return None
+        if options.alarm_topic_arn is not None:
+            # Checked again once known: an ARN from another resource cannot be checked before.
+            return pulumi.Output.from_input(options.alarm_topic_arn).apply(checked_topic_arn)
+        if options.alarm_email is None:
+            return None
+        topic = aws.sns.Topic(f"{name}-alarms", tags=tags, opts=child)
+        # AWS mails a confirmation link first: no alarm reaches the address until it is clicked.
+        aws.sns.TopicSubscription(
+            f"{name}-alarms-email",
+            topic=topic.arn,
+            protocol="email",
+            endpoint=options.alarm_email,
+            opts=child,
+        )
+        return topic.arn
+
+    def _dashboard(
+        self, name: str, hosts: list[_Host], monitoring: Monitoring
+    ) -> pulumi.Output[str]:
+        """The relay's dashboard, graphs per host; its console URL."""
+        region = self._region
+        dashboard = aws.cloudwatch.Dashboard(
+            f"{name}-dashboard",
+            dashboard_name=dashboard_name(monitoring),
+            dashboard_body=pulumi.Output.all(*[host.instance.id for host in hosts]).apply(
+                lambda ids: json.dumps(dashboard_body(monitoring, ids, region))
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        partition = self._partition
+        return dashboard.dashboard_name.apply(lambda board: dashboard_url(partition, region, board))
+
+    @functools.cached_property
+    def _partition(self) -> str:
+        return aws.get_partition(opts=pulumi.InvokeOptions(parent=self)).partition
 
     @functools.cached_property
     def _region(self) -> str:

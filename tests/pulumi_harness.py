@@ -76,9 +76,17 @@ class Recorder(pulumi.runtime.Mocks):
             },
             "aws:lb/loadBalancer:LoadBalancer": {
                 "arn": f"{ELB_ARN}:loadbalancer/net/{args.name}",
+                "arnSuffix": f"net/{args.name}/0123456789abcdef",
                 "dnsName": f"internal-{args.name}-0123456789.elb.{REGION}.amazonaws.com",
             },
-            "aws:lb/targetGroup:TargetGroup": {"arn": f"{ELB_ARN}:targetgroup/{args.name}"},
+            "aws:lb/targetGroup:TargetGroup": {
+                "arn": f"{ELB_ARN}:targetgroup/{args.name}",
+                "arnSuffix": f"targetgroup/{args.name}/fedcba9876543210",
+            },
+            "aws:cloudwatch/logGroup:LogGroup": {
+                "arn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{args.inputs.get('name')}"
+            },
+            "aws:sns/topic:Topic": {"arn": f"arn:aws:sns:{REGION}:{ACCOUNT}:{args.name}-1a2b3c"},
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},

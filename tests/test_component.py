@@ -32,6 +32,7 @@ INSTANCE = "aws:ec2/instance:Instance"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+READ_SECRETS = "relay-read-credentials"  # the other role policy is for monitoring
 
 
 def relay(recorder: Recorder | None = None, **changes: Any) -> Recorder:
@@ -107,7 +108,7 @@ def test_role_can_use_ssm_and_read_exactly_the_one_secret() -> None:
     assert attachment.inputs["policyArn"] == (
         "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
     )
-    policy = json.loads(recorder.one(ROLE_POLICY).inputs["policy"])
+    policy = json.loads(recorder.by_name(READ_SECRETS).inputs["policy"])
     (statement,) = policy["Statement"]
     assert statement["Action"] == "secretsmanager:GetSecretValue"
     assert statement["Resource"] == SECRET_ARN
@@ -117,7 +118,7 @@ def test_role_can_use_ssm_and_read_exactly_the_one_secret() -> None:
 
 
 def test_customer_key_decrypts_only_through_secrets_manager() -> None:
-    policy = json.loads(relay(kms_key_arn=KMS_KEY).one(ROLE_POLICY).inputs["policy"])
+    policy = json.loads(relay(kms_key_arn=KMS_KEY).by_name(READ_SECRETS).inputs["policy"])
     decrypt = next(s for s in policy["Statement"] if s["Action"] == "kms:Decrypt")
     assert decrypt["Resource"] == KMS_KEY
     assert decrypt["Condition"] == {
@@ -127,7 +128,7 @@ def test_customer_key_decrypts_only_through_secrets_manager() -> None:
 
 
 def test_no_kms_statement_without_a_customer_key() -> None:
-    policy = json.loads(relay().one(ROLE_POLICY).inputs["policy"])
+    policy = json.loads(relay().by_name(READ_SECRETS).inputs["policy"])
     assert [s["Action"] for s in policy["Statement"]] == ["secretsmanager:GetSecretValue"]
 
 
@@ -220,7 +221,7 @@ def test_created_secret_holds_the_credentials_as_a_pulumi_secret() -> None:
 
 def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
     recorder = relay(plan="pro", subdomain="acme", auth_mode="ip", credentials_secret_arn=None)
-    assert recorder.of_type(ROLE_POLICY) == []
+    assert [r.name for r in recorder.of_type(ROLE_POLICY)] == ["relay-monitoring"]
     assert recorder.of_type("aws:secretsmanager/secret:Secret") == []
     assert "CMC_SECRET_ARN=" not in user_data(recorder)
     assert "smtp_sasl_auth_enable = no" in user_data(recorder)
@@ -236,7 +237,7 @@ def test_role_reads_the_inbound_tls_certificate_secret(auth_mode: str) -> None:
     ip: dict[str, Any] = {"plan": "pro", "subdomain": "acme", "credentials_secret_arn": None}
     ip = ip if auth_mode == "ip" else {}
     recorder = relay(auth_mode=auth_mode, inbound_tls_secret_arn=CERT_ARN, **ip)
-    (role_policy,) = recorder.of_type(ROLE_POLICY)
+    role_policy = recorder.by_name(READ_SECRETS)
     statements = {s["Sid"]: s for s in json.loads(role_policy.inputs["policy"])["Statement"]}
     assert statements.pop("ReadInboundTlsCertificate") == {
         "Sid": "ReadInboundTlsCertificate",
@@ -266,7 +267,10 @@ def test_outputs_are_registered() -> None:
         "secret_arn": SECRET_ARN,
         "verification_report": VERIFIER_REPORT,
         "sending_ips": ["203.0.113.25"],
-    }
+        "log_group_name": "/cmc-relay/cmc-relay/test/relay",
+        "dashboard_url": "https://ap-northeast-1.console.aws.amazon.com/cloudwatch/home"
+        "?region=ap-northeast-1#dashboards:name=cmc-relay-test-relay",
+    }  # alarm_topic_arn is None: no topic without alarm_topic_arn or alarm_email
 
 
 def test_tags_reach_every_taggable_resource() -> None:

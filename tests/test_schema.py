@@ -22,9 +22,10 @@ from userdata.settings import CONFIG_KEYS
 ROOT = Path(__file__).parent.parent
 OUTPUTS = {
     "instanceId", "privateIp", "publicIp", "sendingIps", "smtpEndpoint", "securityGroupId",
-    "smtpRelayHost", "secretArn", "verificationReport",
+    "smtpRelayHost", "secretArn", "verificationReport", "logGroupName", "dashboardUrl",
+    "alarmTopicArn",
 }  # fmt: skip
-OPTIONAL_OUTPUTS = {"publicIp", "secretArn", "verificationReport"}
+OPTIONAL_OUTPUTS = {"publicIp", "secretArn", "verificationReport", "alarmTopicArn"}
 
 
 def camel(name: str) -> str:

@@ -87,7 +87,7 @@ def test_every_config_key_reaches_the_component() -> None:
         "mynetworks = 127.0.0.0/8 [::1]/128 10.20.0.0/24",
     ):
         assert expected in user_data
-    policy = recorder.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"]
+    policy = recorder.by_name("relay-read-credentials").inputs["policy"]
     assert "kms:Decrypt" in policy
     ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
     assert any(r.inputs.get("referencedSecurityGroupId") == "sg-app" for r in ingress)
@@ -120,12 +120,19 @@ def test_pulumi_yaml_declares_every_config_key() -> None:
     assert set(declared) == set(CONFIG_KEYS.values())
 
 
+def test_readme_documents_every_config_key() -> None:
+    """Each key has a row in the README's configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    assert [key for key in CONFIG_KEYS.values() if f"\n| `{key}` | " not in readme] == []
+
+
 def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:
     recorder = run_stack({"apiUser": "cmc-user", "apiKey": API_KEY}, secret_keys=("apiKey",))
     outputs = recorder.stack_outputs
     assert set(outputs) == {
         "instanceId", "privateIp", "publicIp", "sendingIps", "smtpEndpoint", "securityGroupId",
-        "smtpRelayHost", "secretArn", "verificationReport",
+        "smtpRelayHost", "secretArn", "verificationReport", "logGroupName", "dashboardUrl",
+        "alarmTopicArn",
     }  # fmt: skip
     assert outputs["smtpEndpoint"] == "10.20.1.10:25"
     assert outputs["publicIp"] == "203.0.113.25"

@@ -262,6 +262,102 @@ BAD_INPUTS = [
         "inbound_tls_secret_arn (config inboundTlsSecretArn): only applies with inbound_tls may",
         id="inbound-tls-secret-arn-unused",
     ),
+    pytest.param(
+        with_(metrics_namespace="AWS/EC2"),
+        "metrics_namespace (config metricsNamespace): 'AWS/EC2': AWS/ is reserved",
+        id="namespace-aws",
+    ),
+    pytest.param(
+        with_(metrics_namespace="CMC*Relay"),
+        "metrics_namespace (config metricsNamespace): 'CMC*Relay' is not a CloudWatch namespace",
+        id="namespace-syntax",
+    ),
+    pytest.param(
+        with_(metrics_namespace=" "),
+        "metrics_namespace (config metricsNamespace): ' ' is not a CloudWatch namespace",
+        id="namespace-blank",
+    ),
+    pytest.param(
+        with_(log_retention_days=31),
+        "log_retention_days (config logRetentionDays): got 31; CloudWatch Logs accepts 1, 3, 5",
+        id="retention-31",
+    ),
+    pytest.param(
+        with_(log_retention_days=True),
+        "log_retention_days (config logRetentionDays): got True",
+        id="retention-bool",
+    ),
+    pytest.param(
+        with_(log_kms_key_arn="alias/logs"),
+        "log_kms_key_arn (config logKmsKeyArn): 'alias/logs' is not a KMS key ARN",
+        id="log-kms-key",
+    ),
+    pytest.param(
+        with_(alarms="yes"),
+        "alarms: must be true or false; got 'yes'",
+        id="alarms-not-bool",
+    ),
+    pytest.param(
+        with_(alarm_topic_arn="arn:aws:sqs:ap-northeast-1:123456789012:alarms"),
+        "alarm_topic_arn (config alarmTopicArn): 'arn:aws:sqs:ap-northeast-1:123456789012:alarms'"
+        " is an ARN of sqs, not of SNS",
+        id="topic-arn-service",
+    ),
+    pytest.param(
+        with_(alarm_topic_arn="ops-alarms"),
+        "alarm_topic_arn (config alarmTopicArn): 'ops-alarms' is not an ARN",
+        id="topic-arn-not-arn",
+    ),
+    pytest.param(
+        with_(alarm_email="ops@example"),
+        "alarm_email (config alarmEmail): 'example' is not a domain name",
+        id="alarm-email-domain",
+    ),
+    pytest.param(
+        with_(alarm_email="ops"),
+        "alarm_email (config alarmEmail): 'ops' is not an e-mail address",
+        id="alarm-email-syntax",
+    ),
+    pytest.param(
+        with_(
+            alarm_email="ops@example.com",
+            alarm_topic_arn="arn:aws:sns:ap-northeast-1:123456789012:alarms",
+        ),
+        "alarm_email (config alarmEmail): give either alarm_topic_arn or alarm_email",
+        id="alarm-email-and-topic",
+    ),
+    pytest.param(
+        with_(alarm_deferred_threshold=-1),
+        "alarm_deferred_threshold (config alarmDeferredThreshold): must be between 0 and 1000000;"
+        " got -1",
+        id="deferred-negative",
+    ),
+    pytest.param(
+        with_(alarm_oldest_message_minutes=0),
+        "alarm_oldest_message_minutes (config alarmOldestMessageMinutes): must be between 1 and",
+        id="oldest-zero",
+    ),
+    pytest.param(
+        with_(alarm_bounced_threshold=-3),
+        "alarm_bounced_threshold (config alarmBouncedThreshold): must be between 1 and 1000000;"
+        " got -3",
+        id="bounced-negative",
+    ),
+    pytest.param(
+        with_(alarm_refused_threshold=2.5),
+        "alarm_refused_threshold (config alarmRefusedThreshold): must be an integer; got 2.5",
+        id="refused-fraction",
+    ),
+    pytest.param(
+        with_(alarms=False, alarm_refused_threshold=10),
+        "alarm_refused_threshold (config alarmRefusedThreshold): has no effect with alarms false",
+        id="threshold-without-alarms",
+    ),
+    pytest.param(
+        with_(alarms=False, alarm_topic_arn="arn:aws:sns:ap-northeast-1:123456789012:alarms"),
+        "alarm_topic_arn (config alarmTopicArn): has no effect with alarms false",
+        id="topic-without-alarms",
+    ),
 ]
 
 
@@ -281,6 +377,20 @@ def test_defaults_follow_the_guide() -> None:
     assert (settings.max_connections, settings.tls_level) == (10, "may")
     assert options.instance_type == "t3.small"
     assert options.architecture == "x86_64"
+
+
+def test_monitoring_defaults_are_the_documented_ones() -> None:
+    _, options = validate_args(BASE)
+    monitoring = options.monitoring
+    assert (monitoring.namespace, monitoring.log_retention_days) == ("CMCRelay", 30)
+    assert monitoring.alarms is True
+    assert (monitoring.alarm_topic_arn, monitoring.alarm_email) == (None, None)
+    assert monitoring.log_kms_key_arn is None
+    thresholds = monitoring.thresholds
+    assert (thresholds.deferred_messages, thresholds.oldest_message_minutes) == (100, 30)
+    assert (thresholds.bounced, thresholds.refused) == (1, 5)
+    _, options = validate_args(with_(alarm_email="Ops@Example.COM"))
+    assert options.monitoring.alarm_email == "Ops@example.com"  # parsed as operator_email is
 
 
 @pytest.mark.parametrize(

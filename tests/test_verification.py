@@ -85,9 +85,11 @@ def assert_runs_after_the_host_is_reachable(recorder: Recorder, command: Registe
         INSTANCE,
         "aws:ec2/eipAssociation:EipAssociation",
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment",  # Systems Manager access
-        "aws:iam/rolePolicy:RolePolicy",  # the secret the host reads at boot
     ):
         assert urn(recorder, needed) in command.dependencies, needed
+    # The secret the host reads at boot; publishing metrics and shipping the mail log.
+    for policy in ("relay-read-credentials", "relay-monitoring"):
+        assert recorder.by_name(policy).urn in command.dependencies, policy
     assert command.deleted_with == urn(recorder, INSTANCE)
     assert command.inputs["addPreviousOutputInEnv"] is False
     assert "environment" not in command.inputs
@@ -162,7 +164,8 @@ def test_ssh_mode_opens_port_22_to_the_given_networks_only() -> None:
         DEPLOYERS,
         "2001:db8::/48",
     }
-    assert recorder.invoked("aws:index/getRegion:getRegion") == []
+    # Once, for the dashboard and the recovery alarm, whatever the verification.
+    assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1
 
 
 def test_ssh_mode_authorizes_the_public_key_and_keeps_the_private_key_out() -> None:
@@ -179,7 +182,8 @@ def test_none_creates_no_command() -> None:
     recorder = relay(verification="none")
     assert recorder.of_type(LOCAL) == recorder.of_type(REMOTE) == []
     assert recorder.outputs[urn(recorder, TYPE_TOKEN)].get("verification_report") is None
-    assert recorder.invoked("aws:index/getRegion:getRegion") == []
+    # Once, for the dashboard and the recovery alarm, whatever the verification.
+    assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1
 
 
 def test_ephemeral_secret_is_deleted_without_a_recovery_window() -> None:

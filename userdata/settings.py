@@ -96,6 +96,16 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "operator_email": "operatorEmail",
     "inbound_tls": "inboundTls",
     "inbound_tls_secret_arn": "inboundTlsSecretArn",
+    "metrics_namespace": "metricsNamespace",
+    "log_retention_days": "logRetentionDays",
+    "log_kms_key_arn": "logKmsKeyArn",
+    "alarms": "alarms",
+    "alarm_topic_arn": "alarmTopicArn",
+    "alarm_email": "alarmEmail",
+    "alarm_deferred_threshold": "alarmDeferredThreshold",
+    "alarm_oldest_message_minutes": "alarmOldestMessageMinutes",
+    "alarm_bounced_threshold": "alarmBouncedThreshold",
+    "alarm_refused_threshold": "alarmRefusedThreshold",
 }
 
 

@@ -1,0 +1,249 @@
+"""What the component tells CloudWatch about a relay: its names, alarms and dashboard. Pure.
+
+Every metric named here comes from ``userdata.metrics``, which the on-host publisher's
+configuration is rendered from: an alarm or a widget cannot name a metric nobody publishes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pulumi
+
+from components.args import AlarmThresholds
+from userdata.metrics import (
+    INSTANCE_DIMENSION,
+    PERIOD_SECONDS,
+    RELAY_DIMENSION,
+    Metric,
+    Monitoring,
+    metric,
+)
+
+# Log group names take A-Z a-z 0-9 _ - / . #; dashboard names A-Z a-z 0-9 - _.
+_NOT_IN_LOG_GROUP = re.compile(r"[^A-Za-z0-9_\-/.#]")
+_NOT_IN_DASHBOARD = re.compile(r"[^A-Za-z0-9_\-]")
+ALARM_PERIOD_SECONDS: Final = 300  # counts add up over 5 minutes
+DEFERRED_MINUTES: Final = 10
+SILENT_MINUTES: Final = 5
+EC2_NAMESPACE: Final = "AWS/EC2"
+NLB_NAMESPACE: Final = "AWS/NetworkELB"
+
+
+def relay_monitoring(namespace: str, project: str, stack: str, name: str) -> Monitoring:
+    """Where one relay reports. The Relay dimension names project, stack and component, so
+    relays of several stacks in one account and namespace keep their metrics apart."""
+    return Monitoring(
+        namespace=namespace,
+        relay=f"{project}/{stack}/{name}",
+        log_group=_NOT_IN_LOG_GROUP.sub("-", f"/cmc-relay/{project}/{stack}/{name}")[:512],
+    )
+
+
+def dashboard_name(monitoring: Monitoring) -> str:
+    return _NOT_IN_DASHBOARD.sub("-", monitoring.relay)[:255]
+
+
+# The AWS console's domain in each partition.
+CONSOLE_DOMAINS: Final = {
+    "aws": "console.aws.amazon.com",
+    "aws-cn": "console.amazonaws.cn",
+    "aws-us-gov": "console.amazonaws-us-gov.com",
+}
+
+
+def dashboard_url(partition: str, region: str, name: str) -> str:
+    console = CONSOLE_DOMAINS.get(partition, CONSOLE_DOMAINS["aws"])
+    return f"https://{region}.{console}/cloudwatch/home?region={region}#dashboards:name={name}"
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    """One ``aws.cloudwatch.MetricAlarm``'s inputs, but its actions; ``suffix`` ends its name."""
+
+    suffix: str
+    description: str
+    namespace: str
+    metric_name: str
+    dimensions: Mapping[str, pulumi.Input[str]]
+    statistic: str
+    period: int
+    evaluation_periods: int
+    comparison_operator: str
+    threshold: int
+    treat_missing_data: str = "notBreaching"
+    repair_actions: tuple[str, ...] = ()  # run on alarm, before any notification
+
+
+def host_alarms(
+    monitoring: Monitoring, thresholds: AlarmThresholds, instance_id: pulumi.Input[str]
+) -> list[AlarmSpec]:
+    """The alarms on one host's own metrics."""
+    dimensions = {RELAY_DIMENSION: monitoring.relay, INSTANCE_DIMENSION: instance_id}
+
+    def on(metric_: Metric, statistic: str | None = None, **rest: Any) -> dict[str, Any]:
+        return {
+            "namespace": monitoring.namespace,
+            "metric_name": metric_.name,
+            "dimensions": dimensions,
+            "statistic": statistic or metric_.statistic,
+            **rest,
+        }
+
+    deferred, oldest = metric("queue.deferred"), metric("queue.oldest_age")
+    bounced, refused = metric("delivery.bounced"), metric("session.refused")
+    return [
+        AlarmSpec(
+            "deferred",
+            f"More than {thresholds.deferred_messages} messages deferred for "
+            f"{DEFERRED_MINUTES} minutes",
+            **on(
+                deferred,
+                period=PERIOD_SECONDS,
+                evaluation_periods=DEFERRED_MINUTES * 60 // PERIOD_SECONDS,
+                comparison_operator="GreaterThanThreshold",
+                threshold=thresholds.deferred_messages,
+            ),
+        ),
+        AlarmSpec(
+            "oldest-message",
+            f"A message queued for more than {thresholds.oldest_message_minutes} minutes",
+            **on(
+                oldest,
+                period=PERIOD_SECONDS,
+                evaluation_periods=1,
+                comparison_operator="GreaterThanThreshold",
+                threshold=thresholds.oldest_message_minutes * 60,
+            ),
+        ),
+        AlarmSpec(
+            "bounced",
+            f"{thresholds.bounced} or more messages bounced in 5 minutes",
+            **on(
+                bounced,
+                period=ALARM_PERIOD_SECONDS,
+                evaluation_periods=1,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+                threshold=thresholds.bounced,
+            ),
+        ),
+        AlarmSpec(
+            "refused",
+            f"The service refused {thresholds.refused} or more sessions in 5 minutes",
+            **on(
+                refused,
+                period=ALARM_PERIOD_SECONDS,
+                evaluation_periods=1,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+                threshold=thresholds.refused,
+            ),
+        ),
+        # Every sample carries the deferred queue: none for 5 minutes means the host, its
+        # publisher or its way to CloudWatch is down, and missing data is what it looks like.
+        AlarmSpec(
+            "silent",
+            f"No metrics from the host for {SILENT_MINUTES} minutes",
+            **on(
+                deferred,
+                statistic="SampleCount",
+                period=PERIOD_SECONDS,
+                evaluation_periods=SILENT_MINUTES * 60 // PERIOD_SECONDS,
+                comparison_operator="LessThanThreshold",
+                threshold=1,
+                treat_missing_data="breaching",
+            ),
+        ),
+    ]
+
+
+def recovery_alarm(instance_id: pulumi.Input[str], recover: str) -> AlarmSpec:
+    """EC2's system status check failing for 2 minutes: its action recovers the instance onto
+    other hardware, with its ID, addresses and volumes (AWS's recommended settings)."""
+    return AlarmSpec(
+        "recover",
+        "The EC2 system status check failed: recovering the instance",
+        namespace=EC2_NAMESPACE,
+        metric_name="StatusCheckFailed_System",
+        dimensions={"InstanceId": instance_id},
+        statistic="Maximum",
+        period=60,
+        evaluation_periods=2,
+        comparison_operator="GreaterThanOrEqualToThreshold",
+        threshold=1,
+        repair_actions=(recover,),
+    )
+
+
+def recover_action(partition: str, region: str) -> str:
+    return f"arn:{partition}:automate:{region}:ec2:recover"
+
+
+def unhealthy_targets_alarm(
+    load_balancer_suffix: pulumi.Input[str], target_group_suffix: pulumi.Input[str]
+) -> AlarmSpec:
+    """With several hosts: the balancer finds one unhealthy for 5 minutes."""
+    return AlarmSpec(
+        "unhealthy-targets",
+        f"A relay host failed the balancer's health checks for {SILENT_MINUTES} minutes",
+        namespace=NLB_NAMESPACE,
+        metric_name="UnHealthyHostCount",
+        dimensions={"LoadBalancer": load_balancer_suffix, "TargetGroup": target_group_suffix},
+        statistic="Maximum",
+        period=60,
+        evaluation_periods=SILENT_MINUTES,
+        comparison_operator="GreaterThanOrEqualToThreshold",
+        threshold=1,
+    )
+
+
+# The dashboard's rows: a title and the metrics (by key) each host's graph shows.
+DASHBOARD_ROWS: Final = (
+    ("Queues (messages)", ("queue.active", "queue.deferred", "queue.hold", "queue.incoming")),
+    ("Deliveries per minute", ("delivery.sent", "delivery.deferred", "delivery.bounced")),
+    (
+        "Refused sessions, TLS not established, AUTH failures (per minute)",
+        ("session.refused", "session.tls_failed", "session.auth_failed"),
+    ),
+    ("Oldest queued message (seconds)", ("queue.oldest_age",)),
+)
+_WIDTH, _HEIGHT = 12, 6
+
+
+def dashboard_body(
+    monitoring: Monitoring, instance_ids: Sequence[str], region: str
+) -> dict[str, Any]:
+    """A row per kind of metric, a graph per host in it (hosts in order, two per line)."""
+    widgets = []
+    y = 0
+    for title, keys in DASHBOARD_ROWS:
+        for index, instance_id in enumerate(instance_ids):
+            dimensions = [RELAY_DIMENSION, monitoring.relay, INSTANCE_DIMENSION, instance_id]
+            widgets.append(
+                {
+                    "type": "metric",
+                    "x": index % 2 * _WIDTH,
+                    "y": y + index // 2 * _HEIGHT,
+                    "width": _WIDTH,
+                    "height": _HEIGHT,
+                    "properties": {
+                        "title": f"{title}: host {index} ({instance_id})",
+                        "region": region,
+                        "view": "timeSeries",
+                        "period": PERIOD_SECONDS,
+                        "metrics": [
+                            [
+                                monitoring.namespace,
+                                metric(key).name,
+                                *dimensions,
+                                {"stat": metric(key).statistic, "label": metric(key).description},
+                            ]
+                            for key in keys
+                        ],
+                    },
+                }
+            )
+        y += (len(instance_ids) + 1) // 2 * _HEIGHT
+    return {"widgets": widgets}
