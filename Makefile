@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HOST_SCRIPTS := userdata/scripts/cmc-relay-fetch-secret userdata/scripts/cmc-relay-verify userdata/scripts/cmc-relay-drain \
-	userdata/scripts/cmc-relay-install-ssm-agent userdata/scripts/cmc-relay-bootstrap \
+	userdata/scripts/cmc-relay-install-agent userdata/scripts/cmc-relay-bootstrap \
 	userdata/scripts/cmc-relay-metrics
 
 .PHONY: sandbox test bench lint system-packages venv clean

@@ -30,6 +30,7 @@ from typing import Any
 from simworld.standin import MessageRecord, messages_from_events, read_events
 from simworld.throwaway import BASE_ENV, Rig, RigError, Unsupported
 from userdata.render import (
+    MAIL_LOG,
     OS_PROFILES,
     BundleStore,
     pack_user_data,
@@ -277,9 +278,8 @@ class Sandbox:
         return result.returncode, report
 
     def mail_log(self) -> str:
-        """What the relay sent to /dev/log (Postfix logs there)."""
-        path = Path(self.machine.host_path("syslog"))
-        return path.read_text(errors="replace") if path.exists() else ""
+        """Postfix's log on the relay (maillog_file)."""
+        return self.machine.run(["cat", MAIL_LOG], check=False).stdout
 
     # --- the secret -----------------------------------------------------------------------
 

@@ -543,7 +543,8 @@ def write_postfix_config(
       the private config directory.
     - ``alias_maps``, ``alias_database``: a private copy of postinst's ``hash:/etc/aliases``.
     - ``mail_spool_directory``: private, instead of /var/mail (local delivery is checked there).
-    - ``maillog_file`` (``maillog_file_prefixes`` widened to allow it): there is no syslog.
+    - ``maillog_file``: the rig's own file instead of the host's /var/log/cmc-relay/mail.log
+      (``maillog_file_prefixes`` widened to allow it).
     - ``smtp_tls_CAfile``: the stand-in's test CA instead of the OS bundle.
 
     master.cf stays Debian's: smtpd listens on *:25, confined by the namespace; smtp runs

@@ -13,6 +13,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -20,6 +21,9 @@ import yaml
 from userdata.render import (
     BOOTSTRAP,
     BUNDLE_ENV_PATH,
+    CLOUDWATCH_AGENT_CONFIG_PATH,
+    CLOUDWATCH_AGENT_KEY_PATH,
+    MAIL_LOG,
     OS_PROFILES,
     SCRIPT_DIR,
     SSM_AGENT_KEY_PATH,
@@ -184,13 +188,15 @@ def test_payload_refuses_to_exceed_the_limit() -> None:
 def test_the_bundle_holds_the_scripts_as_they_are_and_the_user_data_the_rest(name: str) -> None:
     settings = VARIANTS[name]
     files = files_of(parsed(settings))
-    scripts = {path for path in bundle_files(render_bundle(settings)) if path != SSM_AGENT_KEY_PATH}
+    scripts = {
+        path for path in bundle_files(render_bundle(settings)) if path.startswith(SCRIPT_DIR)
+    }
     expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-metrics"}
     expected.add("cmc-relay-inbound-cert")  # inboundTls may
     if settings.uses_sasl:
         expected.add("cmc-relay-fetch-secret")
-    if not OS_PROFILES[settings.os].ssm_agent_preinstalled:
-        expected.add("cmc-relay-install-ssm-agent")
+    if OS_PROFILES[settings.os].agent_downloads:
+        expected.add("cmc-relay-install-agent")
     assert {Path(path).name for path in scripts} == expected
     for path in scripts:
         assert bundle_files(render_bundle(settings))[path] == script(Path(path).name)
@@ -252,22 +258,35 @@ def test_packages_and_ca_bundle_fit_the_os(os_name: str) -> None:
 
 
 @pytest.mark.parametrize("os_name", OS_NAMES)
-def test_ssm_agent_is_installed_only_where_the_image_lacks_it(os_name: OsName) -> None:
+def test_agents_are_downloaded_only_where_the_image_and_the_os_lack_them(os_name: OsName) -> None:
     profile = OS_PROFILES[os_name]
     document = parsed(variant("trial", os_name))
     files = host_files(variant("trial", os_name))
     env = files["/etc/cmc-relay/relay.env"]
     assert f"CMC_SSM_AGENT_UNIT={profile.ssm_agent_unit}\n" in env
-    shipped = "/usr/local/sbin/cmc-relay-install-ssm-agent" in files
-    assert shipped is (not profile.ssm_agent_preinstalled) is os_name.startswith("debian-")
-    assert (SSM_AGENT_KEY_PATH in files) is shipped
+    downloads = {
+        "al2023": "",
+        "debian-12": "ssm,cloudwatch",
+        "debian-13": "ssm,cloudwatch",
+        "ubuntu-24.04": "cloudwatch",  # SSM Agent is in the image, a snap
+    }[os_name]
+    assert f"CMC_AGENT_DOWNLOADS={downloads}\n" in env
+    shipped = "/usr/local/sbin/cmc-relay-install-agent" in files
+    assert shipped is (os_name != "al2023")
     assert ("gpgv" in document["packages"]) is shipped  # Debian 13's apt brings sqv, not gpgv
-    if shipped:
+    # AL2023's own repositories carry the CloudWatch agent.
+    assert ("amazon-cloudwatch-agent" in document["packages"]) is (os_name == "al2023")
+    assert (SSM_AGENT_KEY_PATH in files) is ("ssm" in downloads)
+    if "ssm" in downloads:
         assert files[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
         assert aws_ssm_agent_key().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
-        # The setup script runs it once the relay is configured, and carries on if it fails.
-        setup = files["/usr/local/sbin/cmc-relay-setup"]
-        assert "install_ssm_agent=/usr/local/sbin/cmc-relay-install-ssm-agent" in setup
+    # AWS's CloudWatch agent key is not shipped yet (AWS_CLOUDWATCH_AGENT_KEY, a known gap).
+    assert CLOUDWATCH_AGENT_KEY_PATH not in files
+    # The setup script runs the installer once the relay is configured, carries on if it
+    # fails, then starts the CloudWatch agent with the payload's config.
+    setup = files["/usr/local/sbin/cmc-relay-setup"]
+    assert 'cmc-relay-install-agent "$agent" ||' in setup
+    assert f"-c file:{CLOUDWATCH_AGENT_CONFIG_PATH} ||" in setup
 
 
 def test_ssm_agent_units_per_os() -> None:
@@ -290,6 +309,13 @@ def test_a_test_environment_renders_its_own_ssm_agent_key() -> None:
     # The user data pins the bundle with that key.
     text = render_user_data(settings, SECRET_ARN, ssm_agent_key=own, store=STORE)
     assert bundle.sha256 in text and render_bundle(settings).sha256 not in text
+
+
+@pytest.mark.parametrize("os_name", ["debian-13", "ubuntu-24.04"])
+def test_a_test_environment_renders_its_own_cloudwatch_agent_key(os_name: OsName) -> None:
+    own = "\n".join(["-----BEGIN PGP PUBLIC KEY BLOCK-----", "", "dGVzdA==", "-----END PGP …"])
+    text = render_user_data(variant("trial", os_name), SECRET_ARN, cloudwatch_agent_key=own)
+    assert files_of(yaml.safe_load(text))[CLOUDWATCH_AGENT_KEY_PATH] == own
 
 
 def test_guide_settings_g1_to_g11_are_rendered() -> None:
@@ -323,9 +349,24 @@ def test_tlsproxy_service_for_tls_connection_reuse(os_name: OsName, chroot: str)
     chrooted like the OS's own services."""
     settings = variant("trial", os_name)
     assert parse_main_cf(render_template("main.cf", settings))["smtp_tls_connection_reuse"] == "yes"
+    assert postfix_services(settings)["tlsproxy/unix"] == f"tlsproxy unix - - {chroot} - 0 tlsproxy"
+
+
+@pytest.mark.parametrize("os_name", OS_NAMES)
+def test_postfix_logs_to_the_mail_log_through_postlogd(os_name: OsName) -> None:
+    """maillog_file on every OS (no syslog daemon on the images), written by postlogd, which
+    master.cf must run: Postfix's own entry, as Debian's stock master.cf has it."""
+    settings = variant("trial", os_name)
+    assert postfix_parameters(settings)["maillog_file"] == MAIL_LOG == "/var/log/cmc-relay/mail.log"
     assert postfix_services(settings) == {
-        "tlsproxy/unix": f"tlsproxy unix - - {chroot} - 0 tlsproxy"
+        "tlsproxy/unix": ANY,
+        "postlog/unix-dgram": "postlog unix-dgram n - n - 1 postlogd",
     }
+    files = files_of(parsed(settings))
+    assert f"{MAIL_LOG} {{\n" in files["/etc/logrotate.d/cmc-relay"]
+    assert "    copytruncate\n" in files["/etc/logrotate.d/cmc-relay"]
+    assert "logrotate" in parsed(settings)["packages"]
+    assert "mkdir -p /var/log/cmc-relay\n" in files["/usr/local/sbin/cmc-relay-setup"]
 
 
 CERT_ARN = SECRET_ARN.replace("cmc/api", "cmc/relay-cert")

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from simworld import chroot_prereq as prereq
-from simworld.chroot_host import BOOT_ENV, SETTINGS, Sandbox
+from simworld.chroot_host import BOOT_ENV, CLIENT_IP, SETTINGS, Sandbox
 from simworld.throwaway import Unsupported
-from userdata.render import postfix_parameters, postfix_services
+from userdata.render import MAIL_LOG, postfix_parameters, postfix_services
 
 pytestmark = pytest.mark.integration
 
@@ -247,3 +247,19 @@ def test_the_leak_check_finds_a_planted_password(host: Sandbox) -> None:
         sh(host, "rm /var/log/planted.log")
     assert leaks == ["relay /var/log/planted.log"]
     assert searched > 20
+
+
+def test_postfix_writes_the_mail_log(host: Sandbox) -> None:
+    """maillog_file: Postfix's own log, in the file the CloudWatch agent ships (as root: it
+    ships cloud-init's output too, which is root's, mode 0640)."""
+    message_id = f"<mail-log-{secrets.token_hex(4)}@example.test>"
+    assert host.submit(CLIENT_IP, message_id)["code"] == 250
+    host.wait_for_message(message_id)
+    log = host.mail_log()
+    queue_ids = re.findall(rf"postfix/cleanup\[\d+\]: (\w+): message-id={message_id}", log)
+    assert len(queue_ids) == 1, log[-2000:]
+    [queue_id] = queue_ids
+    assert re.search(rf"postfix/smtp\[\d+\]: {queue_id}: .* status=sent", log), log[-2000:]
+    owners = sh(host, f"stat -c %U:%a {MAIL_LOG} /var/log/cloud-init-output.log").split()
+    assert owners[0].startswith("root:") and owners[1] == "root:640"
+    assert MARK not in log

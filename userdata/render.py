@@ -37,6 +37,13 @@ METRICS_CONFIG_PATH: Final = f"{STAGE_DIR}/metrics.json"
 # Where the bundle is and its hash, for cmc-relay-bootstrap.
 BUNDLE_ENV_PATH: Final = f"{STAGE_DIR}/bundle.env"
 BOOTSTRAP: Final = f"{SCRIPT_DIR}/cmc-relay-bootstrap"
+# Postfix's log (maillog_file): read by the metrics publisher, shipped by the CloudWatch agent.
+# A directory of its own, which no OS's syslog or logrotate configuration touches.
+MAIL_LOG: Final = "/var/log/cmc-relay/mail.log"
+# Where the agent's documentation keeps its config; cmc-relay-setup runs fetch-config on it.
+CLOUDWATCH_AGENT_CONFIG_PATH: Final = (
+    "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
+)
 _CONFIG_FILE: Final = {"owner": "root:root", "permissions": "0644"}
 
 
@@ -50,40 +57,57 @@ class OsProfile:
     dhclient: bool  # the OS's DHCP client is dhclient (else systemd-networkd)
     ssm_agent_preinstalled: bool  # the image ships SSM Agent; else the payload installs it
     ssm_agent_unit: str  # the agent's systemd unit (after our install, where we install it)
+    # The OS's repositories carry the CloudWatch agent (a package above); else the payload
+    # downloads it from AWS.
+    cloudwatch_agent_packaged: bool
+
+    @property
+    def agent_downloads(self) -> tuple[str, ...]:
+        """The agents cmc-relay-install-agent fetches from AWS at first boot, by its names."""
+        missing = {
+            "ssm": not self.ssm_agent_preinstalled,
+            "cloudwatch": not self.cloudwatch_agent_packaged,
+        }
+        return tuple(name for name, download in missing.items() if download)
 
 
-_COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3")
-# Checks the SSM Agent package's signature; Debian 13's apt uses sqv, so gpgv may be absent.
-_SSM_AGENT_VERIFIER = "gpgv"
+# logrotate rotates the mail log; minimal images may lack it.
+_COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3", "logrotate")
+# Checks the agent packages' signatures; Debian 13's apt uses sqv, so gpgv may be absent.
+_AGENT_VERIFIER = "gpgv"
 # Debian's official EC2 images (bookworm and trixie) configure the network with netplan,
 # systemd-networkd and systemd-resolved; no dhclient. They ship no SSM Agent either (AWS
-# documents installing it by hand on Debian): cmc-relay-install-ssm-agent does.
+# documents installing it by hand on Debian): cmc-relay-install-agent does, and the CloudWatch
+# agent, which no Debian or Ubuntu repository carries.
 _DEBIAN = OsProfile(
-    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _SSM_AGENT_VERIFIER),
+    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER),
     ca_file="/etc/ssl/certs/ca-certificates.crt",
     login_user="admin",
     dhclient=False,
     ssm_agent_preinstalled=False,
     ssm_agent_unit="amazon-ssm-agent",
+    cloudwatch_agent_packaged=False,
 )
 OS_PROFILES: Final[dict[OsName, OsProfile]] = {
     "al2023": OsProfile(
-        packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain"),
+        packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain", "amazon-cloudwatch-agent"),
         ca_file="/etc/pki/tls/certs/ca-bundle.crt",
         login_user="ec2-user",
         dhclient=False,
         ssm_agent_preinstalled=True,
         ssm_agent_unit="amazon-ssm-agent",
+        cloudwatch_agent_packaged=True,
     ),
     "debian-12": _DEBIAN,
     "debian-13": _DEBIAN,
     "ubuntu-24.04": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules"),
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER),
         ca_file="/etc/ssl/certs/ca-certificates.crt",
         login_user="ubuntu",
         dhclient=False,
         ssm_agent_preinstalled=True,  # as a snap
         ssm_agent_unit="snap.amazon-ssm-agent.amazon-ssm-agent",
+        cloudwatch_agent_packaged=False,
     ),
 }
 
@@ -103,6 +127,7 @@ _templates = jinja2.Environment(
     autoescape=False,  # config files, not HTML
 )
 _templates.filters["postfix_network"] = postfix_network
+_templates.globals["mail_log"] = MAIL_LOG
 
 
 def regexp_literal(domain: str) -> str:
@@ -145,6 +170,43 @@ def aws_ssm_agent_key() -> str:
     self-signature, byte for byte; only the certification by AWS's older key, which gpgv does
     not use, is left out. Replace both when AWS publishes the next key."""
     return resources.files("userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
+
+
+CLOUDWATCH_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-cloudwatch-agent.asc"
+# AWS's CloudWatch agent public key (amazon-cloudwatch-agent.gpg; "Amazon CloudWatch Agent",
+# RSA 2048, 9376 16F3 450B 7D80 6CBD 9725 D581 6730 3B78 9C72) is not shipped yet: no copy of
+# the key block could be obtained and checked against that fingerprint (AWS's S3 is out of
+# reach here). Until userdata/keys/ carries it, hosts on Debian and Ubuntu get no CloudWatch
+# agent unless the caller passes the key (``cloudwatch_agent_key``); the installer says why.
+AWS_CLOUDWATCH_AGENT_KEY: Final[str | None] = None
+
+
+def cloudwatch_agent_config(monitoring: Monitoring) -> dict[str, Any]:
+    """The CloudWatch agent's config: the mail log to the relay's log group, one stream per
+    host; cloud-init's output (the payload's scripts report there; nothing secret) beside it.
+    No metrics section: cmc-relay's publisher sends the metrics (userdata.metrics)."""
+
+    def collect(path: str, stream: str) -> dict[str, str]:
+        return {
+            "file_path": path,
+            "log_group_name": monitoring.log_group,
+            "log_stream_name": stream,
+        }
+
+    return {
+        # cloud-init's output is root's, mode 0640 (the mail log is root's too, 0644).
+        "agent": {"run_as_user": "root"},
+        "logs": {
+            "logs_collected": {
+                "files": {
+                    "collect_list": [
+                        collect(MAIL_LOG, "{instance_id}"),
+                        collect("/var/log/cloud-init-output.log", "{instance_id}/cloud-init"),
+                    ]
+                }
+            }
+        },
+    }
 
 
 def _script_file(name: str) -> dict[str, str]:
@@ -203,13 +265,15 @@ def write_files(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    cloudwatch_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> list[dict[str, str]]:
     """Every file the host gets besides the bootstrap and its pin, in order: the user data's
     and the bundle's (``is_bundled`` tells them apart); ``drain`` adds the script a
-    deployment runs before deleting the host. Where the image lacks SSM Agent, the
-    installer and the public key it checks the package against: ``ssm_agent_key`` (ASCII
-    armored), or None for AWS's published key; a test environment passes its own signing key.
+    deployment runs before deleting the host. Where the image lacks SSM Agent or the OS's
+    repositories the CloudWatch agent, the installer and the public keys it checks the
+    packages against: ``ssm_agent_key``, ``cloudwatch_agent_key`` (ASCII armored), or None for
+    AWS's published keys; a test environment passes its own signing key.
     ``monitoring``: where the host's metrics and mail log go."""
 
     def config_file(path: str, template: str) -> dict[str, str]:
@@ -236,6 +300,12 @@ def write_files(
             "content": json.dumps(monitoring.publisher_config(), separators=(",", ":")) + "\n",
             **_CONFIG_FILE,
         },
+        config_file("/etc/logrotate.d/cmc-relay", "logrotate"),
+        {
+            "path": CLOUDWATCH_AGENT_CONFIG_PATH,
+            "content": json.dumps(cloudwatch_agent_config(monitoring), separators=(",", ":")),
+            **_CONFIG_FILE,
+        },
         _script_file("cmc-relay-setup"),
         _script_file("cmc-relay-verify"),
         _script_file("cmc-relay-metrics"),
@@ -252,18 +322,35 @@ def write_files(
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.service", "fetch-secret.service"),
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
         ]
-    if not OS_PROFILES[settings.os].ssm_agent_preinstalled:
-        key = aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key
-        key_file = {"path": SSM_AGENT_KEY_PATH, "content": key, "owner": "root:root"}
-        files += [{**key_file, "permissions": "0644"}, _script_file("cmc-relay-install-ssm-agent")]
+    profile = OS_PROFILES[settings.os]
+    keys = {  # by the agent the installer checks with it
+        "ssm": (
+            SSM_AGENT_KEY_PATH,
+            aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key,
+        ),
+        "cloudwatch": (
+            CLOUDWATCH_AGENT_KEY_PATH,
+            AWS_CLOUDWATCH_AGENT_KEY if cloudwatch_agent_key is None else cloudwatch_agent_key,
+        ),
+    }
+    files += [
+        {"path": path, "content": key, "owner": "root:root", "permissions": "0644"}
+        for agent, (path, key) in keys.items()
+        if agent in profile.agent_downloads and key is not None
+    ]
+    if profile.agent_downloads:
+        files.append(_script_file("cmc-relay-install-agent"))
     if drain:
         files.append(_script_file("cmc-relay-drain"))
     return files
 
 
 def is_bundled(path: str) -> bool:
-    """The bundle holds the on-host scripts and the SSM Agent key; the user data the rest."""
-    return path.startswith(f"{SCRIPT_DIR}/") or path == SSM_AGENT_KEY_PATH
+    """The bundle holds the on-host scripts and the agents' keys; the user data the rest."""
+    return path.startswith(f"{SCRIPT_DIR}/") or path in (
+        SSM_AGENT_KEY_PATH,
+        CLOUDWATCH_AGENT_KEY_PATH,
+    )
 
 
 @dataclass(frozen=True)
@@ -303,11 +390,21 @@ def pack_bundle(files: list[dict[str, str]]) -> Bundle:
 
 
 def render_bundle(
-    settings: RelaySettings, drain: bool = False, *, ssm_agent_key: str | None = None
+    settings: RelaySettings,
+    drain: bool = False,
+    *,
+    ssm_agent_key: str | None = None,
+    cloudwatch_agent_key: str | None = None,
 ) -> Bundle:
     """The bundle a host of ``settings`` installs (arguments as ``write_files``'s). It holds
     no configuration, so no secret ARN or monitoring setting changes it."""
-    files = write_files(settings, None, drain, ssm_agent_key=ssm_agent_key)
+    files = write_files(
+        settings,
+        None,
+        drain,
+        ssm_agent_key=ssm_agent_key,
+        cloudwatch_agent_key=cloudwatch_agent_key,
+    )
     return pack_bundle([entry for entry in files if is_bundled(entry["path"])])
 
 
@@ -319,18 +416,20 @@ def cloud_config(
     *,
     store: BundleStore,
     ssm_agent_key: str | None = None,
+    cloudwatch_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
-    ``drain`` ships the drain script, ``ssm_agent_key`` replaces AWS's SSM Agent public key
-    (None: AWS's own; see ``write_files``), ``monitoring`` says where metrics and logs go.
-    The scripts come from the bundle ``render_bundle`` makes, stored in ``store``: the user
-    data pins its hash, and runs the bootstrap that installs it first."""
+    ``drain`` ships the drain script, ``ssm_agent_key`` and ``cloudwatch_agent_key`` replace
+    AWS's agent public keys (None: AWS's own; see ``write_files``), ``monitoring`` says where
+    metrics and logs go. The scripts come from the bundle ``render_bundle`` makes, stored in
+    ``store``: the user data pins its hash, and runs the bootstrap that installs it first."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
     files = write_files(
-        settings, secret_arn, drain, ssm_agent_key=ssm_agent_key, monitoring=monitoring
-    )
+        settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
+        cloudwatch_agent_key=cloudwatch_agent_key, monitoring=monitoring,
+    )  # fmt: skip
     bundle = pack_bundle([entry for entry in files if is_bundled(entry["path"])])
     pin = render_template("bundle.env", settings, store=store, bundle=bundle)
     config = [entry for entry in files if not is_bundled(entry["path"])]
@@ -382,6 +481,7 @@ def render_user_data(
     *,
     store: BundleStore,
     ssm_agent_key: str | None = None,
+    cloudwatch_agent_key: str | None = None,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> str:
     """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
@@ -389,11 +489,12 @@ def render_user_data(
     ``ssm_agent_key``: the ASCII-armored public key that the on-host installer checks the SSM
     Agent package against, on OSes whose image lacks the agent (Debian). None, the default,
     ships AWS's published key; a test environment (an image twin serving its own package
-    signed with a throwaway key) passes that key instead. ``store``: where the bundle of the
-    same arguments (``render_bundle``) is stored, for the host to fetch."""
+    signed with a throwaway key) passes that key instead; ``cloudwatch_agent_key`` likewise for
+    the CloudWatch agent on Debian and Ubuntu. ``store``: where the bundle of the same
+    arguments (``render_bundle``) is stored, for the host to fetch."""
     document = cloud_config(
         settings, secret_arn, ssh_public_key, drain, store=store, ssm_agent_key=ssm_agent_key,
-        monitoring=monitoring,
+        cloudwatch_agent_key=cloudwatch_agent_key, monitoring=monitoring,
     )  # fmt: skip
     user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists

@@ -26,6 +26,8 @@ from typing import Any, Final
 
 from pulumi import automation as auto
 
+from userdata.render import MAIL_LOG
+
 ROOT: Final = Path(__file__).parent.parent.parent
 PROJECT: Final = "cmc-relay"  # the stack program reads its config under this name
 ENVIRONMENT: Final = {
@@ -155,8 +157,8 @@ def relay_test_script(sender: str, recipient: str) -> str:
     """Shell script for the host: submit a message to the relay, wait until it is sent on.
 
     Passes once Postfix logs ``status=sent`` for the message's queue id (the service accepted
-    it), in the journal or a syslog file. Fails, never passes, where no log line can be found:
-    it then prints the queue instead.
+    it), in the journal, a syslog file or the relay's mail log. Fails, never passes, where no
+    log line can be found: it then prints the queue instead.
     """
     submit = """
 import smtplib, sys
@@ -175,7 +177,7 @@ with smtplib.SMTP("127.0.0.1", 25) as smtp:
 """
     log = (
         "{ journalctl --no-pager -o cat -t postfix/smtp 2>/dev/null;"
-        ' cat /var/log/maillog /var/log/mail.log 2>/dev/null; } | grep -F "$qid:"'
+        f' cat /var/log/maillog /var/log/mail.log {MAIL_LOG} 2>/dev/null; }} | grep -F "$qid:"'
     )
     tries = RELAY_TIMEOUT_SECONDS // 10
     return (

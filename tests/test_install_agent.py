@@ -1,7 +1,8 @@
-"""userdata/scripts/cmc-relay-install-ssm-agent: its pure parts imported, and the script run
-against a local IMDSv2 and a local HTTPS "regional distribution" (trustme's CA) serving a
-package signed with a throwaway gpg key, to show it refuses a package whose signature does
-not match. Nothing is installed on this machine: every run stops before dpkg -i.
+"""userdata/scripts/cmc-relay-install-agent (SSM Agent and the CloudWatch agent): its pure
+parts imported, and the script run against a local IMDSv2 and a local HTTPS "regional
+distribution" (trustme's CA) serving a package signed with a throwaway gpg key, to show it
+refuses a package whose signature does not match. Nothing is installed on this machine: every
+run stops before dpkg -i.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import trustme
 from tests.host_scripts import SCRIPTS, load_script
 from userdata.render import aws_ssm_agent_key
 
-SCRIPT = SCRIPTS / "cmc-relay-install-ssm-agent"
+SCRIPT = SCRIPTS / "cmc-relay-install-agent"
 GPG = shutil.which("gpg")
 needs_gpg = pytest.mark.skipif(not (GPG and shutil.which("gpgv")), reason="gpg/gpgv missing")
 
 
 agent = load_script(SCRIPT.name)
+SSM, CLOUDWATCH = agent.AGENTS["ssm"], agent.AGENTS["cloudwatch"]
 
 
 @pytest.mark.parametrize(
@@ -42,7 +44,31 @@ agent = load_script(SCRIPT.name)
     ],
 )  # fmt: skip
 def test_package_url_is_the_regional_distribution(region: str, arch: str, url: str) -> None:
-    assert agent.package_url(region, arch) == url
+    assert agent.package_url(SSM, region, arch) == url
+    assert agent.package_url(SSM, region, arch, "ubuntu") == url  # one package for both
+
+
+@pytest.mark.parametrize(
+    ("region", "arch", "distro", "url"),
+    [
+        ("ap-northeast-1", "amd64", "debian", "https://amazoncloudwatch-agent-ap-northeast-1.s3.ap-northeast-1.amazonaws.com/debian/amd64/latest/amazon-cloudwatch-agent.deb"),
+        ("us-east-1", "arm64", "ubuntu", "https://amazoncloudwatch-agent-us-east-1.s3.us-east-1.amazonaws.com/ubuntu/arm64/latest/amazon-cloudwatch-agent.deb"),
+        ("cn-north-1", "amd64", "debian", "https://amazoncloudwatch-agent-cn-north-1.s3.cn-north-1.amazonaws.com.cn/debian/amd64/latest/amazon-cloudwatch-agent.deb"),
+    ],
+)  # fmt: skip
+def test_cloudwatch_agent_url_is_the_regional_download(
+    region: str, arch: str, distro: str, url: str
+) -> None:
+    """AWS's regional download of the CloudWatch agent: a package per OS and architecture."""
+    assert agent.package_url(CLOUDWATCH, region, arch, distro) == url
+
+
+def test_the_os_name_comes_from_os_release(tmp_path: Path) -> None:
+    release = tmp_path / "os-release"
+    release.write_text('PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\nID_LIKE=debian\n')
+    assert agent.os_release_id(str(release)) == "ubuntu"
+    release.write_text('NAME="Debian GNU/Linux"\nID="debian"\n')
+    assert agent.os_release_id(str(release)) == "debian"
 
 
 @pytest.mark.parametrize(
@@ -54,16 +80,24 @@ def test_package_url_is_the_regional_distribution(region: str, arch: str, url: s
         ("ap-northeast-1", "amd64", "http://mirror.example/amazon-ssm"),  # HTTPS only
     ],
 )
+@pytest.mark.parametrize("package", ["ssm", "cloudwatch"])
 def test_package_url_refuses_what_aws_does_not_publish(
-    region: str, arch: str, base: str | None
+    package: str, region: str, arch: str, base: str | None
 ) -> None:
     with pytest.raises(ValueError):
-        agent.package_url(region, arch, base)
+        agent.package_url(agent.AGENTS[package], region, arch, "debian", base)
+
+
+def test_package_url_refuses_an_os_aws_builds_no_package_for() -> None:
+    with pytest.raises(ValueError, match="'fedora'"):
+        agent.package_url(CLOUDWATCH, "ap-northeast-1", "amd64", "fedora")
 
 
 def test_package_url_takes_a_test_distribution() -> None:
-    url = agent.package_url("ap-northeast-1", "amd64", "https://twin.test/ssm/")
+    url = agent.package_url(SSM, "ap-northeast-1", "amd64", "debian", "https://twin.test/ssm/")
     assert url == "https://twin.test/ssm/latest/debian_amd64/amazon-ssm-agent.deb"
+    url = agent.package_url(CLOUDWATCH, "ap-northeast-1", "arm64", "ubuntu", "https://t.test/cw")
+    assert url == "https://t.test/cw/ubuntu/arm64/latest/amazon-cloudwatch-agent.deb"
 
 
 @pytest.mark.parametrize(
@@ -203,15 +237,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             }
 
 
-def run_script(world: dict[str, str], key: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_script(
+    world: dict[str, str], package: str, key: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": world["imds"],
-        "CMC_SSM_AGENT_BASE_URL": world["base"],
+        agent.AGENTS[package].base_variable: world["base"],
         "SSL_CERT_FILE": world["ca"],
     }
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(key), *args],
+        [sys.executable, str(SCRIPT), package, str(key), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -219,21 +255,32 @@ def run_script(world: dict[str, str], key: Path, *args: str) -> subprocess.Compl
     )
 
 
+def dpkg_arch() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout
+
+
 @needs_gpg
+@pytest.mark.parametrize(
+    ("package", "path"),
+    [
+        ("ssm", "/ssm/latest/debian_{arch}/amazon-ssm-agent.deb"),
+        ("cloudwatch", "/ssm/{distro}/{arch}/latest/amazon-cloudwatch-agent.deb"),
+    ],
+)
 def test_the_script_refuses_a_package_with_a_bad_signature(
-    world: dict[str, str], signer: dict[str, Any], tmp_path: Path
+    world: dict[str, str], signer: dict[str, Any], tmp_path: Path, package: str, path: str
 ) -> None:
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
-    path = f"/ssm/latest/debian_{arch.stdout.strip()}/amazon-ssm-agent.deb"
+    path = path.format(arch=dpkg_arch().strip(), distro=agent.os_release_id())
     World.files = {path: signer["tampered"].read_bytes(), f"{path}.sig": signer["sig"].read_bytes()}
     World.requests.clear()
     key = tmp_path / "key.asc"
     key.write_text(signer["key"])
-    result = run_script(world, key)
+    result = run_script(world, package, key)
     assert result.returncode == 6, result.stdout + result.stderr
-    assert "REFUSED to install https://127.0.0.1:" in result.stdout
+    assert f"REFUSED to install {world['base'].removesuffix('/ssm')}{path}: bad" in result.stdout
     assert "bad signature" in result.stdout and "BAD signature" in result.stdout
     assert World.requests[:2] == ["PUT /latest/api/token", "GET /latest/meta-data/placement/region"]
+    assert World.requests[2:] == [f"GET {path}.sig", f"GET {path}"]
     assert "dpkg -i" not in result.stdout
 
 
@@ -244,7 +291,7 @@ def test_the_script_reports_a_missing_package(
     World.files = {}
     key = tmp_path / "key.asc"
     key.write_text(signer["key"])
-    result = run_script(world, key, "", "5")
+    result = run_script(world, "cloudwatch", key, "", "5")
     assert result.returncode == 5, result.stdout + result.stderr
     assert "HTTP 404" in result.stdout
 
@@ -256,7 +303,10 @@ def test_the_script_does_nothing_off_ec2(tmp_path: Path) -> None:
     key.write_text(aws_ssm_agent_key())
     env = {"PATH": os.environ["PATH"]}
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(key), str(data)], env=env, capture_output=True, text=True
+        [sys.executable, str(SCRIPT), "ssm", str(key), str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "not an EC2 instance (cloud-init platform nocloud)" in result.stdout
@@ -265,9 +315,28 @@ def test_the_script_does_nothing_off_ec2(tmp_path: Path) -> None:
 def test_the_script_needs_a_key(tmp_path: Path) -> None:
     key = tmp_path / "key.asc"
     key.write_text("garbage")
-    result = subprocess.run([sys.executable, str(SCRIPT), str(key)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "cloudwatch", str(key)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "no ASCII-armored public key block" in result.stdout
+
+
+def test_the_script_needs_an_agent_it_knows() -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), "xray"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "AGENT: ssm, cloudwatch" in result.stdout
+
+
+def test_without_a_key_file_the_script_says_so(tmp_path: Path) -> None:
+    """Where the payload carries no key for the agent (AWS's CloudWatch agent key is not
+    shipped yet), the install stops before any download and names the missing file."""
+    key = tmp_path / "amazon-cloudwatch-agent.asc"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "cloudwatch", str(key)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"{key}: [Errno 2] No such file or directory" in result.stdout
 
 
 def packets(binary: bytes) -> list[bytes]:
