@@ -7,7 +7,8 @@ import pytest
 from components.args import AlarmThresholds
 from components.monitoring import AlarmSpec, host_alarms
 from simworld.alarm_check import Series, Verdict, evaluate, evaluate_all, period_values, window
-from userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, RELAY_DIMENSION
+from simworld.twin.scenario import sample_lines
+from userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, METRICS, RELAY_DIMENSION
 
 INSTANCE = "i-0abc0000000000"
 DIMENSIONS = {RELAY_DIMENSION: DEFAULT_MONITORING.relay, INSTANCE_DIMENSION: INSTANCE}
@@ -106,3 +107,15 @@ def test_series_from_the_readers_json() -> None:
 @pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
 def test_every_host_alarm_can_be_evaluated(spec: AlarmSpec) -> None:
     assert evaluate(spec, [0.0] * spec.evaluation_periods).state in ("OK", "ALARM")
+
+
+def test_sample_lines_show_every_metric_newest_first_by_its_statistic() -> None:
+    series = [
+        Series("DeferredMessages", DIMENSIONS, gauge(5, 0)),
+        Series("OldestMessageAge", DIMENSIONS, gauge(61.5)),
+    ]
+    lines = sample_lines(series)
+    assert len(lines) == len(METRICS)
+    assert lines[1] == "DeferredMessages = 0 Count"  # the newest minute, not the largest
+    assert "OldestMessageAge = 61.5 Seconds" in lines
+    assert "Sent = no sample" in lines

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -20,7 +20,7 @@ from simworld.netns_rig import wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
 from simworld.twin.session import PAYLOAD_STORE, Submission, TwinBoot, clean_log_problems
-from userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, metric
+from userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, METRICS, metric
 from userdata.settings import RelaySettings
 
 Say = Callable[[str], None]
@@ -76,6 +76,7 @@ class Findings:
     delivered_at: float = 0.0
     deferred_after_delivery: float | None = None  # the first sample of a later minute
     samples_at_end: list[Series] = field(default_factory=list)
+    alarms_at_end: list[Verdict] = field(default_factory=list)
 
     def credentials_requests(self) -> list[dict[str, Any]]:
         return [e for e in self.imds if "/iam/security-credentials/" in e["path"]]
@@ -279,7 +280,42 @@ def metrics_after_delivery(boot: TwinBoot, findings: Findings, say: Say) -> None
     say(f"CloudWatch (moto): {DEFERRED.name} = {value:g} after the delivery")
 
 
+def sample_lines(series: Sequence[Series]) -> list[str]:
+    """The newest sample of every metric, as ``name = value unit``, in METRICS' order."""
+    by_name = {one.name: one for one in series}
+    lines = []
+    for known in METRICS:
+        newest = by_name[known.name].latest(known.statistic) if known.name in by_name else None
+        shown = f"{newest[1]:g} {known.unit}" if newest is not None else "no sample"
+        lines.append(f"{known.name} = {shown}")
+    return lines
+
+
+def operator_view(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """What an operator would see in CloudWatch now: the twin's newest sample of every metric
+    and its alarms' states. Waits (SAMPLE_WAIT) for a first sample; without one it records
+    none (the sandbox's judge fails on that)."""
+
+    def twins() -> list[Series]:
+        series = boot.metric_samples(findings.booted_at)
+        return [s for s in series if s.dimensions.get(INSTANCE_DIMENSION) == boot.instance_id]
+
+    try:
+        findings.samples_at_end = series = wait_until(twins, SAMPLE_WAIT, "a sample", interval=5)
+    except TimeoutError:
+        say(f"CloudWatch (moto): no sample from {boot.instance_id} within {SAMPLE_WAIT}s")
+        return
+    where = f"{DEFAULT_MONITORING.namespace}, {INSTANCE_DIMENSION}={boot.instance_id}"
+    say(f"CloudWatch (moto), {where}, newest samples:")
+    for line in sample_lines(series):
+        say(f"  {line}")
+    findings.alarms_at_end = verdicts = twin_alarms(boot, series)
+    say(f"alarms (deferred threshold {TWIN_THRESHOLDS.deferred_messages} on the twin):")
+    for verdict in verdicts:
+        say(f"  {verdict.describe()}")
+
+
 ALL_STEPS: Final = (
     first_boot, queue_while_down, reboot, deliver_queued, cron_mail, rotation,
-    metrics_after_delivery,
+    metrics_after_delivery, operator_view,
 )  # fmt: skip

@@ -91,6 +91,8 @@ DEVIATIONS: Final = (
     "signed by a test key, and the payload (its bundle in moto's S3) is rendered with that key "
     "instead of AWS's",
     "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up",
+    "CloudWatch is moto's, which stores the metrics but evaluates no alarm: the component's "
+    "alarm definitions are judged on moto's datapoints by simworld.alarm_check",
 )
 
 
