@@ -106,7 +106,11 @@ class Verdict:
                 f"{self.alarm}: {self.state}, would fire: the last {self.streak} of {window} "
                 f"breach; ALARM if it holds {more} more period(s)"
             )
-        return f"{self.alarm}: {self.state} (window {window}, {self.breaching} breaching)"
+        with_data = sum(value is not None for value in self.values)
+        return (
+            f"{self.alarm}: {self.state} ({self.breaching} of {window} breach, "
+            f"{with_data} with data)"
+        )
 
 
 def evaluate(spec: AlarmSpec, values: Sequence[float | None]) -> Verdict:

@@ -65,6 +65,7 @@ def test_a_publishing_host_is_not_silent() -> None:
     series = [Series("DeferredMessages", DIMENSIONS, gauge(0, 0, 0, 0, 0))]
     verdict = verdicts(series, T0 + 240)["silent"]
     assert verdict.state == "OK" and not verdict.would_fire
+    assert verdict.describe() == "silent: OK (0 of 5 x 60s breach, 5 with data)"
 
 
 def test_missing_treated_as_missing_is_insufficient_data() -> None:
