@@ -115,7 +115,9 @@ STATISTICS: Final = ("Maximum", "Minimum", "Sum", "SampleCount")
 
 def read_metrics(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every metric of ``args.namespace``: name, dimensions and ``{minute: {statistic: value}}``
-    from ``args.since`` (epoch seconds) on."""
+    from the minute of ``args.since`` (epoch seconds) on."""
+    # Periods start at StartTime: from a whole minute, they are the clock's minutes.
+    start = datetime.fromtimestamp(args.since - args.since % 60, UTC)
     cloudwatch = boto3.client(
         "cloudwatch", endpoint_url=args.endpoint, verify=args.ca, region_name=args.region,
         aws_access_key_id="sandbox", aws_secret_access_key="sandbox",
@@ -124,7 +126,7 @@ def read_metrics(args: argparse.Namespace) -> list[dict[str, Any]]:
     for listed in cloudwatch.list_metrics(Namespace=args.namespace)["Metrics"]:
         points = cloudwatch.get_metric_statistics(
             Namespace=args.namespace, MetricName=listed["MetricName"],
-            Dimensions=listed["Dimensions"], StartTime=datetime.fromtimestamp(args.since, UTC),
+            Dimensions=listed["Dimensions"], StartTime=start,
             EndTime=datetime.now(UTC) + timedelta(minutes=2), Period=60, Statistics=STATISTICS,
         )["Datapoints"]  # fmt: skip
         minutes = {}

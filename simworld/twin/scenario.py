@@ -165,20 +165,24 @@ def first_boot(boot: TwinBoot, findings: Findings, say: Say) -> None:
     findings.imds = boot.world.imds_events() if boot.world else []
 
 
-def deferred_sample(boot: TwinBoot, findings: Findings, after: float) -> tuple[float, list[Series]]:
-    """The twin's first DeferredMessages sample in a minute starting at ``after`` or later,
-    and every series moto holds; waits for it up to SAMPLE_WAIT seconds."""
+def first_deferred(
+    boot: TwinBoot, findings: Findings, minute: float, wanted: float | None = None
+) -> tuple[float, list[Series]]:
+    """The twin's first DeferredMessages sample in a minute from ``minute`` on (the first equal
+    to ``wanted``, if given), and every series moto holds; waits up to SAMPLE_WAIT seconds."""
 
     def sampled() -> tuple[float, list[Series]] | None:
         series = boot.metric_samples(findings.booted_at)
         for one in series:
             if one.name == DEFERRED.name and one.dimensions[INSTANCE_DIMENSION] == boot.instance_id:
-                later = sorted(m for m in one.minutes if m >= after)
-                if later:
-                    return one.minutes[later[0]][DEFERRED.statistic], series
+                for m in sorted(one.minutes):
+                    value = one.minutes[m][DEFERRED.statistic]
+                    if m >= minute and wanted in (None, value):
+                        return value, series
         return None
 
-    return wait_until(sampled, SAMPLE_WAIT, "a DeferredMessages sample in moto", interval=5)
+    what = f"a {DEFERRED.name} sample" + (f" of {wanted:g}" if wanted is not None else "")
+    return wait_until(sampled, SAMPLE_WAIT, f"{what} in moto", interval=5)
 
 
 def twin_alarms(boot: TwinBoot, series: list[Series]) -> list[Verdict]:
@@ -199,13 +203,8 @@ def queue_while_down(boot: TwinBoot, findings: Findings, say: Say) -> None:
     findings.queued_before_reboot = queued = queue_length(boot)
     say(f"service down; {len(QUEUED)} submitted ({codes}); {queued} message(s) queued")
 
-    def backlog() -> list[Series] | None:
-        value, series = deferred_sample(boot, findings, down_at - down_at % 60)
-        return series if value == len(QUEUED) else None
-
-    findings.samples_while_down = series = wait_until(
-        backlog, SAMPLE_WAIT, f"{DEFERRED.name} = {len(QUEUED)} in moto"
-    )
+    _, series = first_deferred(boot, findings, down_at - down_at % 60, wanted=len(QUEUED))
+    findings.samples_while_down = series
     findings.deferred_seconds = took = time.time() - down_at
     say(f"CloudWatch (moto): {DEFERRED.name} = {len(QUEUED)} after {took:.0f}s")
     findings.alarms_while_down = verdicts = twin_alarms(boot, series)
@@ -275,7 +274,7 @@ def rotation(boot: TwinBoot, findings: Findings, say: Say) -> None:
 def metrics_after_delivery(boot: TwinBoot, findings: Findings, say: Say) -> None:
     """The first sample of a minute after the backlog's delivery: the deferred queue empty."""
     after = findings.delivered_at - findings.delivered_at % 60 + 60
-    value, findings.samples_at_end = deferred_sample(boot, findings, after)
+    value, findings.samples_at_end = first_deferred(boot, findings, after)
     findings.deferred_after_delivery = value
     say(f"CloudWatch (moto): {DEFERRED.name} = {value:g} after the delivery")
 
