@@ -314,7 +314,9 @@ def operator_view(boot: TwinBoot, findings: Findings, say: Say) -> None:
         say(f"  {verdict.describe()}")
 
 
+# The sample after the delivery comes before the rotation, whose message may wait deferred
+# until the new key is in use.
 ALL_STEPS: Final = (
-    first_boot, queue_while_down, reboot, deliver_queued, cron_mail, rotation,
-    metrics_after_delivery, operator_view,
+    first_boot, queue_while_down, reboot, deliver_queued, metrics_after_delivery, cron_mail,
+    rotation, operator_view,
 )  # fmt: skip
