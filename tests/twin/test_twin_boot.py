@@ -21,7 +21,7 @@ import pytest
 from simworld.twin import scenario
 from simworld.twin import world as net
 from simworld.twin.aws_agents import agent_packages
-from simworld.twin.build import cache_dir
+from simworld.twin.build import ARCH, cache_dir
 from simworld.twin.session import TwinBoot
 from userdata.metrics import DEFAULT_MONITORING
 from userdata.render import MAIL_LOG, cloudwatch_agent_config, postfix_parameters
@@ -115,16 +115,18 @@ def test_cloudwatch_agent_installed_signed_configured_and_running(
     accepted for the pinned fingerprint, installed, started by fetch-config with the payload's
     config (the relay's log group, the mail log); the metrics timer beside it."""
     fingerprint = agent_packages(cache_dir()).fingerprint  # built before the boot, cached
-    package = "amazoncloudwatch-agent-ap-northeast-1.s3.ap-northeast-1.amazonaws.com/debian/"
+    package = f"amazoncloudwatch-agent-{net.REGION}.s3.{net.REGION}.amazonaws.com/debian/{ARCH}"
     for boot in (findings.first, findings.after_reboot):
-        installs = " | ".join(boot.agent_installs)
-        assert "downloaded https://amazoncloudwatch-agent.s3.amazonaws.com/assets/" in installs
-        assert f"downloaded https://{package}" in installs
-        assert f"cmc-relay-install-agent: signature good, by {fingerprint}" in boot.agent_installs
-        assert any(
-            line.startswith("cmc-relay-install-agent: installed amazon-cloudwatch-agent ")
-            for line in boot.agent_installs
-        ), installs
+        # SSM Agent's lines come first (the same test key signs it): from the key's download on.
+        key = "downloaded https://amazoncloudwatch-agent.s3.amazonaws.com/assets/"
+        start = next(n for n, line in enumerate(boot.agent_installs) if key in line)
+        lines = [line.removeprefix("cmc-relay-install-agent: ") for line in boot.agent_installs]
+        assert [line.split(" (")[0] for line in lines[start + 1 : start + 3]] == [
+            f"downloaded https://{package}/latest/amazon-cloudwatch-agent.deb.sig",
+            f"downloaded https://{package}/latest/amazon-cloudwatch-agent.deb",
+        ]
+        assert lines[start + 3] == f"signature good, by {fingerprint}", lines[start:]
+        assert lines[start + 4].startswith("installed amazon-cloudwatch-agent "), lines[start:]
         config = json.loads(boot.cloudwatch_agent_config)
         assert config == cloudwatch_agent_config(DEFAULT_MONITORING)
         collected = config["logs"]["logs_collected"]["files"]["collect_list"]
