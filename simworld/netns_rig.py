@@ -53,6 +53,7 @@ from simworld.standin import (
     stats_from_events,
 )
 from userdata.render import (
+    AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     postfix_parameters,
     postfix_services,
     postfix_tables,
@@ -942,7 +943,10 @@ def _relay(
     if settings.uses_sasl:
         arn = secrets.create(f"{network.relay}-smtp", options.api_key or api_key)
         env_file = root / "relay.env"
-        env_file.write_text(render_template("relay.env", settings, arn))
+        fingerprint = AWS_CLOUDWATCH_AGENT_FINGERPRINT  # named in relay.env; no agent here
+        env_file.write_text(
+            render_template("relay.env", settings, arn, cloudwatch_agent_fingerprint=fingerprint)
+        )
         credentials = Credentials(secrets, arn, env_file, postfix.config_dir)
         credentials.install()  # before the start, as cmc-relay-setup does
     stack.callback(postfix.stop)

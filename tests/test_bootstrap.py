@@ -103,7 +103,7 @@ def test_installs_the_rendered_bundle_from_s3(tmp_path: Path, moto_url: str, s3:
     installed = sorted(p.name for p in (root / SCRIPT_DIR.lstrip("/")).iterdir())
     assert installed == [
         "cmc-relay-drain", "cmc-relay-fetch-secret", "cmc-relay-inbound-cert",
-        "cmc-relay-install-ssm-agent", "cmc-relay-setup", "cmc-relay-verify",
+        "cmc-relay-install-agent", "cmc-relay-metrics", "cmc-relay-setup", "cmc-relay-verify",
     ]  # fmt: skip
     for name in installed:
         path = root / SCRIPT_DIR.lstrip("/") / name

@@ -22,6 +22,7 @@ from userdata.metrics import Monitoring
 from userdata.render import (
     CLOUDWATCH_AGENT_CONFIG_PATH,
     MAIL_LOG,
+    BundleStore,
     cloud_config,
     cloudwatch_agent_config,
     dump_cloud_config,
@@ -92,7 +93,8 @@ def test_the_schema_check_fails_on_a_broken_config(break_it: Any) -> None:
 def test_the_payload_ships_the_config_where_fetch_config_reads_it(os_name: str) -> None:
     settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",), os=os_name)  # type: ignore[arg-type]
     secret_arn = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
-    document = cloud_config(settings, secret_arn, monitoring=MONITORING)
+    store = BundleStore("relay-payload-0a1b2c3", "ap-northeast-1")
+    document = cloud_config(settings, secret_arn, store=store, monitoring=MONITORING)
     document = yaml.safe_load(dump_cloud_config(document))  # as the host reads it
     files = {entry["path"]: entry for entry in document["write_files"]}
     entry = files[CLOUDWATCH_AGENT_CONFIG_PATH]

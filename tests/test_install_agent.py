@@ -1,8 +1,9 @@
 """userdata/scripts/cmc-relay-install-agent (SSM Agent and the CloudWatch agent): its pure
 parts imported, and the script run against a local IMDSv2 and a local HTTPS "regional
-distribution" (trustme's CA) serving a package signed with a throwaway gpg key, to show it
-refuses a package whose signature does not match. Nothing is installed on this machine: every
-run stops before dpkg -i.
+distribution" (trustme's CA) serving a package signed with a throwaway gpg key (and, for the
+CloudWatch agent, that key), to show it refuses a package whose signature does not match or is
+not by the pinned key. Nothing is installed on this machine: the packages are random bytes,
+so a run that gets past the signature check ends at dpkg -i, which refuses a non-archive.
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ def test_cloudwatch_agent_url_is_the_regional_download(
 ) -> None:
     """AWS's regional download of the CloudWatch agent: a package per OS and architecture."""
     assert agent.package_url(CLOUDWATCH, region, arch, distro) == url
+
+
+def test_the_cloudwatch_agent_key_is_aws_documented_download() -> None:
+    """AWS's documented URL of amazon-cloudwatch-agent.gpg; a test distribution serves it at
+    the same path."""
+    url = "https://amazoncloudwatch-agent.s3.amazonaws.com/assets/amazon-cloudwatch-agent.gpg"
+    assert agent.key_url(CLOUDWATCH, None) == url
+    assert agent.key_url(CLOUDWATCH, "https://t.test/cw/") == (
+        "https://t.test/cw/assets/amazon-cloudwatch-agent.gpg"
+    )
+    assert (SSM.key, SSM.fingerprint_variable) == (None, None)  # the payload ships SSM's key
 
 
 def test_the_os_name_comes_from_os_release(tmp_path: Path) -> None:
@@ -125,20 +137,16 @@ def test_the_shipped_key_is_an_armored_public_key() -> None:
         agent.dearmor("not a key")
 
 
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def make_signer(home: Path, name: str) -> dict[str, Any]:
     """A throwaway key (in its own GNUPGHOME), a package it signed, and a tampered copy."""
     if not (GPG and shutil.which("gpgv")):
         pytest.skip("gpg/gpgv missing")
-    home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
     gpg = [GPG, "--homedir", str(home), "--batch", "--quiet", "--passphrase", ""]
-    subprocess.run(
-        [*gpg, "--quick-gen-key", "Twin Signer <twin@example.invalid>", "rsa2048", "sign", "1d"],
-        check=True,
-    )
+    uid = f"{name} <{name}@example.invalid>"
+    subprocess.run([*gpg, "--quick-gen-key", uid, "rsa2048", "sign", "1d"], check=True)
     key = subprocess.run(
-        [*gpg, "--armor", "--export", "twin@example.invalid"], check=True, capture_output=True
+        [*gpg, "--armor", "--export", uid], check=True, capture_output=True
     ).stdout.decode()
     deb = home / "agent.deb"
     deb.write_bytes(os.urandom(4096))
@@ -146,7 +154,7 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tampered = home / "tampered.deb"
     tampered.write_bytes(deb.read_bytes()[:-1] + b"\0")
     fingerprint = subprocess.run(
-        [*gpg, "--with-colons", "--fingerprint", "twin@example.invalid"],
+        [*gpg, "--with-colons", "--fingerprint", uid],
         check=True,
         capture_output=True,
         text=True,
@@ -155,22 +163,54 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"key": key, "deb": deb, "sig": Path(f"{deb}.sig"), "tampered": tampered, "fpr": fpr}
 
 
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return make_signer(tmp_path_factory.mktemp("gnupg"), "twin")
+
+
+@pytest.fixture(scope="module")
+def other_signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Another throwaway key: its signatures are valid, but it is not the pinned key."""
+    return make_signer(tmp_path_factory.mktemp("gnupg-other"), "other")
+
+
 @needs_gpg
 def test_a_good_signature_names_the_signer(signer: dict[str, Any], tmp_path: Path) -> None:
-    assert agent.verify(signer["key"], signer["sig"], signer["deb"], str(tmp_path)) == signer["fpr"]
+    keys, fpr = agent.dearmor(signer["key"]), signer["fpr"]
+    assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path)) == fpr
+    assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path), fpr) == fpr
 
 
 @needs_gpg
 def test_a_tampered_package_is_refused(signer: dict[str, Any], tmp_path: Path) -> None:
+    keys = agent.dearmor(signer["key"])
     with pytest.raises(ValueError, match="BAD signature"):
-        agent.verify(signer["key"], signer["sig"], signer["tampered"], str(tmp_path))
+        agent.verify(keys, signer["sig"], signer["tampered"], str(tmp_path), signer["fpr"])
 
 
 @needs_gpg
 def test_a_package_signed_by_another_key_is_refused(signer: dict[str, Any], tmp_path: Path) -> None:
     """The throwaway package against AWS's real key: not AWS's signature."""
     with pytest.raises(ValueError, match="No public key"):
-        agent.verify(aws_ssm_agent_key(), signer["sig"], signer["deb"], str(tmp_path))
+        keys = agent.dearmor(aws_ssm_agent_key())
+        agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path))
+
+
+@needs_gpg
+def test_a_valid_signature_by_a_key_other_than_the_pinned_one_is_refused(
+    signer: dict[str, Any], other_signer: dict[str, Any], tmp_path: Path
+) -> None:
+    """A downloaded key vouches for nothing: the other key's own, valid signature, checked
+    with the other key, is refused when the pinned fingerprint is not that key's."""
+    keys, other, pinned = agent.dearmor(other_signer["key"]), other_signer["fpr"], signer["fpr"]
+    with pytest.raises(ValueError, match=f"signed by key {other}, not by the pinned {pinned}"):
+        agent.verify(keys, other_signer["sig"], other_signer["deb"], str(tmp_path), signer["fpr"])
+
+
+def test_an_armored_or_binary_downloaded_key_is_a_keyring() -> None:
+    armored = aws_ssm_agent_key()
+    assert agent.keyring(armored.encode()) == agent.dearmor(armored)
+    assert agent.keyring(agent.dearmor(armored)) == agent.dearmor(armored)
 
 
 class World(BaseHTTPRequestHandler):
@@ -238,13 +278,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 def run_script(
-    world: dict[str, str], package: str, key: Path, *args: str
+    world: dict[str, str], package: str, key: Path | str, *args: str, fingerprint: str = ""
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": world["imds"],
         agent.AGENTS[package].base_variable: world["base"],
         "SSL_CERT_FILE": world["ca"],
+        "CMC_CLOUDWATCH_AGENT_FINGERPRINT": fingerprint,
     }
     return subprocess.run(
         [sys.executable, str(SCRIPT), package, str(key), *args],
@@ -271,17 +312,66 @@ def test_the_script_refuses_a_package_with_a_bad_signature(
     world: dict[str, str], signer: dict[str, Any], tmp_path: Path, package: str, path: str
 ) -> None:
     path = path.format(arch=dpkg_arch().strip(), distro=agent.os_release_id())
-    World.files = {path: signer["tampered"].read_bytes(), f"{path}.sig": signer["sig"].read_bytes()}
+    World.files = {
+        path: signer["tampered"].read_bytes(),
+        f"{path}.sig": signer["sig"].read_bytes(),
+        KEY_PATH: signer["key"].encode(),
+    }
     World.requests.clear()
     key = tmp_path / "key.asc"
     key.write_text(signer["key"])
-    result = run_script(world, package, key)
+    result = run_script(world, package, key, fingerprint=signer["fpr"])
     assert result.returncode == 6, result.stdout + result.stderr
     assert f"REFUSED to install {world['base'].removesuffix('/ssm')}{path}: bad" in result.stdout
     assert "bad signature" in result.stdout and "BAD signature" in result.stdout
     assert World.requests[:2] == ["PUT /latest/api/token", "GET /latest/meta-data/placement/region"]
-    assert World.requests[2:] == [f"GET {path}.sig", f"GET {path}"]
+    downloaded = [f"GET {KEY_PATH}"] if package == "cloudwatch" else []  # SSM's key is shipped
+    assert World.requests[2:] == [*downloaded, f"GET {path}.sig", f"GET {path}"]
     assert "dpkg -i" not in result.stdout
+
+
+KEY_PATH = "/ssm/assets/amazon-cloudwatch-agent.gpg"  # under the test distribution's base
+
+
+@needs_gpg
+@pytest.mark.parametrize("pinned", ["signer", "other"])
+def test_the_cloudwatch_agent_is_installed_only_if_signed_by_the_pinned_key(
+    world: dict[str, str],
+    signer: dict[str, Any],
+    other_signer: dict[str, Any],
+    pinned: str,
+) -> None:
+    """The distribution serves the signer's key and a package the signer validly signed:
+    accepted with the signer's fingerprint pinned (it gets to dpkg -i, which refuses random
+    bytes), refused before dpkg -i with another key's pinned."""
+    path = f"/ssm/{agent.os_release_id()}/{dpkg_arch().strip()}/latest/amazon-cloudwatch-agent.deb"
+    World.files = {
+        path: signer["deb"].read_bytes(),
+        f"{path}.sig": signer["sig"].read_bytes(),
+        KEY_PATH: signer["key"].encode(),
+    }
+    fingerprint = {"signer": signer, "other": other_signer}[pinned]["fpr"]
+    result = run_script(world, "cloudwatch", "", fingerprint=fingerprint)
+    if pinned == "signer":
+        assert f"signature good, by {signer['fpr']}" in result.stdout, result.stdout
+        assert result.returncode == 7 and "dpkg -i failed" in result.stdout, result.stdout
+    else:
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert f"signed by key {signer['fpr']}, not by the pinned {fingerprint}" in result.stdout
+        assert "signature good" not in result.stdout and "dpkg -i" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "fingerprint", ["", "937616f3450b7d806cbd9725d58167303b789c72", "3B789C72"]
+)
+def test_the_cloudwatch_agent_needs_a_pinned_fingerprint(fingerprint: str) -> None:
+    """Checked before anything is asked of the network: no metadata service is given."""
+    env = {"PATH": os.environ["PATH"], "CMC_CLOUDWATCH_AGENT_FINGERPRINT": fingerprint}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "cloudwatch"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "CMC_CLOUDWATCH_AGENT_FINGERPRINT: not a key fingerprint" in result.stdout
 
 
 @needs_gpg
@@ -291,7 +381,7 @@ def test_the_script_reports_a_missing_package(
     World.files = {}
     key = tmp_path / "key.asc"
     key.write_text(signer["key"])
-    result = run_script(world, "cloudwatch", key, "", "5")
+    result = run_script(world, "cloudwatch", key, "", "5", fingerprint=signer["fpr"])
     assert result.returncode == 5, result.stdout + result.stderr
     assert "HTTP 404" in result.stdout
 
@@ -316,7 +406,7 @@ def test_the_script_needs_a_key(tmp_path: Path) -> None:
     key = tmp_path / "key.asc"
     key.write_text("garbage")
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "cloudwatch", str(key)], capture_output=True, text=True
+        [sys.executable, str(SCRIPT), "ssm", str(key)], capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "no ASCII-armored public key block" in result.stdout
@@ -329,11 +419,10 @@ def test_the_script_needs_an_agent_it_knows() -> None:
 
 
 def test_without_a_key_file_the_script_says_so(tmp_path: Path) -> None:
-    """Where the payload carries no key for the agent (AWS's CloudWatch agent key is not
-    shipped yet), the install stops before any download and names the missing file."""
-    key = tmp_path / "amazon-cloudwatch-agent.asc"
+    """Without SSM Agent's key file, the install stops before any download and names it."""
+    key = tmp_path / "amazon-ssm-agent.asc"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "cloudwatch", str(key)], capture_output=True, text=True
+        [sys.executable, str(SCRIPT), "ssm", str(key)], capture_output=True, text=True
     )
     assert result.returncode == 2
     assert f"{key}: [Errno 2] No such file or directory" in result.stdout

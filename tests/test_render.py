@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from userdata.render import (
+    AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     BOOTSTRAP,
     BUNDLE_ENV_PATH,
     CLOUDWATCH_AGENT_CONFIG_PATH,
-    CLOUDWATCH_AGENT_KEY_PATH,
     MAIL_LOG,
     OS_PROFILES,
     SCRIPT_DIR,
@@ -280,12 +280,16 @@ def test_agents_are_downloaded_only_where_the_image_and_the_os_lack_them(os_name
     if "ssm" in downloads:
         assert files[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
         assert aws_ssm_agent_key().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
-    # AWS's CloudWatch agent key is not shipped yet (AWS_CLOUDWATCH_AGENT_KEY, a known gap).
-    assert CLOUDWATCH_AGENT_KEY_PATH not in files
+    # The CloudWatch agent's key is downloaded with it: relay.env pins AWS's fingerprint.
+    pin = f"CMC_CLOUDWATCH_AGENT_FINGERPRINT={AWS_CLOUDWATCH_AGENT_FINGERPRINT}\n"
+    assert (pin in env) is ("cloudwatch" in downloads)
+    assert AWS_CLOUDWATCH_AGENT_FINGERPRINT == "937616F3450B7D806CBD9725D58167303B789C72"
+    assert not any(path.endswith("amazon-cloudwatch-agent.asc") for path in files)
     # The setup script runs the installer once the relay is configured, carries on if it
     # fails, then starts the CloudWatch agent with the payload's config.
     setup = files["/usr/local/sbin/cmc-relay-setup"]
-    assert 'cmc-relay-install-agent "$agent" ||' in setup
+    assert "CMC_CLOUDWATCH_AGENT_FINGERPRINT=${CMC_CLOUDWATCH_AGENT_FINGERPRINT:-} \\\n" in setup
+    assert '/cmc-relay-install-agent "$agent" ||' in setup
     assert f"-c file:{CLOUDWATCH_AGENT_CONFIG_PATH} ||" in setup
 
 
@@ -312,10 +316,14 @@ def test_a_test_environment_renders_its_own_ssm_agent_key() -> None:
 
 
 @pytest.mark.parametrize("os_name", ["debian-13", "ubuntu-24.04"])
-def test_a_test_environment_renders_its_own_cloudwatch_agent_key(os_name: OsName) -> None:
-    own = "\n".join(["-----BEGIN PGP PUBLIC KEY BLOCK-----", "", "dGVzdA==", "-----END PGP …"])
-    text = render_user_data(variant("trial", os_name), SECRET_ARN, cloudwatch_agent_key=own)
-    assert files_of(yaml.safe_load(text))[CLOUDWATCH_AGENT_KEY_PATH] == own
+def test_a_test_environment_renders_its_own_cloudwatch_agent_fingerprint(os_name: OsName) -> None:
+    own = "0123456789ABCDEF0123456789ABCDEF01234567"
+    text = render_user_data(
+        variant("trial", os_name), SECRET_ARN, store=STORE, cloudwatch_agent_fingerprint=own
+    )
+    env = files_of(yaml.safe_load(text))["/etc/cmc-relay/relay.env"]
+    assert f"CMC_CLOUDWATCH_AGENT_FINGERPRINT={own}\n" in env
+    assert AWS_CLOUDWATCH_AGENT_FINGERPRINT not in text
 
 
 def test_guide_settings_g1_to_g11_are_rendered() -> None:
@@ -362,7 +370,7 @@ def test_postfix_logs_to_the_mail_log_through_postlogd(os_name: OsName) -> None:
         "tlsproxy/unix": ANY,
         "postlog/unix-dgram": "postlog unix-dgram n - n - 1 postlogd",
     }
-    files = files_of(parsed(settings))
+    files = host_files(settings)
     assert f"{MAIL_LOG} {{\n" in files["/etc/logrotate.d/cmc-relay"]
     assert "    copytruncate\n" in files["/etc/logrotate.d/cmc-relay"]
     assert "logrotate" in parsed(settings)["packages"]

@@ -89,11 +89,15 @@ def test_a_good_boot_passes_every_check(host: Sandbox) -> None:
         "smtp-service",
         "inbound-tls",
         "ssm-agent",
+        "cloudwatch-agent",
     ]
     details = {c["name"]: c["detail"] for c in report["checks"]}
     # The sandbox runs no systemd, so nothing runs the agent: said, not failed (on EC2 it is).
     assert details["ssm-agent"] == (
         "not checked: systemd is not PID 1, nothing here runs amazon-ssm-agent"
+    )
+    assert details["cloudwatch-agent"] == (
+        "not checked: systemd is not PID 1, nothing here runs amazon-cloudwatch-agent"
     )
     assert details["dns-cache"] == "2 record(s) for sandbox.smtps.jp"
     assert details["smtp-service"] == "sandbox.smtps.jp:10025 STARTTLS verified, AUTH sasl"

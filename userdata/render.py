@@ -172,13 +172,11 @@ def aws_ssm_agent_key() -> str:
     return resources.files("userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
 
 
-CLOUDWATCH_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-cloudwatch-agent.asc"
-# AWS's CloudWatch agent public key (amazon-cloudwatch-agent.gpg; "Amazon CloudWatch Agent",
-# RSA 2048, 9376 16F3 450B 7D80 6CBD 9725 D581 6730 3B78 9C72) is not shipped yet: no copy of
-# the key block could be obtained and checked against that fingerprint (AWS's S3 is out of
-# reach here). Until userdata/keys/ carries it, hosts on Debian and Ubuntu get no CloudWatch
-# agent unless the caller passes the key (``cloudwatch_agent_key``); the installer says why.
-AWS_CLOUDWATCH_AGENT_KEY: Final[str | None] = None
+# The fingerprint of AWS's CloudWatch agent public key, "Amazon CloudWatch Agent" (RSA 2048), as
+# AWS documents it ("Verify the signature of the CloudWatch agent package"). The installer
+# downloads the key (amazon-cloudwatch-agent.gpg) beside the package and accepts only a
+# signature whose primary key has this fingerprint; relay.env carries it.
+AWS_CLOUDWATCH_AGENT_FINGERPRINT: Final = "937616F3450B7D806CBD9725D58167303B789C72"
 
 
 def cloudwatch_agent_config(monitoring: Monitoring) -> dict[str, Any]:
@@ -265,19 +263,19 @@ def write_files(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
-    cloudwatch_agent_key: str | None = None,
+    cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> list[dict[str, str]]:
     """Every file the host gets besides the bootstrap and its pin, in order: the user data's
     and the bundle's (``is_bundled`` tells them apart); ``drain`` adds the script a
     deployment runs before deleting the host. Where the image lacks SSM Agent or the OS's
-    repositories the CloudWatch agent, the installer and the public keys it checks the
-    packages against: ``ssm_agent_key``, ``cloudwatch_agent_key`` (ASCII armored), or None for
-    AWS's published keys; a test environment passes its own signing key.
-    ``monitoring``: where the host's metrics and mail log go."""
+    repositories the CloudWatch agent, the installer and what it trusts: the public key it
+    checks SSM Agent against (``ssm_agent_key``, ASCII armored; None: AWS's), and in relay.env
+    the fingerprint the CloudWatch agent's signing key must have (AWS's by default); a test
+    environment passes its own signing key's. ``monitoring``: where metrics and mail log go."""
 
-    def config_file(path: str, template: str) -> dict[str, str]:
-        content = without_comments(render_template(template, settings, secret_arn))
+    def config_file(path: str, template: str, **extra: Any) -> dict[str, str]:
+        content = without_comments(render_template(template, settings, secret_arn, **extra))
         return {"path": path, "content": content, **_CONFIG_FILE}
 
     tables = [
@@ -289,7 +287,11 @@ def write_files(
         for name, content in postfix_tables(settings).items()
     ]
     files = [
-        config_file(f"{STAGE_DIR}/relay.env", "relay.env"),
+        config_file(
+            f"{STAGE_DIR}/relay.env",
+            "relay.env",
+            cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint,
+        ),
         config_file(f"{STAGE_DIR}/main.cf", "main.cf"),
         config_file(f"{STAGE_DIR}/master.cf", "master.cf"),
         *tables,
@@ -323,21 +325,10 @@ def write_files(
             config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
         ]
     profile = OS_PROFILES[settings.os]
-    keys = {  # by the agent the installer checks with it
-        "ssm": (
-            SSM_AGENT_KEY_PATH,
-            aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key,
-        ),
-        "cloudwatch": (
-            CLOUDWATCH_AGENT_KEY_PATH,
-            AWS_CLOUDWATCH_AGENT_KEY if cloudwatch_agent_key is None else cloudwatch_agent_key,
-        ),
-    }
-    files += [
-        {"path": path, "content": key, "owner": "root:root", "permissions": "0644"}
-        for agent, (path, key) in keys.items()
-        if agent in profile.agent_downloads and key is not None
-    ]
+    if "ssm" in profile.agent_downloads:
+        key = aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key
+        public = {"owner": "root:root", "permissions": "0644"}
+        files.append({"path": SSM_AGENT_KEY_PATH, "content": key, **public})
     if profile.agent_downloads:
         files.append(_script_file("cmc-relay-install-agent"))
     if drain:
@@ -346,11 +337,8 @@ def write_files(
 
 
 def is_bundled(path: str) -> bool:
-    """The bundle holds the on-host scripts and the agents' keys; the user data the rest."""
-    return path.startswith(f"{SCRIPT_DIR}/") or path in (
-        SSM_AGENT_KEY_PATH,
-        CLOUDWATCH_AGENT_KEY_PATH,
-    )
+    """The bundle holds the on-host scripts and SSM Agent's key; the user data the rest."""
+    return path.startswith(f"{SCRIPT_DIR}/") or path == SSM_AGENT_KEY_PATH
 
 
 @dataclass(frozen=True)
@@ -394,17 +382,10 @@ def render_bundle(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
-    cloudwatch_agent_key: str | None = None,
 ) -> Bundle:
     """The bundle a host of ``settings`` installs (arguments as ``write_files``'s). It holds
-    no configuration, so no secret ARN or monitoring setting changes it."""
-    files = write_files(
-        settings,
-        None,
-        drain,
-        ssm_agent_key=ssm_agent_key,
-        cloudwatch_agent_key=cloudwatch_agent_key,
-    )
+    no configuration, so no secret ARN, pinned fingerprint or monitoring setting changes it."""
+    files = write_files(settings, None, drain, ssm_agent_key=ssm_agent_key)
     return pack_bundle([entry for entry in files if is_bundled(entry["path"])])
 
 
@@ -416,19 +397,20 @@ def cloud_config(
     *,
     store: BundleStore,
     ssm_agent_key: str | None = None,
-    cloudwatch_agent_key: str | None = None,
+    cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
-    ``drain`` ships the drain script, ``ssm_agent_key`` and ``cloudwatch_agent_key`` replace
-    AWS's agent public keys (None: AWS's own; see ``write_files``), ``monitoring`` says where
-    metrics and logs go. The scripts come from the bundle ``render_bundle`` makes, stored in
-    ``store``: the user data pins its hash, and runs the bootstrap that installs it first."""
+    ``drain`` ships the drain script, ``ssm_agent_key`` and ``cloudwatch_agent_fingerprint``
+    replace what the agent installer trusts (AWS's by default; see ``write_files``),
+    ``monitoring`` says where metrics and logs go. The scripts come from the bundle
+    ``render_bundle`` makes, stored in ``store``: the user data pins its hash, and runs the
+    bootstrap that installs it first."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
     files = write_files(
         settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
-        cloudwatch_agent_key=cloudwatch_agent_key, monitoring=monitoring,
+        cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
     )  # fmt: skip
     bundle = pack_bundle([entry for entry in files if is_bundled(entry["path"])])
     pin = render_template("bundle.env", settings, store=store, bundle=bundle)
@@ -481,7 +463,7 @@ def render_user_data(
     *,
     store: BundleStore,
     ssm_agent_key: str | None = None,
-    cloudwatch_agent_key: str | None = None,
+    cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
 ) -> str:
     """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
@@ -489,12 +471,14 @@ def render_user_data(
     ``ssm_agent_key``: the ASCII-armored public key that the on-host installer checks the SSM
     Agent package against, on OSes whose image lacks the agent (Debian). None, the default,
     ships AWS's published key; a test environment (an image twin serving its own package
-    signed with a throwaway key) passes that key instead; ``cloudwatch_agent_key`` likewise for
-    the CloudWatch agent on Debian and Ubuntu. ``store``: where the bundle of the same
+    signed with a throwaway key) passes that key instead. ``cloudwatch_agent_fingerprint``: the
+    primary-key fingerprint (40 hex digits) the installer requires of the CloudWatch agent's
+    signature on Debian and Ubuntu, whose key it downloads beside the package; AWS's by
+    default, a test environment's own otherwise. ``store``: where the bundle of the same
     arguments (``render_bundle``) is stored, for the host to fetch."""
     document = cloud_config(
         settings, secret_arn, ssh_public_key, drain, store=store, ssm_agent_key=ssm_agent_key,
-        cloudwatch_agent_key=cloudwatch_agent_key, monitoring=monitoring,
+        cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
     )  # fmt: skip
     user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists

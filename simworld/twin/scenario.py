@@ -46,6 +46,8 @@ class Boot:
     resolv_conf: list[str] = field(default_factory=list)
     verify_exit: int = -1
     verify: dict[str, Any] = field(default_factory=dict)
+    agent_installs: list[str] = field(default_factory=list)  # the installer's lines, this far
+    cloudwatch_agent_config: str = ""  # what fetch-config kept for the agent to run
 
     def failed_checks(self) -> list[str]:
         return [f"{c['name']}: {c['detail']}" for c in self.verify.get("checks", []) if not c["ok"]]
@@ -88,9 +90,17 @@ class BootFailed(RuntimeError):
 
 QUEUED: Final = tuple(f"<queued-{n}@twin.test>" for n in range(5))
 UNITS: Final = (
-    "postfix", "dnsmasq", "amazon-ssm-agent", "cmc-relay-fetch-secret.timer",
+    "postfix",
+    "dnsmasq",
+    "amazon-ssm-agent",
+    "cmc-relay-fetch-secret.timer",
+    "amazon-cloudwatch-agent",
     "cmc-relay-metrics.timer",
-)  # fmt: skip
+)
+CLOUDWATCH_AGENT_RUNNING: Final = (
+    "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/"
+    "file_amazon-cloudwatch-agent.json"
+)
 
 
 def observe(boot: TwinBoot, state: str, started: float, verify: bool = True) -> Boot:
@@ -100,6 +110,9 @@ def observe(boot: TwinBoot, state: str, started: float, verify: bool = True) -> 
     seen.failed_units = boot.failed_units()
     seen.active = {unit: boot.run("systemctl", "is-active", unit).stdout.strip() for unit in UNITS}
     seen.resolv_conf = boot.resolv_conf()
+    output = boot.run("cat", "/var/log/cloud-init-output.log").stdout.splitlines()
+    seen.agent_installs = [line for line in output if line.startswith("cmc-relay-install-agent:")]
+    seen.cloudwatch_agent_config = boot.run("cat", CLOUDWATCH_AGENT_RUNNING).stdout
     if verify:
         run_verifier(boot, seen)
     return seen

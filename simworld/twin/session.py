@@ -24,10 +24,10 @@ from simworld.alarm_check import Series
 from simworld.netns_rig import REPO, wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
+from simworld.twin.aws_agents import AgentPackages, agent_packages
 from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
-from simworld.twin.ssm_agent import AgentPackage, agent_package
 from userdata.metrics import DEFAULT_MONITORING
 from userdata.render import Bundle, BundleStore, pack_user_data, render_bundle, render_user_data
 from userdata.settings import RelaySettings
@@ -38,6 +38,8 @@ ACCOUNT_ID: Final = "123456789012"
 ROLE: Final = "cmc-relay-twin-role"
 CA_NAME: Final = "cmc-twin-test-ca.crt"
 SSM_BUCKET: Final = f"amazon-ssm-{net.REGION}"
+CLOUDWATCH_BUCKET: Final = f"amazoncloudwatch-agent-{net.REGION}"
+CLOUDWATCH_KEY: Final = "amazoncloudwatch-agent/assets/amazon-cloudwatch-agent.gpg"  # global
 PAYLOAD_STORE: Final = BundleStore(net.PAYLOAD_BUCKET, net.REGION)
 
 # cloud-init in a container reads no DMI, so it cannot tell it is on EC2: it is told.
@@ -87,9 +89,12 @@ DEVIATIONS: Final = (
     "trust store (/usr/local/share/ca-certificates)",
     "Debian's archive is a mirror with Debian's signed indexes and only the .debs the payload "
     "needs; the VPC resolver answers deb.debian.org with it",
-    "AWS's endpoints (Secrets Manager, S3) are moto; the SSM Agent in S3 is a stand-in package "
-    "signed by a test key, and the payload (its bundle in moto's S3) is rendered with that key "
-    "instead of AWS's",
+    "AWS's endpoints (Secrets Manager, S3) are moto; the SSM Agent and the CloudWatch agent in "
+    "S3 are stand-in packages signed by a test key, served with that key where AWS serves the "
+    "CloudWatch agent's; the payload (its bundle in moto's S3) is rendered with that key and "
+    "its fingerprint instead of AWS's",
+    "the CloudWatch agent stand-in ships no log: its ctl validates and keeps the config as "
+    "fetch-config does and (re)starts a unit that stays up",
     "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up",
     "CloudWatch is moto's, which stores the metrics but evaluates no alarm: the component's "
     "alarm definitions are judged on moto's datapoints by simworld.alarm_check",
@@ -129,7 +134,7 @@ class TwinBoot:
         self.world: net.World | None = None
         self.machine: Machine | None = None
         self.aws: subprocess.Popen[str] | None = None
-        self.agent: AgentPackage | None = None
+        self.agent: AgentPackages | None = None
         self.secret_arn = ""
         self.bundle: Bundle | None = None
         self.user_data = b""
@@ -138,7 +143,7 @@ class TwinBoot:
 
     def build(self) -> Twin:
         self.twin = build(self.image)
-        self.agent = agent_package(cache_dir())
+        self.agent = agent_packages(cache_dir())
         return self.twin
 
     def start_world(self) -> None:
@@ -150,19 +155,26 @@ class TwinBoot:
         world.start_mirror(self.twin.mirror)
         self.secret_arn = self.start_aws(self.agent)
 
-    def start_aws(self, agent: AgentPackage) -> str:
+    def start_aws(self, agent: AgentPackages) -> str:
         """moto over HTTPS as AWS's regional endpoints, with the bundle of on-host scripts in
-        PAYLOAD_STORE; returns the secret's ARN."""
+        PAYLOAD_STORE and the agents where AWS keeps them; returns the secret's ARN."""
         assert self.world is not None
-        prefix = f"{SSM_BUCKET}/latest/debian_{ARCH}"
-        self.bundle = bundle = render_bundle(self.settings, ssm_agent_key=agent.public_key)
+        public_key = agent.public_key.read_text()
+        self.bundle = bundle = render_bundle(self.settings, ssm_agent_key=public_key)
         (self.work / "bundle.tar.gz").write_bytes(bundle.data)
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", net.AWS_IP]
         aws += ["--port", "443", "--region", net.REGION, "--name", SECRET_NAME]
         aws += ["--tls-dir", str(self.work / "tls")]
         aws += [f"--cert-name={name}" for name in net.AWS_NAMES]
-        aws += [f"--s3-object={prefix}/amazon-ssm-agent.deb={agent.deb}"]
-        aws += [f"--s3-object={prefix}/amazon-ssm-agent.deb.sig={agent.signature}"]
+        distro = self.image.os.partition("-")[0]  # os-release's ID
+        for name, prefix in (
+            ("ssm", f"{SSM_BUCKET}/latest/debian_{ARCH}"),
+            ("cloudwatch", f"{CLOUDWATCH_BUCKET}/{distro}/{ARCH}/latest"),
+        ):
+            deb = agent.debs[name]
+            aws += [f"--s3-object={prefix}/{deb.name}={deb}"]
+            aws += [f"--s3-object={prefix}/{deb.name}.sig={agent.signature(name)}"]
+        aws += [f"--s3-object={CLOUDWATCH_KEY}={agent.public_key}"]
         aws += [f"--s3-object={PAYLOAD_STORE.bucket}/{bundle.key}={self.work / 'bundle.tar.gz'}"]
         log = (self.work / "aws.log").open("w")
         self.aws = subprocess.Popen(
@@ -196,8 +208,10 @@ class TwinBoot:
         """The gzipped user data EC2 would hand over, rendered by the component's functions."""
         assert self.agent is not None
         document = render_user_data(
-            self.settings, self.secret_arn, ssm_agent_key=self.agent.public_key, store=PAYLOAD_STORE
-        )
+            self.settings, self.secret_arn, store=PAYLOAD_STORE,
+            ssm_agent_key=self.agent.public_key.read_text(),
+            cloudwatch_agent_fingerprint=self.agent.fingerprint,
+        )  # fmt: skip
         self.user_data = base64.b64decode(pack_user_data(document))
         return self.user_data
 

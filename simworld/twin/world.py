@@ -53,6 +53,9 @@ AWS_NAMES: Final = (
     f"monitoring.{REGION}.amazonaws.com",  # CloudWatch's API, where the publisher sends
     # boto3 reaches a bucket by its virtual-hosted name, as on EC2.
     f"{PAYLOAD_BUCKET}.s3.{REGION}.amazonaws.com",
+    # The CloudWatch agent's downloads: the Region's package, the key from the global bucket.
+    f"amazoncloudwatch-agent-{REGION}.s3.{REGION}.amazonaws.com",
+    "amazoncloudwatch-agent.s3.amazonaws.com",
 )
 DEBIAN_NAMES: Final = ("deb.debian.org", "security.debian.org")
 WORLD_ENV: Final = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "LANG": "C.UTF-8"}

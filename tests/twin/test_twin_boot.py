@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -19,8 +20,11 @@ import pytest
 
 from simworld.twin import scenario
 from simworld.twin import world as net
+from simworld.twin.aws_agents import agent_packages
+from simworld.twin.build import ARCH, cache_dir
 from simworld.twin.session import TwinBoot
-from userdata.render import postfix_parameters
+from userdata.metrics import DEFAULT_MONITORING
+from userdata.render import MAIL_LOG, cloudwatch_agent_config, postfix_parameters
 
 OSES = ("debian-12", "debian-13")
 pytestmark = [
@@ -97,7 +101,7 @@ def test_verifier_passes_before_and_after_reboot(findings: scenario.Findings) ->
     for boot in (findings.first, findings.after_reboot):
         assert boot.verify_exit == 0, boot.failed_checks()
         names = {check["name"] for check in boot.verify["checks"]}
-        assert {"dns-cache", "smtp-service", "ssm-agent"} <= names
+        assert {"dns-cache", "smtp-service", "ssm-agent", "cloudwatch-agent"} <= names
         assert findings.settings is not None
         assert {f"postconf:{p}" for p in postfix_parameters(findings.settings)} <= names
 
@@ -105,6 +109,34 @@ def test_verifier_passes_before_and_after_reboot(findings: scenario.Findings) ->
 def test_ssm_agent_installed_signed_and_running(findings: scenario.Findings) -> None:
     assert findings.first.active["amazon-ssm-agent"] == "active"
     assert findings.after_reboot.active["amazon-ssm-agent"] == "active"
+
+
+def test_cloudwatch_agent_installed_signed_configured_and_running(
+    findings: scenario.Findings,
+) -> None:
+    """AWS's download path with the twin's stand-in: key, .sig and .deb from the twin's S3,
+    accepted for the pinned fingerprint, installed, started by fetch-config with the payload's
+    config (the relay's log group, the mail log); the metrics timer beside it."""
+    fingerprint = agent_packages(cache_dir()).fingerprint  # built before the boot, cached
+    package = f"amazoncloudwatch-agent-{net.REGION}.s3.{net.REGION}.amazonaws.com/debian/{ARCH}"
+    for boot in (findings.first, findings.after_reboot):
+        # SSM Agent's lines come first (the same test key signs it): from the key's download on.
+        key = "downloaded https://amazoncloudwatch-agent.s3.amazonaws.com/assets/"
+        start = next(n for n, line in enumerate(boot.agent_installs) if key in line)
+        lines = [line.removeprefix("cmc-relay-install-agent: ") for line in boot.agent_installs]
+        assert [line.split(" (")[0] for line in lines[start + 1 : start + 3]] == [
+            f"downloaded https://{package}/latest/amazon-cloudwatch-agent.deb.sig",
+            f"downloaded https://{package}/latest/amazon-cloudwatch-agent.deb",
+        ]
+        assert lines[start + 3] == f"signature good, by {fingerprint}", lines[start:]
+        assert lines[start + 4].startswith("installed amazon-cloudwatch-agent "), lines[start:]
+        config = json.loads(boot.cloudwatch_agent_config)
+        assert config == cloudwatch_agent_config(DEFAULT_MONITORING)
+        collected = config["logs"]["logs_collected"]["files"]["collect_list"]
+        shipped = {(entry["file_path"], entry["log_group_name"]) for entry in collected}
+        assert (MAIL_LOG, DEFAULT_MONITORING.log_group) in shipped
+        assert boot.active["amazon-cloudwatch-agent"] == "active"
+        assert boot.active["cmc-relay-metrics.timer"] == "active"
 
 
 def test_role_credentials_only_with_a_token(findings: scenario.Findings) -> None:
@@ -127,13 +159,6 @@ def test_services_back_by_themselves_after_reboot(findings: scenario.Findings) -
     assert findings.after_reboot.active["postfix"] == "active"
     assert findings.after_reboot.active["dnsmasq"] == "active"
     assert findings.after_reboot.active["cmc-relay-fetch-secret.timer"] == "active"
-
-
-def test_metrics_publisher_runs_under_its_timer_on_both_boots(
-    findings: scenario.Findings,
-) -> None:
-    assert findings.first.active["cmc-relay-metrics.timer"] == "active"
-    assert findings.after_reboot.active["cmc-relay-metrics.timer"] == "active"
 
 
 def test_deferred_backlog_in_cloudwatch_within_two_minutes(findings: scenario.Findings) -> None:
