@@ -2,9 +2,10 @@
 
 Builds (or reuses) the twin, boots it with systemd as PID 1 from the payload `pulumi up` would
 render, relays a message, refuses an outsider, runs the on-host verifier, reboots, verifies
-again, has cron's mail to root reach operatorEmail (its sender rewritten) and tears everything
-down (also on failure or Ctrl-C). Every stage is printed as it ends, with the time since start;
-the run's time is set against its targets at the end.
+again, has cron's mail to root reach operatorEmail (its sender rewritten), shows what an operator
+would see in (moto's) CloudWatch (the newest sample of every metric, the alarms' states) and
+tears everything down (also on failure or Ctrl-C). Every stage is printed as it ends, with the
+time since start; the run's time is set against its targets at the end.
 
 exit: 0 passed, 1 a step failed (named), 2 this machine cannot run the sandbox, 130 interrupted
 """
@@ -78,6 +79,8 @@ def judge(findings: scenario.Findings) -> None:
         )
     ):
         raise StepFailed(f"cron's mail to root did not reach operatorEmail rewritten: {cron}")
+    if not findings.samples_at_end:
+        raise StepFailed("no metrics sample from the twin ever reached CloudWatch (moto)")
     wrong = [p for p in findings.secret_places if not p.startswith("/etc/postfix/relay_password")]
     if wrong:
         raise StepFailed(f"the password appears in: {', '.join(wrong)}")
@@ -90,6 +93,7 @@ def run(boot: TwinBoot, report: Report) -> float:
     report.line(f"secret: only in {', '.join(findings.secret_places)} on the host")
     scenario.reboot(boot, findings, report.line)
     scenario.cron_mail(boot, findings, report.line)
+    scenario.operator_view(boot, findings, report.line)
     judge(findings)
     assert boot.twin is not None
     return 0.0 if boot.twin.cached else boot.twin.build_seconds

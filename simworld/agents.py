@@ -4,6 +4,7 @@
         [--tls-dir DIR --cert-name NAME ...] [--s3-object BUCKET/KEY=FILE ...]  < secret.json
     python -m simworld.agents syslog SOCKET LOGFILE
     python -m simworld.agents submit --source IP --server IP --port N --message-id ID ...
+    python -m simworld.agents metrics --endpoint URL --ca FILE --region R --namespace NS --since T
 
 ``aws`` is a local AWS (moto's server): it reads the secret's JSON value as the first line on
 stdin, so the value is never a process argument, prints ``ARN <arn>`` and serves until killed;
@@ -13,7 +14,8 @@ stand-in's test CA in that directory, as AWS's regional endpoints do; ``--s3-obj
 file into a bucket of that region (public reads, as AWS's distribution buckets allow).
 ``syslog`` stands in for the syslog daemon the sandbox does not have: it appends every datagram
 sent to ``/dev/log`` to a file. ``submit`` is a mail client of the relay; it prints one JSON
-line with the SMTP outcome.
+line with the SMTP outcome. ``metrics`` reads back what hosts published to (moto's) CloudWatch:
+one JSON line, every metric of the namespace with its dimensions and its statistics per minute.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import boto3
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -106,6 +109,35 @@ def submit(args: argparse.Namespace) -> dict[str, object]:
     return {"accepted": code == 250, "code": code, "reply": reply.decode(errors="replace")}
 
 
+# What a minute of samples adds up to: enough to roll minutes up to any alarm's period.
+STATISTICS: Final = ("Maximum", "Minimum", "Sum", "SampleCount")
+
+
+def read_metrics(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every metric of ``args.namespace``: name, dimensions and ``{minute: {statistic: value}}``
+    from the minute of ``args.since`` (epoch seconds) on."""
+    # Periods start at StartTime: from a whole minute, they are the clock's minutes.
+    start = datetime.fromtimestamp(args.since - args.since % 60, UTC)
+    cloudwatch = boto3.client(
+        "cloudwatch", endpoint_url=args.endpoint, verify=args.ca, region_name=args.region,
+        aws_access_key_id="sandbox", aws_secret_access_key="sandbox",
+    )  # fmt: skip
+    found = []
+    for listed in cloudwatch.list_metrics(Namespace=args.namespace)["Metrics"]:
+        points = cloudwatch.get_metric_statistics(
+            Namespace=args.namespace, MetricName=listed["MetricName"],
+            Dimensions=listed["Dimensions"], StartTime=start,
+            EndTime=datetime.now(UTC) + timedelta(minutes=2), Period=60, Statistics=STATISTICS,
+        )["Datapoints"]  # fmt: skip
+        minutes = {}
+        for point in points:
+            stats: dict[str, Any] = dict(point)
+            minutes[str(int(point["Timestamp"].timestamp()))] = {s: stats[s] for s in STATISTICS}
+        dimensions = {d["Name"]: d["Value"] for d in listed["Dimensions"]}
+        found.append({"name": listed["MetricName"], "dimensions": dimensions, "minutes": minutes})
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simworld.agents")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,11 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for option in ("--source", "--server", "--mail-from", "--rcpt", "--message-id"):
         client.add_argument(option, required=True)
     client.add_argument("--port", type=int, default=25)
+    metrics = commands.add_parser("metrics", help="what CloudWatch holds, per minute")
+    for option in ("--endpoint", "--ca", "--region", "--namespace"):
+        metrics.add_argument(option, required=True)
+    metrics.add_argument("--since", type=float, required=True, help="epoch seconds")
     args = parser.parse_args(argv)
     if args.command == "aws":
         serve_aws(args)
     elif args.command == "syslog":
         serve_syslog(args.socket, args.log)
+    elif args.command == "metrics":
+        print(json.dumps(read_metrics(args)), flush=True)
     else:
         print(json.dumps(submit(args)), flush=True)
     return 0

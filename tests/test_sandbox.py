@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from sandbox import __main__ as cli
+from simworld.alarm_check import Series
+from simworld.standin import MessageRecord
 from simworld.twin import build as twin_build
-from simworld.twin import prereq
-from simworld.twin.session import TwinBoot
-from userdata.settings import DEFAULT_OS
+from simworld.twin import prereq, scenario
+from simworld.twin.session import OPERATOR_EMAIL, SENDER_DOMAIN, Submission, TwinBoot
+from userdata.settings import DEFAULT_OS, RelaySettings
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "Zq9-SECRET-MARKER-7xW"
@@ -67,6 +69,9 @@ def test_sandbox_boots_relays_reboots_verifies_and_cleans_up(password_file: Path
         "from 192.0.2.50 (outside allowedCidrs): 554",
         "secret: only in /etc/postfix/relay_password",
         "rebooted: systemd running",
+        "CloudWatch (moto), CMCRelay, InstanceId=i-0",  # the twin's publisher reached moto
+        "  DeferredMessages = 0 Count",
+        "  silent: OK",
         "teardown: twin powered off",
     ):
         assert step in output
@@ -145,3 +150,28 @@ def test_without_root_it_stops_with_a_clear_message(
 def test_a_missing_command_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prereq.shutil, "which", lambda c: None if c == "debootstrap" else c)
     assert any("missing commands: debootstrap" in p for p in prereq.problems())
+
+
+def passing_findings() -> scenario.Findings:
+    """What a good sandbox run finds, as the judge reads it."""
+    settings = RelaySettings(
+        allowed_cidrs=("10.0.1.0/24",), sender_domain=SENDER_DOMAIN, operator_email=OPERATOR_EMAIL
+    )
+    record = {f.name: None for f in dataclasses.fields(MessageRecord)}
+    relayed = MessageRecord(**{**record, "tls": True, "auth_user": "twin-api-user"})  # type: ignore[arg-type]
+    cron = dataclasses.replace(
+        relayed, mail_from=f"root@{SENDER_DOMAIN}", rcpt_tos=(OPERATOR_EMAIL,)
+    )
+    found = scenario.Findings(os=DEFAULT_OS, settings=settings, relayed=relayed, cron_mail=cron)
+    found.outsider = Submission(accepted=False, code=554, reply="Relay access denied")
+    found.first.verify_exit = found.after_reboot.verify_exit = 0
+    found.samples_at_end = [Series("DeferredMessages", {}, {0: {"Maximum": 0.0}})]
+    return found
+
+
+def test_the_judge_fails_a_run_whose_metrics_never_arrived() -> None:
+    found = passing_findings()
+    cli.judge(found)
+    found.samples_at_end = []
+    with pytest.raises(cli.StepFailed, match="no metrics sample"):
+        cli.judge(found)

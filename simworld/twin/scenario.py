@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from components.args import AlarmThresholds
+from components.monitoring import host_alarms
+from simworld.alarm_check import Series, Verdict, evaluate_all
+from simworld.netns_rig import wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
 from simworld.twin.session import PAYLOAD_STORE, Submission, TwinBoot, clean_log_problems
+from userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, METRICS, metric
 from userdata.settings import RelaySettings
 
 Say = Callable[[str], None]
 # The fetch timer's period is secretRefreshMinutes; systemd adds up to RandomizedDelaySec.
 TIMER_RANDOM_DELAY: Final = 30
+# The publisher runs on the minute: a sample is in CloudWatch within a minute and a bit.
+SAMPLE_WAIT: Final = 150
+# Thresholds the twin's backlog of 5 messages crosses (the defaults are for production).
+TWIN_THRESHOLDS: Final = AlarmThresholds(deferred_messages=3)
+DEFERRED: Final = metric("queue.deferred")
 
 
 @dataclass
@@ -61,6 +71,14 @@ class Findings:
     rotation_seconds: float | None = None
     rotation_record: MessageRecord | None = None
     rotated_at: float = 0.0
+    booted_at: float = 0.0  # epoch seconds: metrics are read from here on
+    deferred_seconds: float | None = None  # from the backlog's submission to its sample
+    samples_while_down: list[Series] = field(default_factory=list)
+    alarms_while_down: list[Verdict] = field(default_factory=list)
+    delivered_at: float = 0.0
+    deferred_after_delivery: float | None = None  # the first sample of a later minute
+    samples_at_end: list[Series] = field(default_factory=list)
+    alarms_at_end: list[Verdict] = field(default_factory=list)
 
     def credentials_requests(self) -> list[dict[str, Any]]:
         return [e for e in self.imds if "/iam/security-credentials/" in e["path"]]
@@ -131,6 +149,7 @@ def first_boot(boot: TwinBoot, findings: Findings, say: Say) -> None:
     where = f"s3://{PAYLOAD_STORE.bucket}/{boot.bundle.key}"
     say(f"bundle: {len(boot.bundle.data)} bytes gzipped at {where} (moto's S3)")
     packed = boot.render()
+    findings.booted_at = time.time()
     say(f"user data: {len(packed)} bytes gzipped, served by the IMDS stand-in")
     boot.prepare()
     boot_started = time.monotonic()
@@ -159,14 +178,51 @@ def first_boot(boot: TwinBoot, findings: Findings, say: Say) -> None:
     findings.imds = boot.world.imds_events() if boot.world else []
 
 
+def first_deferred(
+    boot: TwinBoot, findings: Findings, minute: float, wanted: float | None = None
+) -> tuple[float, list[Series]]:
+    """The twin's first DeferredMessages sample in a minute from ``minute`` on (the first equal
+    to ``wanted``, if given), and every series moto holds; waits up to SAMPLE_WAIT seconds."""
+
+    def sampled() -> tuple[float, list[Series]] | None:
+        series = boot.metric_samples(findings.booted_at)
+        for one in series:
+            if one.name == DEFERRED.name and one.dimensions[INSTANCE_DIMENSION] == boot.instance_id:
+                for m in sorted(one.minutes):
+                    value = one.minutes[m][DEFERRED.statistic]
+                    if m >= minute and wanted in (None, value):
+                        return value, series
+        return None
+
+    what = f"a {DEFERRED.name} sample" + (f" of {wanted:g}" if wanted is not None else "")
+    return wait_until(sampled, SAMPLE_WAIT, f"{what} in moto", interval=5)
+
+
+def twin_alarms(boot: TwinBoot, series: list[Series]) -> list[Verdict]:
+    """The component's alarms on the twin (TWIN_THRESHOLDS), at its newest sample."""
+    specs = host_alarms(DEFAULT_MONITORING, TWIN_THRESHOLDS, boot.instance_id)
+    newest = max((minute for one in series for minute in one.minutes), default=0)
+    return evaluate_all(specs, series, newest)
+
+
 def queue_while_down(boot: TwinBoot, findings: Findings, say: Say) -> None:
-    """The service goes down; a message submitted now must wait in the queue."""
+    """The service goes down; a message submitted now must wait in the queue, and the backlog
+    show in CloudWatch within two minutes, crossing the deferred alarm's threshold."""
     assert boot.world is not None and boot.world.standin is not None
     boot.world.standin.down()
+    down_at = time.time()
     codes = {boot.submit(net.CLIENT_IP, message_id).code for message_id in QUEUED}
     time.sleep(3)  # Postfix tries once and defers
     findings.queued_before_reboot = queued = queue_length(boot)
     say(f"service down; {len(QUEUED)} submitted ({codes}); {queued} message(s) queued")
+
+    _, series = first_deferred(boot, findings, down_at - down_at % 60, wanted=len(QUEUED))
+    findings.samples_while_down = series
+    findings.deferred_seconds = took = time.time() - down_at
+    say(f"CloudWatch (moto): {DEFERRED.name} = {len(QUEUED)} after {took:.0f}s")
+    findings.alarms_while_down = verdicts = twin_alarms(boot, series)
+    for verdict in verdicts:
+        say(f"  alarm {verdict.describe()}")
 
 
 def reboot(boot: TwinBoot, findings: Findings, say: Say) -> None:
@@ -195,6 +251,7 @@ def deliver_queued(boot: TwinBoot, findings: Findings, say: Say) -> None:
     for message_id in QUEUED:
         boot.wait_for_message(message_id, timeout=60)
     time.sleep(12)  # a duplicate would come with the next retry (backoff 5-10 s)
+    findings.delivered_at = time.time()
     findings.queued_deliveries = {m: len(boot.messages(m)) for m in QUEUED}
     say(f"the queued messages delivered: {sorted(findings.queued_deliveries.values())} times")
     run_verifier(boot, findings.after_reboot)
@@ -227,4 +284,52 @@ def rotation(boot: TwinBoot, findings: Findings, say: Say) -> None:
     say(f"rotated the secret; submitted {submitted.code}; the new key in use after {took:.0f}s")
 
 
-ALL_STEPS: Final = (first_boot, queue_while_down, reboot, deliver_queued, cron_mail, rotation)
+def metrics_after_delivery(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """The first sample of a minute after the backlog's delivery: the deferred queue empty."""
+    after = findings.delivered_at - findings.delivered_at % 60 + 60
+    value, findings.samples_at_end = first_deferred(boot, findings, after)
+    findings.deferred_after_delivery = value
+    say(f"CloudWatch (moto): {DEFERRED.name} = {value:g} after the delivery")
+
+
+def sample_lines(series: Sequence[Series]) -> list[str]:
+    """The newest sample of every metric, as ``name = value unit``, in METRICS' order."""
+    by_name = {one.name: one for one in series}
+    lines = []
+    for known in METRICS:
+        newest = by_name[known.name].latest(known.statistic) if known.name in by_name else None
+        shown = f"{newest[1]:g} {known.unit}" if newest is not None else "no sample"
+        lines.append(f"{known.name} = {shown}")
+    return lines
+
+
+def operator_view(boot: TwinBoot, findings: Findings, say: Say) -> None:
+    """What an operator would see in CloudWatch now: the twin's newest sample of every metric
+    and its alarms' states. Waits (SAMPLE_WAIT) for a first sample; without one it records
+    none (the sandbox's judge fails on that)."""
+
+    def twins() -> list[Series]:
+        series = boot.metric_samples(findings.booted_at)
+        return [s for s in series if s.dimensions.get(INSTANCE_DIMENSION) == boot.instance_id]
+
+    try:
+        findings.samples_at_end = series = wait_until(twins, SAMPLE_WAIT, "a sample", interval=5)
+    except TimeoutError:
+        say(f"CloudWatch (moto): no sample from {boot.instance_id} within {SAMPLE_WAIT}s")
+        return
+    where = f"{DEFAULT_MONITORING.namespace}, {INSTANCE_DIMENSION}={boot.instance_id}"
+    say(f"CloudWatch (moto), {where}, newest samples:")
+    for line in sample_lines(series):
+        say(f"  {line}")
+    findings.alarms_at_end = verdicts = twin_alarms(boot, series)
+    say(f"alarms (deferred threshold {TWIN_THRESHOLDS.deferred_messages} on the twin):")
+    for verdict in verdicts:
+        say(f"  {verdict.describe()}")
+
+
+# The sample after the delivery comes before the rotation, whose message may wait deferred
+# until the new key is in use.
+ALL_STEPS: Final = (
+    first_boot, queue_while_down, reboot, deliver_queued, metrics_after_delivery, cron_mail,
+    rotation, operator_view,
+)  # fmt: skip

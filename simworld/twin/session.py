@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from simworld.alarm_check import Series
 from simworld.netns_rig import REPO, wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
@@ -27,6 +28,7 @@ from simworld.twin.aws_agents import AgentPackages, agent_packages
 from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
+from userdata.metrics import DEFAULT_MONITORING
 from userdata.render import Bundle, BundleStore, pack_user_data, render_bundle, render_user_data
 from userdata.settings import RelaySettings
 
@@ -94,6 +96,8 @@ DEVIATIONS: Final = (
     "the CloudWatch agent stand-in ships no log: its ctl validates and keeps the config as "
     "fetch-config does and (re)starts a unit that stays up",
     "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up",
+    "CloudWatch is moto's, which stores the metrics but evaluates no alarm: the component's "
+    "alarm definitions are judged on moto's datapoints by simworld.alarm_check",
 )
 
 
@@ -211,6 +215,10 @@ class TwinBoot:
         self.user_data = base64.b64decode(pack_user_data(document))
         return self.user_data
 
+    @property
+    def instance_id(self) -> str:
+        return f"i-0{self.tag[-6:]}{'0' * 10}"  # made up, in EC2's format
+
     def imds_facts(self) -> dict[str, Any]:
         return {
             "mac": net.MAC,
@@ -218,7 +226,7 @@ class TwinBoot:
             "role": ROLE,
             "account_id": ACCOUNT_ID,
             "ami_id": "ami-0c2e7e10000000001",  # made up, in EC2's format
-            "instance_id": f"i-0{self.tag[-6:]}{'0' * 10}",
+            "instance_id": self.instance_id,
             "instance_type": "t3.small",
             "local_ipv4": net.TWIN_IP,
             "local_hostname": f"ip-{net.TWIN_IP.replace('.', '-')}.{net.DOMAIN}",
@@ -293,9 +301,24 @@ class TwinBoot:
             f"{message_id} at the stand-in", interval=0.5,
         )  # fmt: skip
 
+    def metric_samples(self, since: float) -> list[Series]:
+        """What the relay's hosts published to moto's CloudWatch from ``since`` (epoch seconds)
+        on, read as an operator's console would: through CloudWatch's API."""
+        assert self.world is not None
+        reader = [sys.executable, "-m", "simworld.agents", "metrics"]
+        reader += ["--endpoint", f"https://{net.AWS_IP}", "--ca", str(self.world.ca_path)]
+        reader += ["--region", net.REGION, "--namespace", DEFAULT_MONITORING.namespace]
+        reader += ["--since", str(since)]
+        out = subprocess.run(
+            self.world.exec(*reader), capture_output=True, text=True, check=True,
+            cwd=REPO, env=net.WORLD_ENV, timeout=60,
+        ).stdout  # fmt: skip
+        return [Series.from_json(item) for item in json.loads(out)]
+
     def verify(self, *skip: str) -> tuple[int, dict[str, Any]]:
         result = self.run("cmc-relay-verify", *(f"--skip={name}" for name in skip))
-        report: dict[str, Any] = json.loads(result.stdout)
+        # A setup that failed before installing the verifier leaves none: its exit status tells.
+        report: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
         return result.returncode, report
 
     def resolv_conf(self) -> list[str]:

@@ -6,7 +6,7 @@ and the "VPC" at the other end of the veth, which holds everything the instance 
     10.0.1.1         the subnet's router; DHCP (dnsmasq) hands the twin 10.0.1.10
     10.0.0.2         the VPC resolver (VPC base + 2): the service's name, AWS's and Debian's
     169.254.169.254  the instance metadata service (``simworld.twin.imds``)
-    203.0.113.10     AWS's regional endpoints over HTTPS (moto: Secrets Manager, S3)
+    203.0.113.10     AWS's regional endpoints over HTTPS (moto: Secrets Manager, S3, CloudWatch)
     203.0.113.20     deb.debian.org: the twin's mirror (Debian's signed indexes, real .debs)
     198.51.100.25/26 the CMC stand-in, both A records of the service's host name
     10.0.1.50        an application server in allowedCidrs
@@ -50,6 +50,7 @@ AWS_NAMES: Final = (
         f"{service}.{REGION}.amazonaws.com"
         for service in ("secretsmanager", "s3", "ssm", "ssmmessages", "ec2messages", "sts")
     ),
+    f"monitoring.{REGION}.amazonaws.com",  # CloudWatch's API, where the publisher sends
     # boto3 reaches a bucket by its virtual-hosted name, as on EC2.
     f"{PAYLOAD_BUCKET}.s3.{REGION}.amazonaws.com",
     # The CloudWatch agent's downloads: the Region's package, the key from the global bucket.

@@ -44,6 +44,9 @@ def run_scenario(os_name: str, logs: Path) -> scenario.Findings:
         for step in scenario.ALL_STEPS:
             step(boot, found, print)
         found.secret_places += [p for p in boot.secret_places() if p not in found.secret_places]
+        everything = repr([*found.samples_while_down, *found.samples_at_end])
+        if boot.password in everything:
+            found.secret_places.append("CloudWatch metrics (moto)")
     finally:
         boot.close(keep=logs)  # the world's logs, the journal and cloud-init's, for a post-mortem
     return found
@@ -156,6 +159,22 @@ def test_services_back_by_themselves_after_reboot(findings: scenario.Findings) -
     assert findings.after_reboot.active["postfix"] == "active"
     assert findings.after_reboot.active["dnsmasq"] == "active"
     assert findings.after_reboot.active["cmc-relay-fetch-secret.timer"] == "active"
+
+
+def test_deferred_backlog_in_cloudwatch_within_two_minutes(findings: scenario.Findings) -> None:
+    """The 5 messages queued while the service is down are a DeferredMessages sample of 5 in
+    (moto's) CloudWatch within 120 s; after their delivery a later sample is 0."""
+    assert findings.deferred_seconds is not None and findings.deferred_seconds <= 120
+    assert findings.deferred_after_delivery == 0
+
+
+def test_deferred_alarm_would_fire_on_the_backlog(findings: scenario.Findings) -> None:
+    """The component's deferred alarm (threshold 3 on the twin) breaches on the sample of 5;
+    the host's silence and the bounce alarms do not."""
+    verdicts = {v.alarm: v for v in findings.alarms_while_down}
+    assert verdicts["deferred"].would_fire, verdicts["deferred"]
+    assert not verdicts["silent"].would_fire, verdicts["silent"]
+    assert not verdicts["bounced"].would_fire, verdicts["bounced"]
 
 
 def test_resolver_keeps_the_cache_first(findings: scenario.Findings) -> None:
