@@ -23,7 +23,7 @@ from simworld.twin import world as net
 from simworld.twin.aws_agents import agent_packages
 from simworld.twin.build import ARCH, cache_dir
 from simworld.twin.session import TwinBoot
-from userdata.metrics import DEFAULT_MONITORING
+from userdata.metrics import DEFAULT_MONITORING, PERIOD_SECONDS
 from userdata.render import MAIL_LOG, cloudwatch_agent_config, postfix_parameters
 
 OSES = ("debian-12", "debian-13")
@@ -163,8 +163,11 @@ def test_services_back_by_themselves_after_reboot(findings: scenario.Findings) -
 
 def test_deferred_backlog_in_cloudwatch_within_two_minutes(findings: scenario.Findings) -> None:
     """The 5 messages queued while the service is down are a DeferredMessages sample of 5 in
-    (moto's) CloudWatch within 120 s; after their delivery a later sample is 0."""
-    assert findings.deferred_seconds is not None and findings.deferred_seconds <= 120
+    (moto's) CloudWatch within two of the publisher's periods (the issue's "within two
+    minutes": the timer's cadence, a functional bound like the rotation's, not a speed
+    measure); after their delivery a later sample is 0."""
+    assert findings.deferred_seconds is not None
+    assert findings.deferred_seconds <= 2 * PERIOD_SECONDS
     assert findings.deferred_after_delivery == 0
 
 
