@@ -831,13 +831,22 @@ class Secrets:
 
 
 @contextlib.contextmanager
-def secrets_service() -> Iterator[Secrets]:
-    """moto's Secrets Manager on loopback (port picked by the OS), for as long as the block runs."""
+def moto_on_loopback() -> Iterator[str]:
+    """moto's server (every AWS API) on loopback, port picked by the OS, for as long as the
+    block runs: its endpoint URL."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def secrets_service() -> Iterator[Secrets]:
+    """moto's Secrets Manager on loopback, for as long as the block runs."""
+    with moto_on_loopback() as endpoint:
         client = boto3.client(
             "secretsmanager",
             region_name=AWS_REGION,
@@ -846,8 +855,6 @@ def secrets_service() -> Iterator[Secrets]:
             aws_secret_access_key="testing",
         )
         yield Secrets(endpoint, client)
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager

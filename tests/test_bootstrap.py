@@ -19,8 +19,8 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
+from simworld.netns_rig import moto_on_loopback
 from tests.host_scripts import SCRIPTS, load_script
 from userdata.render import SCRIPT_DIR, Bundle, render_bundle, script
 from userdata.settings import RelaySettings
@@ -33,11 +33,8 @@ SETTINGS = RelaySettings(allowed_cidrs=("10.0.0.0/16",), os="debian-13")
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_on_loopback() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,8 @@ from typing import Any, ClassVar
 import boto3
 import pytest
 from moto.core.authorization import enable_iam_authentication
-from moto.server import ThreadedMotoServer
+
+from simworld.netns_rig import moto_on_loopback
 
 SCRIPT = Path(__file__).resolve().parents[1] / "userdata" / "scripts" / "cmc-relay-fetch-secret"
 NEXT_HOP = "[sandbox.smtps.jp]:10025"
@@ -71,11 +72,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_on_loopback() as endpoint:
+        yield endpoint
 
 
 def _client(service: str, url: str, key: str = "testing", secret: str = "testing") -> Any:

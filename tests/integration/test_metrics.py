@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from simworld.netns_rig import REPO, Rig, new_mail, new_mails, run, wait_until
+from simworld.netns_rig import REPO, Rig, moto_on_loopback, new_mail, new_mails, run, wait_until
 from simworld.twin import imds
 from userdata.metrics import INSTANCE_DIMENSION, METRICS, RELAY_DIMENSION, publisher_config
 
@@ -118,11 +117,7 @@ def metadata_service() -> Iterator[str]:
 
 @pytest.fixture
 def publisher(rig: Rig, tmp_path: Path) -> Iterator[Publisher]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    with moto_on_loopback() as endpoint:
         cloudwatch = boto3.client(
             "cloudwatch",
             region_name=REGION,
@@ -140,8 +135,6 @@ def publisher(rig: Rig, tmp_path: Path) -> Iterator[Publisher]:
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata,
             }
             yield Publisher(rig, tmp_path, cloudwatch, env)
-    finally:
-        server.stop()
 
 
 def logged(log: str, status: str) -> int:
