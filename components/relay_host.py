@@ -11,6 +11,7 @@ from other languages, ``components/provider.py``) reads the annotations as live 
 import base64
 import functools
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
 SMTP_PORT: Final = 25
 SSH_PORT: Final = 22
 _WORLD_IPV4: Final = "0.0.0.0/0"
+_NOT_IN_BUCKET_NAME: Final = re.compile(r"[^a-z0-9-]+")
 
 
 _DEBIAN_ARCH_NAMES: Final = {"x86_64": "amd64", "arm64": "arm64"}
@@ -131,6 +133,13 @@ class _Host:
     def ready(self) -> pulumi.Resource:
         """Done once the host works: its verification, or its instance if none runs."""
         return self.instance if self.verification is None else self.verification
+
+
+def payload_bucket_prefix(name: str) -> str:
+    """S3 takes bucket names of lower-case letters, digits and hyphens only, and a prefix of at
+    most 37 characters (AWS adds a unique suffix); a component may be named ``Relay_1``."""
+    base = _NOT_IN_BUCKET_NAME.sub("-", name.lower()).strip("-")[:28] or "relay"
+    return f"{base}-payload-"
 
 
 def host_name(name: str, index: int) -> str:
@@ -582,6 +591,7 @@ class RelayHost(pulumi.ComponentResource):
         """A private bucket holding the bundle of on-host scripts, under its hash-named key."""
         bucket = aws.s3.Bucket(
             f"{name}-payload",
+            bucket_prefix=payload_bucket_prefix(name),
             force_destroy=True,  # it only holds payloads the component generates
             tags=tags,
             opts=child,

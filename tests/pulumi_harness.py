@@ -98,7 +98,7 @@ class Recorder(pulumi.runtime.Mocks):
         }
         outputs.update(computed.get(args.typ, {}))
         if args.typ == "aws:s3/bucket:Bucket":  # S3's auto-naming; a bucket's id is its name
-            outputs["bucket"] = f"{args.name}-0a1b2c3"
+            outputs["bucket"] = args.inputs.get("bucketPrefix", f"{args.name}-") + "0a1b2c3"
             outputs["arn"] = f"arn:aws:s3:::{outputs['bucket']}"
             return outputs["bucket"], outputs
         if args.typ == "aws:s3/bucketObjectv2:BucketObjectv2":

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from components import TYPE_TOKEN, RelayHost
+from components.relay_host import payload_bucket_prefix
 from tests.pulumi_harness import (
     BUNDLE_OBJECT,
     CREATED_SECRET_ARN,
@@ -270,6 +271,7 @@ def test_payload_bucket_is_private_tls_only_and_emptied_on_delete() -> None:
     bucket = recorder.one(BUCKET)
     assert bucket.name == "relay-payload" and bucket.parent == component.urn
     assert bucket.inputs["forceDestroy"] is True
+    assert bucket.inputs["bucketPrefix"] == "relay-payload-"
     block = recorder.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
     assert block.inputs == {
         "bucket": "relay-payload-0a1b2c3",
@@ -286,6 +288,20 @@ def test_payload_bucket_is_private_tls_only_and_emptied_on_delete() -> None:
     arn = "arn:aws:s3:::relay-payload-0a1b2c3"
     assert deny["Resource"] == [arn, f"{arn}/*"]
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [
+        ("relay", "relay-payload-"),
+        ("Mail_Relay.Prod", "mail-relay-prod-payload-"),
+        ("__", "relay-payload-"),
+        ("a" * 60, "a" * 28 + "-payload-"),
+    ],
+)
+def test_payload_bucket_prefix_is_a_valid_s3_name_start(name: str, prefix: str) -> None:
+    assert payload_bucket_prefix(name) == prefix
+    assert len(prefix) <= 37  # S3's bucket_prefix limit, leaving room for AWS's suffix
 
 
 def test_object_holds_the_rendered_bundle_and_the_user_data_pins_it() -> None:
