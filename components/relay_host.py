@@ -809,15 +809,17 @@ class RelayHost(pulumi.ComponentResource):
         topic_arn = self._alarm_topic(name, options, tags, child)
         notify = [] if topic_arn is None else [topic_arn]
         recover = recover_action(self._partition, self._region)
-        specs: list[tuple[str, AlarmSpec]] = []
+        # A host's alarms come once it works: its setup has published a first sample by then,
+        # so the silent alarm (missing data breaching) does not fire while it boots.
+        specs: list[tuple[str, AlarmSpec, list[pulumi.Resource]]] = []
         for host in hosts:
             if options.alarms:
                 checks = host_alarms(monitoring, options.thresholds, host.instance.id)
-                specs += [(host.name, spec) for spec in checks]
-            specs.append((host.name, recovery_alarm(host.instance.id, recover)))
+                specs += [(host.name, spec, [host.ready]) for spec in checks]
+            specs.append((host.name, recovery_alarm(host.instance.id, recover), [host.ready]))
         if options.alarms and balancer_alarm is not None:
-            specs.append((name, balancer_alarm))
-        for owner, spec in specs:
+            specs.append((name, balancer_alarm, [host.ready for host in hosts]))
+        for owner, spec, after in specs:
             aws.cloudwatch.MetricAlarm(
                 f"{owner}-{spec.suffix}-alarm",
                 alarm_description=f"CMC relay {monitoring.relay}: {spec.description}",
@@ -833,7 +835,7 @@ class RelayHost(pulumi.ComponentResource):
                 alarm_actions=[*spec.repair_actions, *notify],
                 ok_actions=notify,
                 tags=tags,
-                opts=child,
+                opts=child.merge(pulumi.ResourceOptions(depends_on=after)),
             )
         return topic_arn
 

@@ -244,6 +244,7 @@ def test_the_payload_installs_it_under_a_minute_timer() -> None:
     assert {"OnCalendar=*-*-* *:*:00", "AccuracySec=1s", "Persistent=true"} <= set(timer)
     setup = files[f"{SCRIPT_DIR}/cmc-relay-setup"]
     assert "systemctl enable --now cmc-relay-metrics.timer" in setup
+    assert "systemctl start cmc-relay-metrics.service" in setup  # the first sample at once
 
 
 def test_the_readme_lists_every_metric() -> None:

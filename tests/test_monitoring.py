@@ -118,6 +118,20 @@ def test_each_host_has_its_alarms_on_its_own_metrics(replicas: int) -> None:
             assert inputs["alarmActions"] == inputs["okActions"] == [TOPIC_ARN]
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_host_s_alarms_wait_until_it_is_verified(replicas: int) -> None:
+    """Created before the host published, the silent alarm would fire while it boots."""
+    recorder = relay(replicas, alarm_topic_arn=TOPIC_ARN)
+    for index in range(replicas):
+        host = "relay" if index == 0 else f"relay-{index}"
+        verified = recorder.by_name(f"{host}-verify").urn
+        for suffix in (*HOST_ALARMS, "recover"):
+            assert verified in recorder.by_name(f"{host}-{suffix}-alarm").dependencies, suffix
+    if replicas > 1:
+        balancer = recorder.by_name("relay-unhealthy-targets-alarm").dependencies
+        assert {recorder.by_name(f"relay{i}-verify").urn for i in ("", "-1")} <= set(balancer)
+
+
 def test_thresholds_and_namespace_come_from_the_arguments() -> None:
     found = alarms(
         relay(
