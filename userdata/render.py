@@ -327,8 +327,7 @@ def write_files(
     profile = OS_PROFILES[settings.os]
     if "ssm" in profile.agent_downloads:
         key = aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key
-        public = {"owner": "root:root", "permissions": "0644"}
-        files.append({"path": SSM_AGENT_KEY_PATH, "content": key, **public})
+        files.append({"path": SSM_AGENT_KEY_PATH, "content": key, **_CONFIG_FILE})
     if profile.agent_downloads:
         files.append(_script_file("cmc-relay-install-agent"))
     if drain:
@@ -339,6 +338,12 @@ def write_files(
 def is_bundled(path: str) -> bool:
     """The bundle holds the on-host scripts and SSM Agent's key; the user data the rest."""
     return path.startswith(f"{SCRIPT_DIR}/") or path == SSM_AGENT_KEY_PATH
+
+
+def split_files(files: list[dict[str, str]]) -> tuple[list[dict[str, str]], Bundle]:
+    """``write_files``'s entries as the user data's (in order) and the bundle packed."""
+    config = [entry for entry in files if not is_bundled(entry["path"])]
+    return config, pack_bundle([entry for entry in files if is_bundled(entry["path"])])
 
 
 @dataclass(frozen=True)
@@ -385,8 +390,8 @@ def render_bundle(
 ) -> Bundle:
     """The bundle a host of ``settings`` installs (arguments as ``write_files``'s). It holds
     no configuration, so no secret ARN, pinned fingerprint or monitoring setting changes it."""
-    files = write_files(settings, None, drain, ssm_agent_key=ssm_agent_key)
-    return pack_bundle([entry for entry in files if is_bundled(entry["path"])])
+    _, bundle = split_files(write_files(settings, None, drain, ssm_agent_key=ssm_agent_key))
+    return bundle
 
 
 def cloud_config(
@@ -408,13 +413,13 @@ def cloud_config(
     bootstrap that installs it first."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
-    files = write_files(
-        settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
-        cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
+    config, bundle = split_files(
+        write_files(
+            settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
+            cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
+        )
     )  # fmt: skip
-    bundle = pack_bundle([entry for entry in files if is_bundled(entry["path"])])
     pin = render_template("bundle.env", settings, store=store, bundle=bundle)
-    config = [entry for entry in files if not is_bundled(entry["path"])]
     document: dict[str, Any] = {
         # The host's own name, which the transport table keeps local (G2), also in /etc/hosts
         # so dnsmasq and Postfix can resolve it (G14).
