@@ -10,9 +10,9 @@ import pulumi
 import pulumi.runtime.config
 import pulumi_aws as aws
 
-from components import RelayHost, RelayHostArgs
-from components.args import check_subnet_placement
-from userdata.settings import CONFIG_KEYS
+from cmc_relay.components import RelayHost, RelayHostArgs
+from cmc_relay.components.args import check_subnet_placement
+from cmc_relay.userdata.settings import CONFIG_KEYS
 
 _INT_KEYS = {
     "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",

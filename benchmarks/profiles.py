@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from userdata.render import postfix_parameters
-from userdata.settings import RelaySettings
+from cmc_relay.userdata.render import postfix_parameters
+from cmc_relay.userdata.settings import RelaySettings
 
 # The guide's session limit and retry timers (G9, G10).
 GUIDE_LIMITS: Final = (

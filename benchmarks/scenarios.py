@@ -24,6 +24,7 @@ from typing import Any, Final
 from benchmarks import measure
 from benchmarks.bounds import busy_fraction, recovery_bound, throughput_bound
 from benchmarks.profiles import PROFILES, Profile
+from cmc_relay.userdata.settings import RelaySettings
 from simworld.netns_rig import (
     API_USER,
     PROXY_IPS,
@@ -46,7 +47,6 @@ from simworld.netns_rig import (
     wait_until,
 )
 from simworld.standin import messages_from_events, stats_from_events
-from userdata.settings import RelaySettings
 
 DNS_TOOLS: Final = Path(__file__).with_name("dns_tools.py")
 DIRECT_CLIENT: Final = Path(__file__).with_name("direct_client.py")

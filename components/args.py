@@ -13,8 +13,8 @@ from typing import Any, Final, Required, TypedDict
 
 import pulumi
 
-from userdata.metrics import DEFAULT_NAMESPACE
-from userdata.settings import (
+from cmc_relay.userdata.metrics import DEFAULT_NAMESPACE
+from cmc_relay.userdata.settings import (
     EGRESS_MODES,
     PRO_MAX_SESSIONS_LIMIT,
     VERIFICATION_MODES,

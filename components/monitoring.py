@@ -13,8 +13,8 @@ from typing import Any, Final
 
 import pulumi
 
-from components.args import AlarmThresholds
-from userdata.metrics import (
+from cmc_relay.components.args import AlarmThresholds
+from cmc_relay.userdata.metrics import (
     INSTANCE_DIMENSION,
     PERIOD_SECONDS,
     RELAY_DIMENSION,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from userdata.settings import secret_region
+from cmc_relay.userdata.settings import secret_region
 
 PolicyDocument = dict[str, Any]
 

@@ -14,7 +14,7 @@ from pulumi import ComponentResource
 from pulumi.provider.experimental import component_provider_host
 from pulumi.provider.experimental.component import ComponentProvider
 
-from components.relay_host import TYPE_TOKEN, RelayHost
+from cmc_relay.components.relay_host import TYPE_TOKEN, RelayHost
 
 PACKAGE_NAME: Final = TYPE_TOKEN.split(":")[0]  # the schema's name must prefix the type token
 COMPONENTS: Final[list[type[ComponentResource]]] = [RelayHost]

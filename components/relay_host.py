@@ -21,8 +21,8 @@ import pulumi
 import pulumi_aws as aws
 from pulumi_command import local, remote
 
-from components import verification
-from components.args import (
+from cmc_relay.components import verification
+from cmc_relay.components.args import (
     HostOptions,
     MonitoringOptions,
     RelayHostArgs,
@@ -30,7 +30,7 @@ from components.args import (
     checked_topic_arn,
     validate_args,
 )
-from components.monitoring import (
+from cmc_relay.components.monitoring import (
     AlarmSpec,
     dashboard_body,
     dashboard_name,
@@ -41,7 +41,7 @@ from components.monitoring import (
     relay_monitoring,
     unhealthy_targets_alarm,
 )
-from components.policies import (
+from cmc_relay.components.policies import (
     EC2_ASSUME_ROLE_POLICY,
     bundle_read_policy,
     monitoring_policy,
@@ -49,8 +49,8 @@ from components.policies import (
     ssm_managed_instance_policy_arn,
     tls_only_bucket_policy,
 )
-from userdata.metrics import Monitoring
-from userdata.render import (
+from cmc_relay.userdata.metrics import Monitoring
+from cmc_relay.userdata.render import (
     OS_PROFILES,
     Bundle,
     BundleStore,
@@ -58,7 +58,7 @@ from userdata.render import (
     render_bundle,
     render_user_data,
 )
-from userdata.settings import RelaySettings, secret_region
+from cmc_relay.userdata.settings import RelaySettings, secret_region
 
 TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
 SMTP_PORT: Final = 25

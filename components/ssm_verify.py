@@ -1,6 +1,6 @@
 """Run the on-host verifier through AWS Systems Manager and pass on its verdict.
 
-    python -m components.ssm_verify --instance-id ID --region REGION [--timeout SECONDS]
+    python -m cmc_relay.components.ssm_verify --instance-id ID --region REGION [--timeout SECONDS]
         [--run SCRIPT --purpose NAME]
 
 Waits until the instance is online in Systems Manager, runs the verifier there once cloud-init
@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from components.verification import HOST_SCRIPT, TIMEOUT_SECONDS
+from cmc_relay.components.verification import HOST_SCRIPT, TIMEOUT_SECONDS
 
 POLL_SECONDS: Final = 5.0
 EXIT_FAILED: Final = 1
@@ -208,7 +208,7 @@ def main(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m components.ssm_verify",
+        prog="python -m cmc_relay.components.ssm_verify",
         description="Run the CMC relay host's verifier through AWS Systems Manager.",
     )
     parser.add_argument("--instance-id", required=True)

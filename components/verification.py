@@ -21,6 +21,32 @@ DRAIN: Final = "/usr/local/sbin/cmc-relay-drain"
 DRAIN_MARGIN_SECONDS: Final = 300
 
 
+DRIVER_MODULE: Final = "cmc_relay.components.ssm_verify"
+PYTHON_OVERRIDE: Final = "CMC_RELAY_PYTHON"
+
+
+def deployer_python(deploy_python: str, module: str, arguments: Sequence[str]) -> str:
+    """A shell command running ``python -m module arguments`` with the first interpreter that
+    has this package: ``$CMC_RELAY_PYTHON``, the one that ran ``pulumi up`` (``deploy_python``),
+    the active virtualenv's, then ``python3`` on the PATH.
+
+    The command is stored in the stack's state and may run at a later destroy or replacement,
+    from another checkout, virtualenv or CI runner: no single path or working directory can be
+    relied on then, so each candidate is tried in turn (and a missing one is skipped).
+    """
+    run = shlex.join(["-m", module, *arguments])
+    candidates = " ".join(
+        [f'"${{{PYTHON_OVERRIDE}:-}}"', shlex.quote(deploy_python),
+         '"${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}"', "python3"]
+    )  # fmt: skip
+    missing = f"echo 'no Python with the cmc_relay package found: set {PYTHON_OVERRIDE} to one' >&2"
+    return (
+        f"for py in {candidates}; do "
+        f'[ -n "$py" ] && "$py" -c "import cmc_relay" >/dev/null 2>&1 && exec "$py" {run}; '
+        f"done; {missing}; exit 127"
+    )
+
+
 def ssm_driver_command(
     python: str,
     instance_id: str,
@@ -28,16 +54,13 @@ def ssm_driver_command(
     timeout: int = TIMEOUT_SECONDS,
     options: Sequence[str] = (),
 ) -> str:
-    """The local command running the SSM driver with ``python`` (an interpreter with boto3)."""
-    return shlex.join(
-        [
-            python, "-m", "components.ssm_verify",
-            "--instance-id", instance_id,
-            "--region", region,
-            "--timeout", str(timeout),
-            *options,
-        ]
-    )  # fmt: skip
+    """The local command running the SSM driver (``python``: the deploying interpreter, the
+    first candidate after ``$CMC_RELAY_PYTHON``; see :func:`deployer_python`)."""
+    return deployer_python(
+        python,
+        DRIVER_MODULE,
+        ["--instance-id", instance_id, "--region", region, "--timeout", str(timeout), *options],
+    )
 
 
 def drain_driver_command(python: str, instance_id: str, region: str, timeout: int) -> str:

@@ -1,5 +1,5 @@
 """Entry point of the cmc-relay component plugin: the Python language host runs this file."""
 
-from components.provider import main
+from cmc_relay.components.provider import main
 
 main()

@@ -22,12 +22,12 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TextIO
 
+from cmc_relay.userdata.settings import DEFAULT_OS
 from simworld.twin import scenario
 from simworld.twin.build import BuildError
 from simworld.twin.machine import BootError
 from simworld.twin.prereq import problems
 from simworld.twin.session import DEVIATIONS, TwinBoot, clean_log_problems
-from userdata.settings import DEFAULT_OS
 
 # Targets on this project's 2-core machine (a benchmark: printed, never asserted by a test).
 TARGET_FRESH_SECONDS = 180

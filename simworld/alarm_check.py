@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from components.monitoring import AlarmSpec
+from cmc_relay.components.monitoring import AlarmSpec
 
 State = Literal["ALARM", "OK", "INSUFFICIENT_DATA"]
 # A metric's statistics per minute: {minute's start (epoch seconds): {statistic: value}}.

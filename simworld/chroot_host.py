@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simworld.standin import MessageRecord, messages_from_events, read_events
-from simworld.throwaway import BASE_ENV, Rig, RigError, Unsupported
-from userdata.render import (
+from cmc_relay.userdata.render import (
     MAIL_LOG,
     OS_PROFILES,
     BundleStore,
@@ -37,7 +35,9 @@ from userdata.render import (
     render_bundle,
     render_user_data,
 )
-from userdata.settings import RelaySettings
+from cmc_relay.userdata.settings import RelaySettings
+from simworld.standin import MessageRecord, messages_from_events, read_events
+from simworld.throwaway import BASE_ENV, Rig, RigError, Unsupported
 
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED_CIDR = "10.0.1.0/24"

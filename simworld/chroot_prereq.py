@@ -7,8 +7,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from cmc_relay.userdata.render import cloud_config
 from simworld.chroot_host import BUNDLE_STORE, SETTINGS
-from userdata.render import cloud_config
 
 COMMANDS = (
     *("unshare", "nsenter", "setpriv", "chroot", "mount", "ip", "cloud-init"),

@@ -43,6 +43,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import boto3
 from moto.server import ThreadedMotoServer
 
+from cmc_relay.userdata.render import (
+    AWS_CLOUDWATCH_AGENT_FINGERPRINT,
+    postfix_parameters,
+    postfix_services,
+    postfix_tables,
+    render_template,
+)
+from cmc_relay.userdata.settings import RelaySettings
 from simworld.standin import (
     Event,
     MessageRecord,
@@ -52,14 +60,6 @@ from simworld.standin import (
     read_events,
     stats_from_events,
 )
-from userdata.render import (
-    AWS_CLOUDWATCH_AGENT_FINGERPRINT,
-    postfix_parameters,
-    postfix_services,
-    postfix_tables,
-    render_template,
-)
-from userdata.settings import RelaySettings
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import runpy
+import shlex
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -257,3 +258,10 @@ def user_data_of(instance: Registered) -> str:
     packed = instance.inputs["userDataBase64"]
     assert "userData" not in instance.inputs
     return gzip.decompress(base64.b64decode(packed)).decode()
+
+
+def driver_argv(command: str) -> list[str]:
+    """What a deployer-side command (``verification.deployer_python``) runs after the
+    interpreter it finds: ``["-m", module, *arguments]``."""
+    run = command.split('exec "$py" ', 1)[1].split(";", 1)[0]
+    return shlex.split(run)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from components.args import AlarmThresholds
-from components.monitoring import AlarmSpec, host_alarms
+from cmc_relay.components.args import AlarmThresholds
+from cmc_relay.components.monitoring import AlarmSpec, host_alarms
+from cmc_relay.userdata.metrics import (
+    DEFAULT_MONITORING,
+    INSTANCE_DIMENSION,
+    METRICS,
+    RELAY_DIMENSION,
+)
 from simworld.alarm_check import Series, Verdict, evaluate, evaluate_all, period_values, window
 from simworld.twin.scenario import sample_lines
-from userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, METRICS, RELAY_DIMENSION
 
 INSTANCE = "i-0abc0000000000"
 DIMENSIONS = {RELAY_DIMENSION: DEFAULT_MONITORING.relay, INSTANCE_DIMENSION: INSTANCE}

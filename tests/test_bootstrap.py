@@ -20,10 +20,10 @@ from typing import Any
 import boto3
 import pytest
 
+from cmc_relay.userdata.render import SCRIPT_DIR, Bundle, render_bundle, script
+from cmc_relay.userdata.settings import RelaySettings
 from simworld.netns_rig import moto_on_loopback
 from tests.host_scripts import SCRIPTS, load_script
-from userdata.render import SCRIPT_DIR, Bundle, render_bundle, script
-from userdata.settings import RelaySettings
 
 bootstrap = load_script("cmc-relay-bootstrap")
 REGION = "ap-northeast-1"

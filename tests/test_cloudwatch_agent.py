@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from userdata.metrics import Monitoring
-from userdata.render import (
+from cmc_relay.userdata.metrics import Monitoring
+from cmc_relay.userdata.render import (
     CLOUDWATCH_AGENT_CONFIG_PATH,
     MAIL_LOG,
     BundleStore,
@@ -27,7 +27,7 @@ from userdata.render import (
     cloudwatch_agent_config,
     dump_cloud_config,
 )
-from userdata.settings import OS_NAMES, RelaySettings
+from cmc_relay.userdata.settings import OS_NAMES, RelaySettings
 
 SCHEMA = json.loads(
     (Path(__file__).parent / "data" / "amazon-cloudwatch-agent.schema.json").read_text()

@@ -10,8 +10,10 @@ import pulumi
 import pytest
 import yaml
 
-from components import TYPE_TOKEN, RelayHost
-from components.relay_host import payload_bucket_prefix
+from cmc_relay.components import TYPE_TOKEN, RelayHost
+from cmc_relay.components.relay_host import payload_bucket_prefix
+from cmc_relay.userdata.render import render_bundle
+from cmc_relay.userdata.settings import ConfigError, RelaySettings
 from tests.pulumi_harness import (
     BUNDLE_OBJECT,
     CREATED_SECRET_ARN,
@@ -23,8 +25,6 @@ from tests.pulumi_harness import (
     strings_in,
     user_data_of,
 )
-from userdata.render import render_bundle
-from userdata.settings import ConfigError, RelaySettings
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
 KMS_KEY = "arn:aws:kms:ap-northeast-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"

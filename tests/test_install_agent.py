@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import pytest
 import trustme
 
+from cmc_relay.userdata.render import aws_ssm_agent_key
 from tests.host_scripts import SCRIPTS, load_script
-from userdata.render import aws_ssm_agent_key
 
 SCRIPT = SCRIPTS / "cmc-relay-install-agent"
 GPG = shutil.which("gpg")

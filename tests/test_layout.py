@@ -1,4 +1,6 @@
-"""The repository's layout: nothing outside ``tests/`` imports from ``tests``.
+"""The repository's layout: nothing outside ``tests/`` imports from ``tests``; the product
+(``cmc_relay``: the ``components/`` and ``userdata/`` folders) is imported only under its
+namespace and imports nothing of the simulated world or the benchmarks.
 
 What the sandbox, the tests and the benchmarks share lives in ``simworld/``.
 """
@@ -23,8 +25,8 @@ def python_files_outside_tests() -> list[Path]:
     return sorted(files)
 
 
-def imports_of_tests(path: Path) -> list[str]:
-    """``import tests...`` and ``from tests... import`` statements in ``path``, as ``file:line``."""
+def imports_of(path: Path, packages: set[str]) -> list[str]:
+    """Absolute imports of any of ``packages`` (or their modules) in ``path``, as ``file:line``."""
     with warnings.catch_warnings():  # e.g. invalid escapes in docstrings: not this test's business
         warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
         tree = ast.parse(path.read_text(), filename=str(path))
@@ -36,9 +38,21 @@ def imports_of_tests(path: Path) -> list[str]:
             names = [node.module]
         else:
             continue
-        if any(name == "tests" or name.startswith("tests.") for name in names):
+        if any(name.split(".")[0] in packages for name in names):
             found.append(f"{path.relative_to(REPO)}:{node.lineno}")
     return found
+
+
+def python_files_everywhere() -> list[Path]:
+    return sorted({*python_files_outside_tests(), *(REPO / "tests").rglob("*.py")})
+
+
+def product_files() -> list[Path]:
+    return [
+        path
+        for path in python_files_outside_tests()
+        if path.relative_to(REPO).parts[0] in {"cmc_relay", "components", "userdata"}
+    ]
 
 
 def test_the_walk_sees_the_shared_packages() -> None:
@@ -47,5 +61,27 @@ def test_the_walk_sees_the_shared_packages() -> None:
 
 
 def test_nothing_outside_tests_imports_tests() -> None:
-    offenders = [hit for path in python_files_outside_tests() for hit in imports_of_tests(path)]
+    offenders = [
+        hit for path in python_files_outside_tests() for hit in imports_of(path, {"tests"})
+    ]
     assert not offenders, f"import from tests outside tests/ (move it to simworld/): {offenders}"
+
+
+def test_the_product_is_imported_only_under_its_namespace() -> None:
+    """``components`` and ``userdata`` are generic names a consumer's project may have too."""
+    generic = {"components", "userdata"}
+    offenders = [hit for path in python_files_everywhere() for hit in imports_of(path, generic)]
+    assert not offenders, f"import cmc_relay.components / cmc_relay.userdata instead: {offenders}"
+
+
+def test_the_product_imports_no_simulation_or_benchmark() -> None:
+    offenders = [
+        hit for path in product_files() for hit in imports_of(path, {"simworld", "benchmarks"})
+    ]
+    assert not offenders, f"the shipped package must not need the test world: {offenders}"
+
+
+def test_the_namespace_links_are_the_design_folders() -> None:
+    for folder in ("components", "userdata"):
+        link = REPO / "cmc_relay" / folder
+        assert link.is_symlink() and link.resolve() == REPO / folder

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from userdata.render import MAIL_LOG, render_template
-from userdata.settings import RelaySettings
+from cmc_relay.userdata.render import MAIL_LOG, render_template
+from cmc_relay.userdata.settings import RelaySettings
 
 LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
 pytestmark = pytest.mark.skipif(not os.path.exists(LOGROTATE), reason="logrotate missing")

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from cmc_relay.userdata.metrics import BY_KEY, DEFAULT_MONITORING, METRICS
+from cmc_relay.userdata.render import SCRIPT_DIR, UNIT_DIR, script, write_files
+from cmc_relay.userdata.settings import RelaySettings
 from tests.host_scripts import load_script
-from userdata.metrics import BY_KEY, DEFAULT_MONITORING, METRICS
-from userdata.render import SCRIPT_DIR, UNIT_DIR, script, write_files
-from userdata.settings import RelaySettings
 
 DATA = Path(__file__).parent / "data" / "metrics"
 README = Path(__file__).parents[1] / "README.md"

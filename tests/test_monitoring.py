@@ -14,14 +14,21 @@ import pulumi
 import pytest
 import yaml
 
-from components import RelayHost
-from components.monitoring import (
+from cmc_relay.components import RelayHost
+from cmc_relay.components.monitoring import (
     dashboard_body,
     dashboard_name,
     dashboard_url,
     relay_monitoring,
 )
-from components.policies import monitoring_policy
+from cmc_relay.components.policies import monitoring_policy
+from cmc_relay.userdata.metrics import (
+    INSTANCE_DIMENSION,
+    METRICS,
+    RELAY_DIMENSION,
+    Monitoring,
+    metric,
+)
 from tests.pulumi_harness import (
     ACCOUNT,
     REGION,
@@ -31,7 +38,6 @@ from tests.pulumi_harness import (
     strings_in,
     user_data_of,
 )
-from userdata.metrics import INSTANCE_DIMENSION, METRICS, RELAY_DIMENSION, Monitoring, metric
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
 KMS_KEY = "arn:aws:kms:ap-northeast-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"

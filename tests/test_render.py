@@ -18,7 +18,7 @@ from unittest.mock import ANY
 import pytest
 import yaml
 
-from userdata.render import (
+from cmc_relay.userdata.render import (
     AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     BOOTSTRAP,
     BUNDLE_ENV_PATH,
@@ -43,7 +43,7 @@ from userdata.render import (
     render_user_data,
     script,
 )
-from userdata.settings import OS_NAMES, PLANS, OsName, RelaySettings
+from cmc_relay.userdata.settings import OS_NAMES, PLANS, OsName, RelaySettings
 
 GOLDEN = Path(__file__).parent / "golden"
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"

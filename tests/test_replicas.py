@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,16 @@ import pulumi
 import pytest
 import yaml
 
-from components import TYPE_TOKEN, RelayHost
-from components.args import check_subnet_placement, validate_args
-from components.verification import DRAIN, DRAIN_MARGIN_SECONDS
+from cmc_relay.components import TYPE_TOKEN, RelayHost
+from cmc_relay.components.args import check_subnet_placement, validate_args
+from cmc_relay.components.verification import DRAIN, DRAIN_MARGIN_SECONDS
+from cmc_relay.userdata.render import SCRIPT_DIR
+from cmc_relay.userdata.settings import (
+    ConfigError,
+    RelaySettings,
+    check_session_budget,
+    hosts_per_sending_ip,
+)
 from tests.pulumi_harness import (
     BUNDLE_OBJECT,
     ELB_ARN,
@@ -28,16 +33,10 @@ from tests.pulumi_harness import (
     VERIFIER_REPORT,
     Recorder,
     bundle_of,
+    driver_argv,
     run_program,
     run_stack,
     user_data_of,
-)
-from userdata.render import SCRIPT_DIR
-from userdata.settings import (
-    ConfigError,
-    RelaySettings,
-    check_session_budget,
-    hosts_per_sending_ip,
 )
 
 ROOT = Path(__file__).parent.parent
@@ -283,7 +282,7 @@ def test_ssh_verification_behind_nat_connects_to_the_private_address() -> None:
 
 
 def drain_command(recorder: Recorder, host: str) -> list[str]:
-    return shlex.split(recorder.by_name(f"{host}-drain").inputs["delete"])
+    return driver_argv(recorder.by_name(f"{host}-drain").inputs["delete"])
 
 
 @pytest.mark.parametrize("replicas", [2, 3])
@@ -296,7 +295,7 @@ def test_every_host_drains_through_systems_manager_before_it_is_deleted(replicas
         assert drain.parent == component.urn
         assert "create" not in drain.inputs  # nothing to do until the host goes
         assert drain_command(recorder, host) == [
-            sys.executable, "-m", "components.ssm_verify",
+            "-m", "cmc_relay.components.ssm_verify",
             "--instance-id", f"{host}-instance-id",
             "--region", REGION,
             "--timeout", str(900 + DRAIN_MARGIN_SECONDS),

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from cmc_relay.userdata.settings import DEFAULT_OS, RelaySettings
 from sandbox import __main__ as cli
 from simworld.alarm_check import Series
 from simworld.standin import MessageRecord
 from simworld.twin import build as twin_build
 from simworld.twin import prereq, scenario
 from simworld.twin.session import OPERATOR_EMAIL, SENDER_DOMAIN, Submission, TwinBoot
-from userdata.settings import DEFAULT_OS, RelaySettings
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "Zq9-SECRET-MARKER-7xW"

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from pulumi.provider.experimental.component import ComponentProvider
 
-from components import TYPE_TOKEN, RelayHostArgs
-from components.args import validate_args
-from components.provider import COMPONENTS, PACKAGE_NAME, schema
-from userdata.settings import CONFIG_KEYS
+from cmc_relay.components import TYPE_TOKEN, RelayHostArgs
+from cmc_relay.components.args import validate_args
+from cmc_relay.components.provider import COMPONENTS, PACKAGE_NAME, schema
+from cmc_relay.userdata.settings import CONFIG_KEYS
 
 ROOT = Path(__file__).parent.parent
 OUTPUTS = {
@@ -136,4 +136,4 @@ def test_plugin_directory_runs_the_provider() -> None:
     assert plugin["runtime"] == "python"
     assert (ROOT / "provider" / "requirements.txt").read_text().splitlines()[-1] == "-e .."
     entry = (ROOT / "provider" / "__main__.py").read_text()
-    assert "from components.provider import main" in entry
+    assert "from cmc_relay.components.provider import main" in entry

@@ -9,7 +9,6 @@ checks each request against botocore's model of the API. The clock is injected: 
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from components.ssm_verify import (
+from cmc_relay.components.ssm_verify import (
     EXIT_FAILED,
     EXIT_TIMEOUT,
     FAILED_STATES,
@@ -34,7 +33,14 @@ from components.ssm_verify import (
     ping_status,
     verify,
 )
-from components.verification import DRAIN, HOST_SCRIPT, drain_driver_command
+from cmc_relay.components.verification import (
+    DRAIN,
+    DRIVER_MODULE,
+    HOST_SCRIPT,
+    deployer_python,
+    drain_driver_command,
+)
+from tests.pulumi_harness import driver_argv
 
 ROOT = Path(__file__).parent.parent
 INSTANCE = "i-0123456789abcdef0"
@@ -297,7 +303,7 @@ def test_main_reports_an_api_error_in_one_line(
 def drain_argv(timeout: int) -> list[str]:
     """The drain command line the component gives its delete step, without the interpreter."""
     command = drain_driver_command(sys.executable, INSTANCE, "ap-northeast-1", timeout)
-    return shlex.split(command)[3:]  # python -m components.ssm_verify
+    return driver_argv(command)[2:]  # -m cmc_relay.components.ssm_verify
 
 
 def test_run_mode_runs_the_given_script_and_passes_its_output_on(
@@ -353,11 +359,49 @@ def test_ping_status_and_failed_checks_are_read_defensively() -> None:
 
 def test_the_driver_runs_as_a_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "components.ssm_verify", "--help"],
-        cwd=ROOT,
+        [sys.executable, "-m", "cmc_relay.components.ssm_verify", "--help"],
+        cwd="/",
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "--instance-id" in result.stdout
+
+
+def run_deployer_command(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The stored command run as pulumi-command runs it (``sh -c``), from an unrelated directory."""
+    return subprocess.run(
+        ["/bin/sh", "-c", command], cwd="/", env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_a_stored_command_outlives_the_interpreter_that_deployed_it() -> None:
+    """A destroy run from another checkout: the deploying interpreter is gone, the active
+    virtualenv's has the package."""
+    command = deployer_python("/gone/venv/bin/python", DRIVER_MODULE, ["--help"])
+    venv = str(Path(sys.executable).parent.parent)
+    result = run_deployer_command(command, {"PATH": "/nonexistent", "VIRTUAL_ENV": venv})
+    assert result.returncode == 0, result.stderr
+    assert "--instance-id" in result.stdout
+
+
+def test_cmc_relay_python_is_tried_first(tmp_path: Path) -> None:
+    marker = tmp_path / "python"
+    marker.write_text('#!/bin/sh\necho "override $*"\n')
+    marker.chmod(0o755)
+    command = deployer_python(sys.executable, DRIVER_MODULE, ["--help"])
+    result = run_deployer_command(
+        command, {"PATH": "/usr/bin:/bin", "CMC_RELAY_PYTHON": str(marker)}
+    )
+    assert result.stdout.strip() == f"override -m {DRIVER_MODULE} --help"
+
+
+def test_no_interpreter_with_the_package_is_a_clear_failure(tmp_path: Path) -> None:
+    without_package = tmp_path / "python"
+    without_package.write_text("#!/bin/sh\nexit 1\n")  # fails `import cmc_relay`
+    without_package.chmod(0o755)
+    command = deployer_python("/gone/python", DRIVER_MODULE, ["--help"])
+    result = run_deployer_command(command, {"PATH": str(tmp_path), "CMC_RELAY_PYTHON": "/gone/too"})
+    assert result.returncode == 127
+    assert "set CMC_RELAY_PYTHON" in result.stderr

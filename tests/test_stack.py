@@ -11,8 +11,8 @@ import pulumi
 import pytest
 import yaml
 
+from cmc_relay.userdata.settings import CONFIG_KEYS
 from tests.pulumi_harness import Recorder, run_program, run_stack, strings_in, user_data_of
-from userdata.settings import CONFIG_KEYS
 
 ROOT = Path(__file__).parent.parent
 INSTANCE = "aws:ec2/instance:Instance"

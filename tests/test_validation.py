@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from components.args import validate_args
-from userdata.render import postfix_parameters
-from userdata.settings import ConfigError, RelaySettings
+from cmc_relay.components.args import validate_args
+from cmc_relay.userdata.render import postfix_parameters
+from cmc_relay.userdata.settings import ConfigError, RelaySettings
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
 BASE: dict[str, Any] = {

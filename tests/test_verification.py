@@ -8,28 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from components import TYPE_TOKEN, RelayHost
-from components.args import validate_args
-from components.verification import HOST_SCRIPT, TIMEOUT_SECONDS
+from cmc_relay.components import TYPE_TOKEN, RelayHost
+from cmc_relay.components.args import validate_args
+from cmc_relay.components.verification import HOST_SCRIPT, TIMEOUT_SECONDS
+from cmc_relay.userdata.render import OS_PROFILES, BundleStore, cloud_config
+from cmc_relay.userdata.settings import OS_NAMES, ConfigError, RelaySettings
 from tests.pulumi_harness import (
     REGION,
     VERIFIER_REPORT,
     Recorder,
     Registered,
+    driver_argv,
     run_program,
     run_stack,
     strings_in,
     user_data_of,
 )
-from userdata.render import OS_PROFILES, BundleStore, cloud_config
-from userdata.settings import OS_NAMES, ConfigError, RelaySettings
 
 ROOT = Path(__file__).parent.parent
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
@@ -106,8 +106,8 @@ def test_ssm_is_the_default_and_runs_the_driver_locally() -> None:
     assert command.name == "relay-verify"
     assert recorder.of_type(REMOTE) == []
     assert_runs_after_the_host_is_reachable(recorder, command)
-    assert shlex.split(command.inputs["create"]) == [
-        sys.executable, "-m", "components.ssm_verify",
+    assert driver_argv(command.inputs["create"]) == [
+        "-m", "cmc_relay.components.ssm_verify",
         "--instance-id", "relay-instance-id",
         "--region", REGION,
         "--timeout", str(TIMEOUT_SECONDS),

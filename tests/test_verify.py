@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from cmc_relay.userdata.render import MAIL_LOG, postfix_parameters, postfix_services
 from simworld import chroot_prereq as prereq
 from simworld.chroot_host import BOOT_ENV, CLIENT_IP, SETTINGS, Sandbox
 from simworld.throwaway import Unsupported
-from userdata.render import MAIL_LOG, postfix_parameters, postfix_services
 
 pytestmark = pytest.mark.integration
 

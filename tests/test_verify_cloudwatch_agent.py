@@ -10,10 +10,10 @@ from types import ModuleType
 
 import pytest
 
+from cmc_relay.userdata.metrics import Monitoring
+from cmc_relay.userdata.render import MAIL_LOG, cloudwatch_agent_config
 from tests.host_scripts import load_script
 from tests.test_verify_ssm_agent import with_systemd
-from userdata.metrics import Monitoring
-from userdata.render import MAIL_LOG, cloudwatch_agent_config
 
 MONITORING = Monitoring(relay="mail-prod", log_group="/cmc-relay/mail-prod")
 UNIT = "amazon-cloudwatch-agent"

@@ -23,8 +23,8 @@ from typing import Any, Final
 import jinja2
 import yaml
 
-from userdata.metrics import DEFAULT_MONITORING, Monitoring
-from userdata.settings import OsName, RelaySettings
+from cmc_relay.userdata.metrics import DEFAULT_MONITORING, Monitoring
+from cmc_relay.userdata.settings import OsName, RelaySettings
 
 USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses user data above 16 KB (before base64)
 STAGE_DIR: Final = "/etc/cmc-relay"
@@ -121,7 +121,7 @@ def postfix_network(cidr: str) -> str:
 
 
 _templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("userdata", "templates"),
+    loader=jinja2.PackageLoader("cmc_relay.userdata", "templates"),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
     autoescape=False,  # config files, not HTML
@@ -153,7 +153,7 @@ def render_template(
 
 
 def script(name: str) -> str:
-    return resources.files("userdata").joinpath("scripts", name).read_text()
+    return resources.files("cmc_relay.userdata").joinpath("scripts", name).read_text()
 
 
 SSM_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-ssm-agent.asc"
@@ -169,7 +169,9 @@ def aws_ssm_agent_key() -> str:
     Shipped as ``gpg --export-options export-minimal`` gives it: the key, its user ID and AWS's
     self-signature, byte for byte; only the certification by AWS's older key, which gpgv does
     not use, is left out. Replace both when AWS publishes the next key."""
-    return resources.files("userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
+    return (
+        resources.files("cmc_relay.userdata").joinpath("keys", "amazon-ssm-agent.asc").read_text()
+    )
 
 
 # The fingerprint of AWS's CloudWatch agent public key, "Amazon CloudWatch Agent" (RSA 2048), as

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cmc_relay.userdata.render import OS_PROFILES
 from simworld.twin.images import (
     ARCHIVE,
     BOOTSTRAP_PACKAGES,
@@ -35,7 +36,6 @@ from simworld.twin.images import (
     TwinImage,
 )
 from simworld.twin.machine import nspawn_command
-from userdata.render import OS_PROFILES
 
 CACHE_ENV: Final = "CMC_TWIN_CACHE"
 DEFAULT_CACHE: Final = Path("/var/cache/cmc-relay-twins")

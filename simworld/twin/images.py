@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from userdata.settings import OsName
+from cmc_relay.userdata.settings import OsName
 
 ARCHIVE: Final = "http://deb.debian.org/debian"
 SECURITY_ARCHIVE: Final = "http://deb.debian.org/debian-security"

@@ -13,15 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from components.args import AlarmThresholds
-from components.monitoring import host_alarms
+from cmc_relay.components.args import AlarmThresholds
+from cmc_relay.components.monitoring import host_alarms
+from cmc_relay.userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, METRICS, metric
+from cmc_relay.userdata.settings import RelaySettings
 from simworld.alarm_check import Series, Verdict, evaluate_all
 from simworld.netns_rig import wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
 from simworld.twin.session import PAYLOAD_STORE, Submission, TwinBoot, clean_log_problems
-from userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, METRICS, metric
-from userdata.settings import RelaySettings
 
 Say = Callable[[str], None]
 # The fetch timer's period is secretRefreshMinutes; systemd adds up to RandomizedDelaySec.

@@ -20,6 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cmc_relay.userdata.metrics import DEFAULT_MONITORING
+from cmc_relay.userdata.render import (
+    Bundle,
+    BundleStore,
+    pack_user_data,
+    render_bundle,
+    render_user_data,
+)
+from cmc_relay.userdata.settings import RelaySettings
 from simworld.alarm_check import Series
 from simworld.netns_rig import REPO, wait_until
 from simworld.standin import MessageRecord
@@ -28,9 +37,6 @@ from simworld.twin.aws_agents import AgentPackages, agent_packages
 from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
-from userdata.metrics import DEFAULT_MONITORING
-from userdata.render import Bundle, BundleStore, pack_user_data, render_bundle, render_user_data
-from userdata.settings import RelaySettings
 
 API_USER: Final = "twin-api-user"
 SECRET_NAME: Final = "cmc-relay-twin-credentials"

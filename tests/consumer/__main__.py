@@ -9,7 +9,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from components import RelayHost
+from cmc_relay import RelayHost
 
 VPC_CIDR = "10.50.0.0/16"
 

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from pulumi import automation as auto
 
-from userdata.render import MAIL_LOG
+from cmc_relay.userdata.render import MAIL_LOG
 
 ROOT: Final = Path(__file__).parent.parent.parent
 PROJECT: Final = "cmc-relay"  # the stack program reads its config under this name

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from components.ssm_verify import run_script
+from cmc_relay.components.ssm_verify import run_script
 from tests.e2e.harness import (
     RELAY_TIMEOUT_SECONDS,
     deadline_in,

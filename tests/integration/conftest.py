@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cmc_relay.userdata.settings import RelaySettings
 from simworld.netns_rig import (
     MakeRig,
     Rig,
@@ -26,7 +27,6 @@ from simworld.netns_rig import (
     rig_directory,
     secrets_service,
 )
-from userdata.settings import RelaySettings
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -25,9 +25,14 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 
+from cmc_relay.userdata.metrics import (
+    INSTANCE_DIMENSION,
+    METRICS,
+    RELAY_DIMENSION,
+    publisher_config,
+)
 from simworld.netns_rig import REPO, Rig, moto_on_loopback, new_mail, new_mails, run, wait_until
 from simworld.twin import imds
-from userdata.metrics import INSTANCE_DIMENSION, METRICS, RELAY_DIMENSION, publisher_config
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from cmc_relay.userdata.metrics import DEFAULT_MONITORING, PERIOD_SECONDS
+from cmc_relay.userdata.render import MAIL_LOG, cloudwatch_agent_config, postfix_parameters
 from simworld.twin import scenario
 from simworld.twin import world as net
 from simworld.twin.aws_agents import agent_packages
 from simworld.twin.build import ARCH, cache_dir
 from simworld.twin.session import TwinBoot
-from userdata.metrics import DEFAULT_MONITORING, PERIOD_SECONDS
-from userdata.render import MAIL_LOG, cloudwatch_agent_config, postfix_parameters
 
 OSES = ("debian-12", "debian-13")
 pytestmark = [
