@@ -207,9 +207,10 @@ class RecordingMonitor(MockMonitor):
             kept = apply_ignore_changes(
                 request.object.fields, old.wire_inputs.fields, request.ignoreChanges
             )
-            request.object.Clear()
+            processed = type(request.object)()
             for key, value in kept.items():
-                request.object.fields[key].CopyFrom(value)
+                processed.fields[key].CopyFrom(value)
+            request.object.CopyFrom(processed)
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             self.recorder.resources.append(
