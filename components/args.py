@@ -13,6 +13,7 @@ from typing import Any, Final, Required, TypedDict
 
 import pulumi
 
+from cmc_relay.components.image import AMI_ID, check_image_refresh
 from cmc_relay.userdata.metrics import DEFAULT_NAMESPACE
 from cmc_relay.userdata.settings import (
     EGRESS_MODES,
@@ -49,7 +50,9 @@ _SNS_TOPIC_ARN = re.compile(
     r"^arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}$"
 )
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d:\d{12}:key/[0-9a-f-]{36}$")
-_AMI_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+_HOSTED_ZONE_ID = re.compile(r"^Z[A-Z0-9]{1,31}$")
+DNS_ZONE_PRIVATE: Final = "private"
+DNS_ZONE_NONE: Final = "none"
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # Graviton families (t4g, m7g, c7gn, ...) run arm64 images.
 _ARM_INSTANCE_TYPE = re.compile(r"^[a-z]+\d+g[a-z]*\.")
@@ -94,7 +97,11 @@ class RelayHostArgs(TypedDict, total=False):
     instance_type: str
     """EC2 instance type (default t3.small); Graviton types get arm64 images."""
     ami_id: str
-    """Pins the image; by default the newest official image of ``os`` is looked up."""
+    """The image, chosen by the user; by default the newest official image of ``os`` when the
+    hosts are first created, kept until ``os``, the architecture or ``image_refresh`` changes."""
+    image_refresh: str
+    """Any token, such as a date: setting or changing it moves the hosts to the newest
+    official image of ``os`` (they are replaced, one at a time)."""
     max_connections: int
     """Sessions to the service per sending IP (default 10; 1-10, up to 100 on pro) (G9)."""
     tls_level: str
@@ -102,7 +109,12 @@ class RelayHostArgs(TypedDict, total=False):
     message_size_limit: int
     """Largest message accepted, in bytes (default 10240000): the service's size limit."""
     host_name: str
-    """Fully qualified host name of the relay (default cmc-relay.internal) (G2)."""
+    """Fully qualified host name of the relay (default cmc-relay.internal) (G2); the name
+    applications send to (see ``dns_zone``)."""
+    dns_zone: pulumi.Input[str]
+    """Where ``host_name`` is published: ``private`` (default: a Route 53 private hosted zone
+    for it, associated with the VPC), the id of an existing hosted zone (a record in it), or
+    ``none`` (no record; smtp_endpoint is then an address)."""
     secret_refresh_minutes: int
     """How often the host re-reads the secret to pick up rotation (default 5)."""
     tags: Mapping[str, str]
@@ -221,6 +233,8 @@ class HostOptions:
 
     instance_type: str = DEFAULT_INSTANCE_TYPE
     ami_id: str | None = None
+    image_refresh: str | None = None
+    dns_zone: pulumi.Input[str] = DNS_ZONE_PRIVATE
     kms_key_arn: str | None = None
     api_user: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -279,8 +293,14 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
     if not isinstance(instance_type, str) or not _INSTANCE_TYPE.match(instance_type):
         raise ConfigError("instance_type", f"{instance_type!r} is not an EC2 instance type")
     ami_id = args.get("ami_id")
-    if ami_id is not None and not _AMI_ID.match(ami_id):
+    if ami_id is not None and not AMI_ID.match(ami_id):
         raise ConfigError("ami_id", f"{ami_id!r} is not an AMI id (ami-...)")
+    image_refresh = args.get("image_refresh")
+    if image_refresh is not None:
+        check_image_refresh(image_refresh)
+    dns_zone = args.get("dns_zone", DNS_ZONE_PRIVATE)
+    if isinstance(dns_zone, str):
+        checked_dns_zone(dns_zone)  # an Output is checked when its value is known
     kms_key_arn = args.get("kms_key_arn")
     if kms_key_arn is not None and not _KMS_KEY_ARN.match(kms_key_arn):
         raise ConfigError("kms_key_arn", f"{kms_key_arn!r} is not a KMS key ARN")
@@ -295,6 +315,8 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
     options = HostOptions(
         instance_type=instance_type,
         ami_id=ami_id,
+        image_refresh=image_refresh,
+        dns_zone=dns_zone,
         kms_key_arn=kms_key_arn,
         api_user=api_user,
         tags=dict(args.get("tags") or {}),
@@ -372,6 +394,30 @@ def checked_topic_arn(arn: str) -> str:
     raise ConfigError(
         "alarm_topic_arn",
         f"{arn!r} is {what}; give an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)",
+    )
+
+
+def checked_dns_zone(zone: str) -> str:
+    """``private``, ``none`` or a Route 53 hosted zone id (Z...)."""
+    if zone in (DNS_ZONE_PRIVATE, DNS_ZONE_NONE) or _HOSTED_ZONE_ID.match(zone):
+        return zone
+    raise ConfigError(
+        "dns_zone",
+        f"{zone!r}: give private (a private hosted zone for host_name), the id of a Route 53 "
+        "hosted zone (Z0123456789ABCDEFGHIJ) or none",
+    )
+
+
+def checked_record_name(host_name: str, zone_name: str) -> str:
+    """host_name, once known to be inside the given zone's domain (Route 53 refuses a record
+    outside its zone)."""
+    domain = zone_name.rstrip(".").lower()
+    if host_name == domain or host_name.endswith(f".{domain}"):
+        return host_name
+    raise ConfigError(
+        "dns_zone",
+        f"the hosted zone is for {domain}; host_name {host_name} is not in it: set host_name "
+        f"to a name in {domain} (such as cmc-relay.{domain}) or give another zone",
     )
 
 

@@ -23,13 +23,18 @@ from pulumi_command import local, remote
 
 from cmc_relay.components import verification
 from cmc_relay.components.args import (
+    DNS_ZONE_NONE,
+    DNS_ZONE_PRIVATE,
     HostOptions,
     MonitoringOptions,
     RelayHostArgs,
+    checked_dns_zone,
+    checked_record_name,
     checked_subnet_ids,
     checked_topic_arn,
     validate_args,
 )
+from cmc_relay.components.image import image_pin_name, pin_command, pinned_image
 from cmc_relay.components.monitoring import (
     AlarmSpec,
     dashboard_body,
@@ -64,6 +69,9 @@ TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
 SMTP_PORT: Final = 25
 SSH_PORT: Final = 22
 _WORLD_IPV4: Final = "0.0.0.0/0"
+# Seconds resolvers may keep hostName's address: after a single host's replacement, clients
+# follow within a minute, and a busy application still asks only once a minute.
+DNS_TTL: Final = 60
 _NOT_IN_BUCKET_NAME: Final = re.compile(r"[^a-z0-9-]+")
 
 
@@ -159,7 +167,8 @@ class RelayHost(pulumi.ComponentResource):
     sending_ips: pulumi.Output[list[str]]
     """Every sending IP the service sees (Elastic or NAT IPs): register them for Pro IP auth."""
     smtp_endpoint: pulumi.Output[str]
-    """host:port that applications send to: the host's, or the balancer's with replicas > 1."""
+    """host:port that applications send to: host_name, which follows the host or balancer
+    through replacements (with dns_zone none: the host's address or the balancer's name)."""
     security_group_id: pulumi.Output[str]
     """The hosts' security group (reference it from application groups)."""
     smtp_relay_host: pulumi.Output[str]
@@ -174,6 +183,11 @@ class RelayHost(pulumi.ComponentResource):
     """The relay's CloudWatch dashboard in the AWS console."""
     alarm_topic_arn: pulumi.Output[str | None]
     """The SNS topic the alarms notify: alarm_topic_arn, or the one created for alarm_email."""
+    image_id: pulumi.Output[str]
+    """The image the hosts run: ami_id, or the official image pinned when they were created."""
+    latest_image_id: pulumi.Output[str | None]
+    """The newest official image of the OS now (none with ami_id): when it differs from
+    image_id, a newer image is out; image_refresh moves the hosts to it."""
 
     def __init__(
         self, name: str, args: RelayHostArgs, opts: pulumi.ResourceOptions | None = None
@@ -182,6 +196,8 @@ class RelayHost(pulumi.ComponentResource):
         settings, options = validate_args(args)
         super().__init__(TYPE_TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # A host name outside the user's zone stops here, before any resource.
+        record_name = self._record_name(options.dns_zone, settings.host_name)
         tags = {"Name": name, **options.tags}
         monitoring = relay_monitoring(
             options.monitoring.namespace, pulumi.get_project(), pulumi.get_stack(), name
@@ -221,11 +237,15 @@ class RelayHost(pulumi.ComponentResource):
                 monitoring=monitoring,
             )
         )
+        # ami_id skips the lookup: it may be an image the official filter does not find.
+        seed = options.ami_id or self._latest_image(settings, options)
+        latest_image = None if options.ami_id else seed
+        image = self._image_pin(name, settings, options, seed)
         fleet = _Fleet(
             args,
             settings,
             options,
-            options.ami_id or self._image_id(settings, options),
+            options.ami_id or image,
             group,
             egress_rules,
             profile,
@@ -242,13 +262,17 @@ class RelayHost(pulumi.ComponentResource):
             hosts.append(self._host(host_name(name, index), fleet, subnet_id, after))
 
         first = hosts[0]
-        balancer_alarm = None
+        balancer_alarm = balancer = None
         if options.replicas > 1:
             balancer, targets = self._balancer(name, fleet, subnet_ids, hosts, tags, child)
-            self.smtp_endpoint = balancer.dns_name.apply(lambda dns: f"{dns}:{SMTP_PORT}")
+            address = balancer.dns_name
             balancer_alarm = unhealthy_targets_alarm(balancer.arn_suffix, targets.arn_suffix)
         else:
-            self.smtp_endpoint = first.instance.private_ip.apply(lambda ip: f"{ip}:{SMTP_PORT}")
+            address = first.instance.private_ip
+        record = self._endpoint_record(name, fleet, record_name, hosts, balancer, tags, child)
+        if record is not None:  # the name, once it resolves
+            address = record.id.apply(lambda _: settings.host_name)
+        self.smtp_endpoint = address.apply(lambda host: f"{host}:{SMTP_PORT}")
         self.instance_id = first.instance.id
         self.private_ip = first.instance.private_ip
         self.public_ip = pulumi.Output.from_input(
@@ -268,6 +292,8 @@ class RelayHost(pulumi.ComponentResource):
             self._alarms(name, hosts, balancer_alarm, options.monitoring, monitoring, tags)
         )
         self.dashboard_url = self._dashboard(name, hosts, monitoring)
+        self.image_id = pulumi.Output.from_input(fleet.ami)
+        self.latest_image_id = pulumi.Output.from_input(latest_image)
         self.register_outputs(
             {
                 "instance_id": self.instance_id,
@@ -282,6 +308,8 @@ class RelayHost(pulumi.ComponentResource):
                 "log_group_name": self.log_group_name,
                 "dashboard_url": self.dashboard_url,
                 "alarm_topic_arn": self.alarm_topic_arn,
+                "image_id": self.image_id,
+                "latest_image_id": self.latest_image_id,
             }
         )
 
@@ -584,6 +612,71 @@ class RelayHost(pulumi.ComponentResource):
                 ),
             )
         return balancer, targets
+
+    def _record_name(self, zone: pulumi.Input[str], host: str) -> pulumi.Input[str]:
+        """host_name, checked to be inside the user's zone (dns_zone an id) once it is looked
+        up: at once for a zone id given as text, at deployment for one from a resource."""
+        if zone in (DNS_ZONE_PRIVATE, DNS_ZONE_NONE):
+            return host
+        invoke = pulumi.InvokeOptions(parent=self)
+        if isinstance(zone, str):
+            return checked_record_name(host, aws.route53.get_zone(zone_id=zone, opts=invoke).name)
+        given: pulumi.Input[str] = zone  # known at deployment
+        zone_id = pulumi.Output.from_input(given).apply(checked_dns_zone)
+        found = aws.route53.get_zone_output(zone_id=zone_id, opts=invoke)
+        return found.name.apply(lambda domain: checked_record_name(host, domain))
+
+    def _endpoint_record(
+        self,
+        name: str,
+        fleet: _Fleet,
+        record_name: pulumi.Input[str],
+        hosts: list[_Host],
+        balancer: aws.lb.LoadBalancer | None,
+        tags: dict[str, str],
+        child: pulumi.ResourceOptions,
+    ) -> aws.route53.Record | None:
+        """host_name in DNS: an A record to the single host's private address, or an alias to
+        the balancer; in a private hosted zone for host_name (associated with the VPC), in the
+        user's zone, or nowhere (dns_zone none)."""
+        zone = fleet.options.dns_zone
+        if zone == DNS_ZONE_NONE:
+            return None
+        zone_id: pulumi.Input[str] = zone
+        if zone == DNS_ZONE_PRIVATE:
+            zone_id = aws.route53.Zone(
+                f"{name}-dns-zone",
+                name=fleet.settings.host_name,
+                comment=f"CMC relay {name}: the name applications send to",
+                vpcs=[aws.route53.ZoneVpcArgs(vpc_id=fleet.args["vpc_id"])],
+                tags=tags,
+                opts=child,
+            ).zone_id
+        if balancer is not None:
+            # The balancer's name never changes; an alias takes its TTL (60 s for ELB).
+            alias = aws.route53.RecordAliasArgs(
+                name=balancer.dns_name,
+                zone_id=balancer.zone_id,
+                evaluate_target_health=False,  # one target: nothing to fail over to
+            )
+            return aws.route53.Record(
+                f"{name}-dns",
+                zone_id=zone_id,
+                name=record_name,
+                type="A",
+                aliases=[alias],
+                opts=child,
+            )
+        return aws.route53.Record(
+            f"{name}-dns",
+            zone_id=zone_id,
+            name=record_name,
+            type="A",
+            ttl=DNS_TTL,
+            records=[hosts[0].instance.private_ip],
+            # A replacement host gets the name once it works, not while it boots.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[hosts[0].ready])),
+        )
 
     def _payload(
         self, name: str, bundle: Bundle, tags: dict[str, str], child: pulumi.ResourceOptions
@@ -890,7 +983,26 @@ class RelayHost(pulumi.ComponentResource):
         """The provider's region, where the instances are: looked up once, when needed."""
         return aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
-    def _image_id(self, settings: RelaySettings, options: HostOptions) -> str:
+    def _image_pin(
+        self, name: str, settings: RelaySettings, options: HostOptions, seed: str
+    ) -> pulumi.Output[str]:
+        """The image the hosts run unless ami_id is given: ``seed`` when the pin is created
+        (ami_id if set then, else the newest official image), then what the pin holds, until
+        os, the architecture or image_refresh changes the pin's name (see components/image.py).
+
+        A local command that only echoes the id: it runs on the deploying machine, needs no
+        credentials and holds no secret, whatever the verification mode.
+        """
+        pin = local.Command(
+            image_pin_name(name, settings.os, options.architecture, options.image_refresh),
+            create=pin_command(seed),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["create"]),
+        )
+        # Read from its input as the state keeps it, not its stdout: known in a preview too.
+        return pin.create.apply(lambda command: pinned_image(command or ""))
+
+    def _latest_image(self, settings: RelaySettings, options: HostOptions) -> str:
+        """The newest official image of the OS for the architecture, as published now."""
         image = IMAGES[settings.os]
         return aws.ec2.get_ami(
             most_recent=True,

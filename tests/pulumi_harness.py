@@ -15,7 +15,7 @@ import runpy
 import shlex
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,10 @@ ACCOUNT = "123456789012"
 REGION = "ap-northeast-1"
 CREATED_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:relay-credentials-AbCdEf"
 LOOKED_UP_AMI = "ami-0aaaaaaaaaaaaaaaa"
+NEWER_AMI = "ami-0bbbbbbbbbbbbbbbb"  # published after LOOKED_UP_AMI
+HOSTED_ZONES = {"Z0123456789TEAMZONE": "team.example"}  # the user's zones: id -> domain
+PRIVATE_ZONE_ID = "Z0PRIVATE0RELAY0ZONE"  # what Route 53 gives the zone the stack creates
+BALANCER_ZONE_ID = "Z31USIVHYNEOWT"  # Route 53 zone of ap-northeast-1's Network Load Balancers
 ELB_ARN = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}"
 DEFAULT_VPC = {"id": "vpc-default", "cidr_block": "172.31.0.0/16"}
 SUBNETS = {
@@ -39,6 +43,7 @@ SUBNETS = {
 }
 VPCS = {"vpc-default": DEFAULT_VPC, "vpc-team": {"id": "vpc-team", "cidr_block": "10.20.0.0/16"}}
 BUNDLE_OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
+LOCAL_COMMAND = "command:local:Command"
 # What a passing verifier prints; the mocks give it as every verification command's stdout.
 VERIFIER_REPORT = '{"ok": true, "checks": [{"name": "postfix", "ok": true, "detail": "active"}]}'
 
@@ -56,6 +61,8 @@ class Registered:
     deleted_with: str = ""  # URN of the resource whose deletion removes this one
     create_timeout: str = ""  # the custom create timeout, e.g. "20m"
     delete_before_replace: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
+    wire_inputs: Any = None  # the inputs as sent (a protobuf Struct), for a later run's state
 
 
 @dataclass
@@ -67,6 +74,10 @@ class Recorder(pulumi.runtime.Mocks):
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by URN
     stack_outputs: dict[str, Any] = field(default_factory=dict)  # what pulumi.export got
     created: Counter[str] = field(default_factory=Counter)  # by type, to number addresses
+    latest_ami: str = LOOKED_UP_AMI  # what the image lookup finds
+    # The previous run's registrations, standing for the stack's state: its inputs are what
+    # the engine keeps for an ignore_changes property of a resource that already exists.
+    state: Recorder | None = None
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -79,6 +90,7 @@ class Recorder(pulumi.runtime.Mocks):
                 "allocationId": f"eipalloc-0abc{n or ''}",
             },
             "aws:lb/loadBalancer:LoadBalancer": {
+                "zoneId": BALANCER_ZONE_ID,
                 "arn": f"{ELB_ARN}:loadbalancer/net/{args.name}",
                 "arnSuffix": f"net/{args.name}/0123456789abcdef",
                 "dnsName": f"internal-{args.name}-0123456789.elb.{REGION}.amazonaws.com",
@@ -94,6 +106,7 @@ class Recorder(pulumi.runtime.Mocks):
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},
+            "aws:route53/zone:Zone": {"zoneId": PRIVATE_ZONE_ID},
             "command:local:Command": {"stdout": VERIFIER_REPORT},
             "command:remote:Command": {"stdout": VERIFIER_REPORT},
         }
@@ -116,7 +129,10 @@ class Recorder(pulumi.runtime.Mocks):
         if token == "aws:index/getRegion:getRegion":
             return {"region": REGION, "name": REGION, "id": REGION}, []
         if token == "aws:ec2/getAmi:getAmi":
-            return {"id": LOOKED_UP_AMI, "architecture": "x86_64"}, []
+            return {"id": self.latest_ami, "architecture": "x86_64"}, []
+        if token == "aws:route53/getZone:getZone":
+            zone_id = inputs["zoneId"]
+            return {"id": zone_id, "zoneId": zone_id, "name": HOSTED_ZONES[zone_id]}, []
         if token == "aws:ec2/getVpc:getVpc":
             vpc = DEFAULT_VPC if inputs.get("default") else VPCS[inputs["id"]]
             return {"id": vpc["id"], "cidrBlock": vpc["cidr_block"]}, []
@@ -146,6 +162,35 @@ class Recorder(pulumi.runtime.Mocks):
     def invoked(self, token: str) -> list[MockCallArgs]:
         return [c for c in self.calls if c.token == token]
 
+    def in_state(self, type_token: str, name: str) -> Registered | None:
+        """The resource of this type and name in the state (the previous run), if any."""
+        if self.state is None:
+            return None
+        found = [r for r in self.state.resources if (r.type, r.name) == (type_token, name)]
+        return found[0] if found else None
+
+
+def host_commands(recorder: Recorder) -> list[Registered]:
+    """The local commands that act on hosts (verification, drain): all but the image pin
+    (``<name>-image-...``), which only echoes an image id."""
+    return [r for r in recorder.of_type(LOCAL_COMMAND) if "-image-" not in r.name]
+
+
+def apply_ignore_changes(
+    inputs: Mapping[str, Any], old_inputs: Mapping[str, Any], ignored: Iterable[str]
+) -> dict[str, Any]:
+    """The inputs the engine goes on with for a resource already in the state: each ignored
+    top-level property takes its old value, or is dropped if it had none (Pulumi's
+    processIgnoreChanges; the old value is kept for a replacement too)."""
+    kept = dict(inputs)
+    for key in ignored:
+        assert "." not in key and "[" not in key, f"property paths are not modelled: {key}"
+        if key in old_inputs:
+            kept[key] = old_inputs[key]
+        else:
+            kept.pop(key, None)
+    return kept
+
 
 class RecordingMonitor(MockMonitor):
     """Also records each registration's parent and dependencies, which mocks do not see."""
@@ -155,6 +200,17 @@ class RecordingMonitor(MockMonitor):
         self.recorder = recorder
 
     def RegisterResource(self, request: Any) -> Any:
+        old = self.recorder.in_state(request.type, request.name)
+        if old is not None and request.ignoreChanges:
+            # As the engine does before it diffs, creates or replaces: the mocks (and so the
+            # resource's outputs) see the inputs with the old state's ignored values.
+            kept = apply_ignore_changes(
+                request.object.fields, old.wire_inputs.fields, request.ignoreChanges
+            )
+            processed = type(request.object)()
+            for key, value in kept.items():
+                processed.fields[key].CopyFrom(value)
+            request.object.CopyFrom(processed)
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             self.recorder.resources.append(
@@ -168,6 +224,8 @@ class RecordingMonitor(MockMonitor):
                     deleted_with=request.deletedWith,
                     create_timeout=request.customTimeouts.create,
                     delete_before_replace=request.deleteBeforeReplace,
+                    ignore_changes=list(request.ignoreChanges),
+                    wire_inputs=_copy_struct(request.object),
                 )
             )
         return response
@@ -177,6 +235,12 @@ class RecordingMonitor(MockMonitor):
             request.outputs, keep_unknowns=True
         )
         return super().RegisterResourceOutputs(request)
+
+
+def _copy_struct(struct: Any) -> Any:
+    copy = type(struct)()
+    copy.CopyFrom(struct)
+    return copy
 
 
 def run_program(

@@ -356,7 +356,7 @@ def test_outputs_are_registered() -> None:
         "instance_id": "relay-instance-id",
         "private_ip": "10.20.1.10",
         "public_ip": "203.0.113.25",
-        "smtp_endpoint": "10.20.1.10:25",
+        "smtp_endpoint": "cmc-relay.internal:25",  # the name in the private zone
         "security_group_id": "relay-sg-id",
         "smtp_relay_host": "[sandbox.smtps.jp]:10025",
         "secret_arn": SECRET_ARN,
@@ -365,6 +365,8 @@ def test_outputs_are_registered() -> None:
         "log_group_name": "/cmc-relay/cmc-relay/test/relay",
         "dashboard_url": "https://ap-northeast-1.console.aws.amazon.com/cloudwatch/home"
         "?region=ap-northeast-1#dashboards:name=cmc-relay-test-relay",
+        "image_id": LOOKED_UP_AMI,
+        "latest_image_id": LOOKED_UP_AMI,
     }  # alarm_topic_arn is None: no topic without alarm_topic_arn or alarm_email
 
 

@@ -26,9 +26,11 @@ ROOT = Path(__file__).parent.parent
 OUTPUTS = {
     "instanceId", "privateIp", "publicIp", "sendingIps", "smtpEndpoint", "securityGroupId",
     "smtpRelayHost", "secretArn", "verificationReport", "logGroupName", "dashboardUrl",
-    "alarmTopicArn",
+    "alarmTopicArn", "imageId", "latestImageId",
 }  # fmt: skip
-OPTIONAL_OUTPUTS = {"publicIp", "secretArn", "verificationReport", "alarmTopicArn"}
+OPTIONAL_OUTPUTS = {
+    "publicIp", "secretArn", "verificationReport", "alarmTopicArn", "latestImageId",
+}  # fmt: skip
 
 
 def camel(name: str) -> str:

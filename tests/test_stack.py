@@ -132,9 +132,10 @@ def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:
     assert set(outputs) == {
         "instanceId", "privateIp", "publicIp", "sendingIps", "smtpEndpoint", "securityGroupId",
         "smtpRelayHost", "secretArn", "verificationReport", "logGroupName", "dashboardUrl",
-        "alarmTopicArn",
+        "alarmTopicArn", "imageId", "latestImageId",
     }  # fmt: skip
-    assert outputs["smtpEndpoint"] == "10.20.1.10:25"
+    assert outputs["smtpEndpoint"] == "cmc-relay.internal:25"
+    assert outputs["privateIp"] == "10.20.1.10"
     assert outputs["publicIp"] == "203.0.113.25"
     assert outputs["sendingIps"] == ["203.0.113.25"]
     assert not any(API_KEY in s for s in strings_in(outputs))

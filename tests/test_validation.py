@@ -159,6 +159,16 @@ BAD_INPUTS = [
     ),
     pytest.param(with_(ami_id="ami-xyz"), "ami_id (config amiId): 'ami-xyz' is not", id="ami"),
     pytest.param(
+        with_(image_refresh="next week"),
+        "image_refresh (config imageRefresh): 'next week': give up to 40 letters",
+        id="image-refresh",
+    ),
+    pytest.param(
+        with_(dns_zone="corp.example"),
+        "dns_zone (config dnsZone): 'corp.example': give private",
+        id="dns-zone",
+    ),
+    pytest.param(
         with_(kms_key_arn="alias/foo"),
         "kms_key_arn (config kmsKeyArn): 'alias/foo' is not",
         id="kms-arn",

@@ -75,6 +75,8 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "kms_key_arn": "kmsKeyArn",
     "instance_type": "instanceType",
     "ami_id": "amiId",
+    "image_refresh": "imageRefresh",
+    "dns_zone": "dnsZone",
     "subnet_id": "subnetId",
     "allowed_security_group_ids": "allowedSecurityGroupIds",
     "tags": "tags",
