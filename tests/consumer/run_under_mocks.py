@@ -30,8 +30,14 @@ VERIFIER_REPORT = '{"ok": true, "checks": [{"name": "postfix", "ok": true, "deta
 
 
 def arn(type_token: str, name: str) -> str:
+    """An ARN of the shape AWS gives the resource type."""
     service = type_token.split(":")[1].split("/")[0]
-    return f"arn:aws:{service}:{REGION}:{ACCOUNT}:{name}"
+    resource = {
+        "secretsmanager": f"secret:{name}-AbCdEf",
+        "kms": f"key/{name}",
+        "sns": name,
+    }.get(service, f"{type_token.split(':')[-1].lower()}/{name}")
+    return f"arn:aws:{service}:{REGION}:{ACCOUNT}:{resource}"
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -40,9 +46,7 @@ class Mocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = {**args.inputs, "arn": arn(args.typ, args.name)}
-        if args.typ == "aws:secretsmanager/secret:Secret":
-            outputs["arn"] = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{args.name}-AbCdEf"
-        elif args.typ == "aws:ec2/instance:Instance":
+        if args.typ == "aws:ec2/instance:Instance":
             outputs["privateIp"] = "10.50.1.10"
         elif args.typ == "aws:ec2/eip:Eip":
             outputs.update(publicIp="203.0.113.25", allocationId="eipalloc-0abc")
