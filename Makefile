@@ -22,6 +22,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	for entry in __main__.py provider/__main__.py $(HOST_SCRIPTS); do $(BIN)/mypy $$entry || exit 1; done
+	cd tests/consumer && $(CURDIR)/$(BIN)/mypy --explicit-package-bases __main__.py run_under_mocks.py components userdata
 	shellcheck userdata/scripts/cmc-relay-setup userdata/scripts/cmc-relay-inbound-cert \
 		scripts/install-system-packages .ci/run
 

@@ -6,6 +6,11 @@
 ``userdata/`` folders, mapped into this package by ``pyproject.toml``.
 """
 
+from importlib import metadata
+
 from cmc_relay.components import TYPE_TOKEN, RelayHost, RelayHostArgs
 
-__all__ = ["TYPE_TOKEN", "RelayHost", "RelayHostArgs"]
+# Written once, in pyproject.toml; read from the installed distribution.
+__version__ = metadata.version("cmc-relay-host")
+
+__all__ = ["TYPE_TOKEN", "RelayHost", "RelayHostArgs", "__version__"]

@@ -43,8 +43,13 @@ def imports_of(path: Path, packages: set[str]) -> list[str]:
     return found
 
 
+CONSUMER = REPO / "tests" / "consumer"  # a consumer's project: its own components/, userdata/
+
+
 def python_files_everywhere() -> list[Path]:
-    return sorted({*python_files_outside_tests(), *(REPO / "tests").rglob("*.py")})
+    """This repository's Python files, without the consumer's project."""
+    tests = [path for path in (REPO / "tests").rglob("*.py") if not path.is_relative_to(CONSUMER)]
+    return sorted({*python_files_outside_tests(), *tests})
 
 
 def product_files() -> list[Path]:

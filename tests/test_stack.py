@@ -1,4 +1,4 @@
-"""The stack program and a consumer program, run under Pulumi mocks with stack config."""
+"""The stack program under Pulumi mocks with stack config (the consumer program: test_consumer)."""
 
 from __future__ import annotations
 
@@ -235,22 +235,3 @@ def test_unknown_config_keys_suggests_the_closest_known_key(stack_program: dict[
         "config maxconnection: unknown key; did you mean maxConnections?",
     ]
     assert check(["qqq"], known).startswith("config qqq: unknown key (known: ")
-
-
-def test_consumer_program_composes_the_component_with_its_own_network() -> None:
-    recorder = run_program(
-        lambda: runpy.run_path(str(ROOT / "tests" / "consumer" / "__main__.py")),
-        {"apiKey": API_KEY},
-        ("apiKey",),
-    )
-    vpc = recorder.by_name("app-vpc")
-    subnet = recorder.by_name("app-public-a")
-    relay_group = recorder.by_name("mail-relay-sg")
-    assert relay_group.inputs["vpcId"] == "app-vpc-id"
-    assert vpc.urn in relay_group.dependencies
-    instance = recorder.one(INSTANCE)
-    assert instance.inputs["subnetId"] == "app-public-a-id"
-    assert subnet.urn in instance.dependencies
-    ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-    assert any(r.inputs.get("referencedSecurityGroupId") == "app-servers-id" for r in ingress)
-    assert "smtp:[te.smtps.jp]:10025" in user_data_of(instance)

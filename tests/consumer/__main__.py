@@ -1,7 +1,9 @@
-"""A consumer stack: its own VPC, public subnet and app servers, with the relay host composed in.
+"""A consumer stack: its own network, secret, topic and app servers, and the relay host.
 
-Run under mocks by tests/test_stack.py; with the package installed (`pip install cmc-relay-host`)
-it is a real program too.
+It has its own ``components`` and ``userdata`` packages, as many Pulumi projects do, and imports
+the relay from the installed distribution (``pip install cmc-relay-host``). ``run_under_mocks.py``
+runs it under Pulumi's mocks (``tests/test_consumer.py`` does so in a fresh virtualenv with the
+built wheel); with the Pulumi CLI and AWS credentials it is a real program too.
 """
 
 from __future__ import annotations
@@ -9,32 +11,37 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from cmc_relay import RelayHost
+from cmc_relay import RelayHost, RelayHostArgs
+from components import AppNetwork
+from userdata.metrics import AGENT_SCRIPT
 
 VPC_CIDR = "10.50.0.0/16"
 
-vpc = aws.ec2.Vpc("app-vpc", cidr_block=VPC_CIDR, enable_dns_hostnames=True)
-gateway = aws.ec2.InternetGateway("app-igw", vpc_id=vpc.id)
-routes = aws.ec2.RouteTable(
-    "app-public",
-    vpc_id=vpc.id,
-    routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
+network = AppNetwork("app", VPC_CIDR)
+credentials = aws.secretsmanager.Secret("app-cmc-credentials", description="CMC API user and key")
+alerts = aws.sns.Topic("app-alerts")
+aws.ec2.Instance(
+    "app-server",
+    ami="ami-0123456789abcdef0",
+    instance_type="t3.micro",
+    subnet_id=network.public_subnet.id,
+    vpc_security_group_ids=[network.app_servers.id],
+    user_data=AGENT_SCRIPT,
 )
-subnet = aws.ec2.Subnet("app-public-a", vpc_id=vpc.id, cidr_block="10.50.1.0/24")
-aws.ec2.RouteTableAssociation("app-public-a-routes", subnet_id=subnet.id, route_table_id=routes.id)
-app_servers = aws.ec2.SecurityGroup("app-servers", vpc_id=vpc.id, description="application servers")
 
-relay = RelayHost(
-    "mail-relay",
-    {
-        "vpc_id": vpc.id,
-        "subnet_id": subnet.id,
-        "allowed_cidrs": [VPC_CIDR],
-        "allowed_security_group_ids": [app_servers.id],
-        "plan": "standard",
-        "api_user": "app-api-user",
-        "api_key": pulumi.Config().require_secret("apiKey"),
-        "os": "debian-12",
-    },
-)
+# Inputs from other resources are Outputs, known only at deployment; the runner checks that each
+# reaches the relay's resources. Wiring another is one line here.
+ARGS: RelayHostArgs = {
+    "vpc_id": network.vpc.id,
+    "subnet_id": network.public_subnet.id,
+    "allowed_security_group_ids": [network.app_servers.id],
+    "credentials_secret_arn": credentials.arn,
+    "alarm_topic_arn": alerts.arn,
+    "allowed_cidrs": [VPC_CIDR],
+    "plan": "standard",
+    "os": "debian-12",
+}
+
+relay = RelayHost("mail-relay", ARGS)
 pulumi.export("smtpEndpoint", relay.smtp_endpoint)
+pulumi.export("sendingIps", relay.sending_ips)

@@ -3,7 +3,7 @@
 Per OS, one module-scoped boot runs the whole scenario (``simworld.twin.scenario``): first
 boot, mail through the relay, the service down, a reboot, the service back, a rotation with the
 real timer. Each test then judges one thing the scenario observed. The twin's deviations from
-EC2 are listed in ``simworld.twin.session.DEVIATIONS`` and the README.
+EC2 are listed in ``simworld.twin.session.DEVIATIONS`` and docs/twins.md.
 """
 
 from __future__ import annotations

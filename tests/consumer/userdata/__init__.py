@@ -1,0 +1,1 @@
+"""The consumer project's own ``userdata`` package: what its application servers boot with."""
