@@ -23,6 +23,7 @@ lint: venv
 	$(BIN)/mypy
 	for entry in __main__.py provider/__main__.py $(HOST_SCRIPTS); do $(BIN)/mypy $$entry || exit 1; done
 	shellcheck userdata/scripts/cmc-relay-setup userdata/scripts/cmc-relay-inbound-cert \
+		userdata/scripts/cmc-relay-queue-volume \
 		scripts/install-system-packages .ci/run
 
 system-packages:
