@@ -81,6 +81,10 @@ def test_the_queue_moves_with_its_volume_and_every_message_is_delivered_once(
         print(f"port 25 of the moving queue's host refused for {refused_for:.1f} s")
 
         assert queue_source(replacement.postfix) == str(device)
+        again = take_queue_volume(replacement.postfix, device)  # the setup re-run in place
+        assert again.returncode == 0, again.stderr
+        assert f"queue already on {device}" in again.stdout
+        assert postfix_running(replacement), "a re-run stopped Postfix"
         assert queue_count(replacement) == (1, f"{len(mails)} messages queued")
         rig.standin.up()
         replacement.postfix.flush()
