@@ -24,6 +24,7 @@ lint: venv
 	for entry in __main__.py provider/__main__.py $(HOST_SCRIPTS); do $(BIN)/mypy $$entry || exit 1; done
 	cd tests/consumer && $(CURDIR)/$(BIN)/mypy --explicit-package-bases __main__.py run_under_mocks.py components userdata
 	shellcheck userdata/scripts/cmc-relay-setup userdata/scripts/cmc-relay-inbound-cert \
+		userdata/scripts/cmc-relay-queue-volume \
 		scripts/install-system-packages .ci/run
 
 system-packages:

@@ -18,8 +18,9 @@ _INT_KEYS = {
     "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",
     "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
     "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
+    "queueVolumeGb",
 }  # fmt: skip
-_BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms"}
+_BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms", "discardQueueOnDestroy"}
 _STRUCTURED_KEYS = {
     "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
     "tags", "rewriteDomains", "allowedSenderDomains",

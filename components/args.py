@@ -36,6 +36,9 @@ DEFAULT_INSTANCE_TYPE: Final = "t3.small"
 MAX_REPLICAS: Final = 10
 DEFAULT_DRAIN_TIMEOUT: Final = 600
 DRAIN_TIMEOUT_RANGE: Final = (30, 7200)
+# The queue volume: an outage of the service queues mail there (gp3 takes 1 GiB to 16 TiB).
+DEFAULT_QUEUE_VOLUME_GB: Final = 10
+QUEUE_VOLUME_GB_RANGE: Final = (1, 1024)
 
 # What CloudWatch accepts as a namespace (ASCII letters, digits, ". - _ / # :" and spaces).
 _NAMESPACE = re.compile(r"^[0-9A-Za-z.\-_/#: ]{1,255}$")
@@ -143,6 +146,12 @@ class RelayHostArgs(TypedDict, total=False):
     """Drain each host's queue before deleting it (default: true with replicas > 1)."""
     drain_timeout_seconds: int
     """drain_on_delete: how long a drain waits for the queue to empty (default 600)."""
+    queue_volume_gb: int
+    """Size in GiB of each host's queue volume, the EBS volume holding the Postfix queue that
+    moves to a replacement host (default 10, 1-1024; a change resizes it in place)."""
+    discard_queue_on_destroy: bool
+    """Let pulumi destroy (or a scale-in) delete a host whose queue still holds mail (default
+    false: the deletion stops, naming how many messages are queued)."""
     sender_domain: str
     """Senders without a real domain (root@localhost, *.compute.internal, ...) become
     local-part@sender_domain, in the envelope and the From:/Sender: headers."""
@@ -247,6 +256,8 @@ class HostOptions:
     nat_gateway_ips: tuple[str, ...] = ()
     drain_on_delete: bool = False
     drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT
+    queue_volume_gb: int = DEFAULT_QUEUE_VOLUME_GB
+    discard_queue_on_destroy: bool = False
     monitoring: MonitoringOptions = field(default_factory=MonitoringOptions)
 
     @property
@@ -312,6 +323,7 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
     verification, ssh_public_key, ssh_allowed_cidrs = verification_options(args)
     replicas, egress, nat_gateway_ips = fleet_options(args, settings)
     drain_on_delete, drain_timeout_seconds = drain_options(args, replicas)
+    queue_volume_gb, discard_queue_on_destroy = queue_options(args)
     options = HostOptions(
         instance_type=instance_type,
         ami_id=ami_id,
@@ -329,6 +341,8 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
         nat_gateway_ips=nat_gateway_ips,
         drain_on_delete=drain_on_delete,
         drain_timeout_seconds=drain_timeout_seconds,
+        queue_volume_gb=queue_volume_gb,
+        discard_queue_on_destroy=discard_queue_on_destroy,
         monitoring=monitoring_options(args),
     )
     return settings, options
@@ -551,6 +565,19 @@ def drain_options(args: Mapping[str, Any], replicas: int) -> tuple[bool, int]:
     if not drain_on_delete:
         raise ConfigError("drain_timeout_seconds", "only applies with drain_on_delete")
     return drain_on_delete, require_int("drain_timeout_seconds", timeout, *DRAIN_TIMEOUT_RANGE)
+
+
+def queue_options(args: Mapping[str, Any]) -> tuple[int, bool]:
+    """The queue volume's size, and whether a host may be deleted with mail still queued."""
+    size = require_int(
+        "queue_volume_gb",
+        args.get("queue_volume_gb", DEFAULT_QUEUE_VOLUME_GB),
+        *QUEUE_VOLUME_GB_RANGE,
+    )
+    discard = args.get("discard_queue_on_destroy", False)
+    if not isinstance(discard, bool):
+        raise ConfigError("discard_queue_on_destroy", f"must be true or false; got {discard!r}")
+    return size, discard
 
 
 def whole_number(value: Any) -> Any:

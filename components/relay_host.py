@@ -57,6 +57,7 @@ from cmc_relay.components.policies import (
 from cmc_relay.userdata.metrics import Monitoring
 from cmc_relay.userdata.render import (
     OS_PROFILES,
+    QUEUE_DEVICE,
     Bundle,
     BundleStore,
     pack_user_data,
@@ -133,6 +134,7 @@ class _Host:
 
     name: str
     instance: aws.ec2.Instance
+    queue: aws.ec2.VolumeAttachment  # the queue volume on this instance
     elastic_ip: aws.ec2.Eip | None
     verification: local.Command | remote.Command | None
     drain: local.Command | None
@@ -235,6 +237,7 @@ class RelayHost(pulumi.ComponentResource):
                 drain,
                 store=BundleStore(values[1], region),
                 monitoring=monitoring,
+                queue_device=QUEUE_DEVICE,
             )
         )
         # ami_id skips the lookup: it may be an image the official filter does not find.
@@ -351,6 +354,7 @@ class RelayHost(pulumi.ComponentResource):
                 )
             ),
         )
+        queue = self._queue_volume(name, options, subnet_id, instance, tags)
         elastic_ip = association = None
         if options.egress == "eip":
             # Separate from the instance, so the sending IP survives the instance's replacement.
@@ -358,18 +362,83 @@ class RelayHost(pulumi.ComponentResource):
             association = aws.ec2.EipAssociation(
                 f"{name}-eip-association",
                 allocation_id=elastic_ip.allocation_id,
-                instance_id=instance.id,
+                # The attachment's instance, not the instance's: the address moves to a new
+                # host once it has the queue, and leaves the old one before it stops.
+                instance_id=queue.instance_id,
                 opts=child,
             )
-        # The host can be reached at its address, with its permissions.
-        reachable = [instance, *([association] if association else []), *fleet.policies]
+        # The host can be reached at its address, with its permissions and its queue.
+        reachable = [instance, queue, *([association] if association else []), *fleet.policies]
         address = elastic_ip.public_ip if elastic_ip else instance.private_ip
+        needs = [*reachable, *fleet.egress_rules]
+        guard = self._queue_guard(name, fleet, instance, needs)
         return _Host(
             name,
             instance,
+            queue,
             elastic_ip,
             self._verification(name, fleet, instance, address, after=reachable),
-            self._drain(name, fleet, instance, needs=[*reachable, *fleet.egress_rules]),
+            # The drain delivers the queue before the guard looks at it.
+            self._drain(name, fleet, instance, needs=[*needs, guard]),
+        )
+
+    def _queue_volume(
+        self,
+        name: str,
+        options: HostOptions,
+        subnet_id: pulumi.Input[str],
+        instance: aws.ec2.Instance,
+        tags: dict[str, str],
+    ) -> aws.ec2.VolumeAttachment:
+        """The host's Postfix queue on an EBS volume of its own, which outlives the instance:
+        a replacement host gets the volume with the mail the old one had queued.
+
+        The attachment is replaced with the instance, old one first: EC2 stops the old host
+        (Postfix stops, the file system is unmounted) and detaches the volume, then attaches
+        it to the new host, whose setup mounts it before Postfix starts. What reaches the host
+        through the attachment's instance_id (its address, its balancer target) is deleted
+        before the old attachment and created after the new one.
+        """
+        child = pulumi.ResourceOptions(parent=self)
+        subnet = aws.ec2.get_subnet_output(
+            id=subnet_id, opts=pulumi.InvokeOutputOptions(parent=self)
+        )
+        volume = aws.ebs.Volume(
+            f"{name}-queue",
+            availability_zone=subnet.availability_zone,  # an EBS volume never leaves its AZ
+            size=options.queue_volume_gb,
+            type="gp3",
+            encrypted=True,  # with the account's EBS key, as the root volume
+            tags={**tags, "Name": f"{name}-queue"},
+            opts=child,
+        )
+        return aws.ec2.VolumeAttachment(
+            f"{name}-queue-attachment",
+            device_name=QUEUE_DEVICE,
+            volume_id=volume.id,
+            instance_id=instance.id,
+            stop_instance_before_detaching=True,
+            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+
+    def _queue_guard(
+        self, name: str, fleet: _Fleet, instance: aws.ec2.Instance, needs: list[pulumi.Resource]
+    ) -> local.Command:
+        """Before a host and its queue volume go for good (destroy, scale-in), the queue must
+        be empty, or discard_queue_on_destroy set: the deletion fails otherwise, naming the
+        count. Never replaced (no triggers): a replacement host takes the volume with its
+        mail, and the command's new delete names the new instance."""
+        region, discard = self._region, fleet.options.discard_queue_on_destroy
+        return local.Command(
+            f"{name}-queue-guard",
+            delete=instance.id.apply(
+                lambda instance_id: verification.queue_check_command(
+                    sys.executable, instance_id, region, discard
+                )
+            ),
+            add_previous_output_in_env=False,
+            # Deleted before the host, its queue, its permissions and its way out.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=needs),
         )
 
     def _subnets(
@@ -604,7 +673,9 @@ class RelayHost(pulumi.ComponentResource):
             aws.lb.TargetGroupAttachment(
                 f"{host.name}-target",
                 target_group_arn=targets.arn,
-                target_id=host.instance.id,
+                # The attachment's instance, as for the Elastic IP: out of service before
+                # the old host stops, in service once the new one has the queue and works.
+                target_id=host.queue.instance_id,
                 port=SMTP_PORT,
                 # In service once the host works; out of it before the host drains.
                 opts=pulumi.ResourceOptions(

@@ -21,6 +21,21 @@ DRAIN: Final = "/usr/local/sbin/cmc-relay-drain"
 DRAIN_MARGIN_SECONDS: Final = 300
 
 
+# How many messages Postfix's queue holds, from its files: Postfix need not be running.
+QUEUE_COUNT: Final = (
+    'cd "$(postconf -h queue_directory)" && '
+    "n=$(find maildrop incoming active deferred hold -type f 2>/dev/null | wc -l) && "
+    'if [ "$n" -gt 0 ]; then echo "$n messages queued" >&2; exit 1; fi; echo "queue empty"'
+)
+QUEUE_CHECK_TIMEOUT_SECONDS: Final = 300
+QUEUE_KEPT: Final = (
+    "not deleting this relay host with its queue: deliver it first (drain_on_delete, config "
+    "drainOnDelete), or set discard_queue_on_destroy (config discardQueueOnDestroy) to true "
+    "and run pulumi up before deleting it with its mail"
+)
+QUEUE_DISCARDED: Final = "discard_queue_on_destroy: the queue volume is deleted with any mail"
+
+
 DRIVER_MODULE: Final = "cmc_relay.components.ssm_verify"
 PYTHON_OVERRIDE: Final = "CMC_RELAY_PYTHON"
 
@@ -72,6 +87,22 @@ def drain_driver_command(python: str, instance_id: str, region: str, timeout: in
         timeout + DRAIN_MARGIN_SECONDS,
         ["--run", f"{DRAIN} --timeout {timeout}", "--purpose", "drain"],
     )
+
+
+def queue_check_command(python: str, instance_id: str, region: str, discard: bool) -> str:
+    """Run before a host and its queue volume are deleted for good (not replaced): fails,
+    saying why and what to do, unless the queue is empty or ``discard`` is set. A host that
+    cannot be asked (stopped, unreachable) counts as holding mail."""
+    if discard:
+        return f"echo {shlex.quote(QUEUE_DISCARDED)}"
+    driver = ssm_driver_command(
+        python,
+        instance_id,
+        region,
+        QUEUE_CHECK_TIMEOUT_SECONDS,
+        ["--run", QUEUE_COUNT, "--purpose", "queue check"],
+    )
+    return f"( {driver} ) || {{ echo {shlex.quote(QUEUE_KEPT)} >&2; exit 1; }}"
 
 
 def payload_digest(user_data: str) -> str:

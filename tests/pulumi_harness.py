@@ -10,6 +10,7 @@ import asyncio
 import base64
 import gzip
 import io
+import itertools
 import json
 import runpy
 import shlex
@@ -63,6 +64,9 @@ class Registered:
     delete_before_replace: bool = False
     ignore_changes: list[str] = field(default_factory=list)
     wire_inputs: Any = None  # the inputs as sent (a protobuf Struct), for a later run's state
+    # Input name -> URNs its value came from: the engine replaces a dependent whose
+    # replace-forcing input comes from a resource deleted before its replacement.
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,7 +144,9 @@ class Recorder(pulumi.runtime.Mocks):
             ids = [s for s, subnet in SUBNETS.items() if subnet["vpc_id"] == "vpc-default"]
             return {"ids": ids, "id": "subnets"}, []
         if token == "aws:ec2/getSubnet:getSubnet":
-            subnet = SUBNETS[inputs["id"]]
+            # A subnet a test names without describing it: in the team's VPC, zone a.
+            unlisted = {"id": inputs["id"], "vpc_id": "vpc-team", "zone": f"{REGION}a"}
+            subnet = SUBNETS.get(inputs["id"], unlisted)
             return {
                 "id": subnet["id"],
                 "vpcId": subnet["vpc_id"],
@@ -226,6 +232,9 @@ class RecordingMonitor(MockMonitor):
                     delete_before_replace=request.deleteBeforeReplace,
                     ignore_changes=list(request.ignoreChanges),
                     wire_inputs=_copy_struct(request.object),
+                    property_dependencies={
+                        name: list(deps.urns) for name, deps in request.propertyDependencies.items()
+                    },
                 )
             )
         return response
@@ -327,5 +336,6 @@ def user_data_of(instance: Registered) -> str:
 def driver_argv(command: str) -> list[str]:
     """What a deployer-side command (``verification.deployer_python``) runs after the
     interpreter it finds: ``["-m", module, *arguments]``."""
-    run = command.split('exec "$py" ', 1)[1].split(";", 1)[0]
-    return shlex.split(run)
+    words = shlex.shlex(command.split('exec "$py" ', 1)[1], posix=True, punctuation_chars=";")
+    words.whitespace_split = True
+    return list(itertools.takewhile(lambda word: word != ";", words))

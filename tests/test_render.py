@@ -192,6 +192,7 @@ def test_the_bundle_holds_the_scripts_as_they_are_and_the_user_data_the_rest(nam
         path for path in bundle_files(render_bundle(settings)) if path.startswith(SCRIPT_DIR)
     }
     expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-metrics"}
+    expected.add("cmc-relay-queue-volume")  # used where the user data names a queue device
     expected.add("cmc-relay-inbound-cert")  # inboundTls may
     if settings.uses_sasl:
         expected.add("cmc-relay-fetch-secret")

@@ -325,7 +325,8 @@ def test_draining_hosts_ship_the_drain_script() -> None:
 
 def test_a_single_host_does_not_drain_by_default() -> None:
     recorder = fleet(1)
-    assert host_commands(recorder) == [recorder.by_name("relay-verify")]
+    # The queue guard, as every host has: tests/test_queue_volume.py.
+    assert sorted(c.name for c in host_commands(recorder)) == ["relay-queue-guard", "relay-verify"]
     assert f"{SCRIPT_DIR}/cmc-relay-drain" not in bundle_of(recorder)
     assert recorder.one(INSTANCE).delete_before_replace is False
     assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1  # for the verifier
@@ -337,7 +338,9 @@ def test_a_single_host_may_drain_and_several_may_not() -> None:
     assert f"{SCRIPT_DIR}/cmc-relay-drain" in bundle_of(single)
     assert len(single.invoked("aws:index/getRegion:getRegion")) == 1
     several = fleet(2, drain_on_delete=False)
-    assert sorted(c.name for c in host_commands(several)) == ["relay-1-verify", "relay-verify"]
+    assert sorted(c.name for c in host_commands(several)) == [
+        "relay-1-queue-guard", "relay-1-verify", "relay-queue-guard", "relay-verify"
+    ]  # fmt: skip
     assert f"{SCRIPT_DIR}/cmc-relay-drain" not in bundle_of(several)
     assert all(not i.delete_before_replace for i in several.of_type(INSTANCE))
 

@@ -123,6 +123,24 @@ def test_dnsmasq_stopped(host: Sandbox) -> None:
     assert verify(host)[0] == 0
 
 
+def test_a_queue_on_the_root_disk_where_a_queue_volume_is_due(host: Sandbox) -> None:
+    """On EC2 relay.env names the queue volume's device (the sandbox's payload does not):
+    Postfix's queue must then be on it, or the next replacement loses it."""
+    env_file = "/etc/cmc-relay/relay.env"
+    staged = host.machine.read(env_file)
+    host.machine.write(env_file, staged + "CMC_QUEUE_DEVICE=/dev/sdf\n")
+    try:
+        code, failed, _ = verify(host)
+    finally:
+        host.machine.write(env_file, staged)
+    assert code == 1
+    assert list(failed) == ["queue-volume"]
+    assert failed["queue-volume"] == (
+        "/var/spool/postfix is on the root disk, not on the cmc-relay-queue volume (/dev/sdf): "
+        "see cmc-relay-queue-volume"
+    )
+
+
 def test_password_table_readable_by_others(host: Sandbox) -> None:
     sh(host, "chmod 0644 /etc/postfix/relay_password")
     try:

@@ -45,6 +45,8 @@ CLOUDWATCH_AGENT_CONFIG_PATH: Final = (
     "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
 )
 _CONFIG_FILE: Final = {"owner": "root:root", "permissions": "0644"}
+# The device name EC2 attaches each host's queue volume under (the component's attachment).
+QUEUE_DEVICE: Final = "/dev/sdf"
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ def write_files(
     ssm_agent_key: str | None = None,
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
+    queue_device: str | None = None,
 ) -> list[dict[str, str]]:
     """Every file the host gets besides the bootstrap and its pin, in order: the user data's
     and the bundle's (``is_bundled`` tells them apart); ``drain`` adds the script a
@@ -274,7 +277,9 @@ def write_files(
     repositories the CloudWatch agent, the installer and what it trusts: the public key it
     checks SSM Agent against (``ssm_agent_key``, ASCII armored; None: AWS's), and in relay.env
     the fingerprint the CloudWatch agent's signing key must have (AWS's by default); a test
-    environment passes its own signing key's. ``monitoring``: where metrics and mail log go."""
+    environment passes its own signing key's. ``monitoring``: where metrics and mail log go.
+    ``queue_device``: where the host's queue volume is attached, which Postfix's queue must be
+    on before Postfix starts (None: the queue stays on the root disk, as in a twin or chroot)."""
 
     def config_file(path: str, template: str, **extra: Any) -> dict[str, str]:
         content = without_comments(render_template(template, settings, secret_arn, **extra))
@@ -293,6 +298,7 @@ def write_files(
             f"{STAGE_DIR}/relay.env",
             "relay.env",
             cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint,
+            queue_device=queue_device,
         ),
         config_file(f"{STAGE_DIR}/main.cf", "main.cf"),
         config_file(f"{STAGE_DIR}/master.cf", "master.cf"),
@@ -313,6 +319,7 @@ def write_files(
         _script_file("cmc-relay-setup"),
         _script_file("cmc-relay-verify"),
         _script_file("cmc-relay-metrics"),
+        _script_file("cmc-relay-queue-volume"),
         config_file(f"{UNIT_DIR}/cmc-relay-metrics.service", "metrics.service"),
         config_file(f"{UNIT_DIR}/cmc-relay-metrics.timer", "metrics.timer"),
     ]
@@ -406,11 +413,13 @@ def cloud_config(
     ssm_agent_key: str | None = None,
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
+    queue_device: str | None = None,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
     ``drain`` ships the drain script, ``ssm_agent_key`` and ``cloudwatch_agent_fingerprint``
     replace what the agent installer trusts (AWS's by default; see ``write_files``),
-    ``monitoring`` says where metrics and logs go. The scripts come from the bundle
+    ``monitoring`` says where metrics and logs go, ``queue_device`` where the queue volume is
+    attached (see ``write_files``). The scripts come from the bundle
     ``render_bundle`` makes, stored in ``store``: the user data pins its hash, and runs the
     bootstrap that installs it first."""
     if settings.uses_sasl and not secret_arn:
@@ -419,6 +428,7 @@ def cloud_config(
         write_files(
             settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
             cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
+            queue_device=queue_device,
         )
     )  # fmt: skip
     pin = render_template("bundle.env", settings, store=store, bundle=bundle)
@@ -472,6 +482,7 @@ def render_user_data(
     ssm_agent_key: str | None = None,
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
+    queue_device: str | None = None,
 ) -> str:
     """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
 
@@ -482,10 +493,12 @@ def render_user_data(
     primary-key fingerprint (40 hex digits) the installer requires of the CloudWatch agent's
     signature on Debian and Ubuntu, whose key it downloads beside the package; AWS's by
     default, a test environment's own otherwise. ``store``: where the bundle of the same
-    arguments (``render_bundle``) is stored, for the host to fetch."""
+    arguments (``render_bundle``) is stored, for the host to fetch. ``queue_device``: where
+    the host's queue volume is attached (``QUEUE_DEVICE`` on EC2; see ``write_files``)."""
     document = cloud_config(
         settings, secret_arn, ssh_public_key, drain, store=store, ssm_agent_key=ssm_agent_key,
         cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
+        queue_device=queue_device,
     )  # fmt: skip
     user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists

@@ -92,6 +92,8 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "pro_max_sessions": "proMaxSessions",
     "drain_on_delete": "drainOnDelete",
     "drain_timeout_seconds": "drainTimeoutSeconds",
+    "queue_volume_gb": "queueVolumeGb",
+    "discard_queue_on_destroy": "discardQueueOnDestroy",
     "sender_domain": "senderDomain",
     "rewrite_domains": "rewriteDomains",
     "allowed_sender_domains": "allowedSenderDomains",
