@@ -8,7 +8,9 @@
 
 ``aws`` is a local AWS (moto's server): it reads the secret's JSON value as the first line on
 stdin, so the value is never a process argument, prints ``ARN <arn>`` and serves until killed;
-every further line on stdin is a new value of the secret (a rotation), answered ``ROTATED``.
+every further line on stdin is a new value of the secret (a rotation), answered ``ROTATED``,
+or ``{"s3_object": "BUCKET/KEY=FILE"}``, that file put there (as a deployment stores a new
+bundle of the relay), answered ``PUT BUCKET/KEY``.
 With ``--tls-dir`` it serves HTTPS with a certificate for the ``--cert-name`` values from the
 stand-in's test CA in that directory, as AWS's regional endpoints do; ``--s3-object`` puts a
 file into a bucket of that region (public reads, as AWS's distribution buckets allow).
@@ -60,19 +62,29 @@ def serve_aws(args: argparse.Namespace) -> None:
     }
     s3 = boto3.client("s3", **session)
     for spec in args.s3_object:
-        location, _, path = spec.partition("=")
-        bucket, _, key = location.partition("/")
-        if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-            where = {"LocationConstraint": args.region}
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration=where)
-        s3.put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes(), ACL="public-read")
+        put_s3_object(s3, args.region, spec)
     secrets = boto3.client("secretsmanager", **session)
     arn = secrets.create_secret(Name=args.name, SecretString=sys.stdin.readline().strip())["ARN"]
     print(f"ARN {arn}", flush=True)
-    for line in sys.stdin:  # rotations, until stdin closes; the server's thread serves on
+    for line in sys.stdin:  # until stdin closes; the server's thread serves on
+        request = json.loads(line)
+        if isinstance(request, dict) and set(request) == {"s3_object"}:
+            location = put_s3_object(s3, args.region, request["s3_object"])
+            print(f"PUT {location}", flush=True)
+            continue
         version = secrets.put_secret_value(SecretId=arn, SecretString=line.strip())["VersionId"]
         print(f"ROTATED {version}", flush=True)
     threading.Event().wait()
+
+
+def put_s3_object(s3: Any, region: str, spec: str) -> str:
+    """``BUCKET/KEY=FILE``: the file put there (the bucket made if new); returns BUCKET/KEY."""
+    location, _, path = spec.partition("=")
+    bucket, _, key = location.partition("/")
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    s3.put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes(), ACL="public-read")
+    return location
 
 
 def serve_syslog(socket_path: str, log_path: str) -> None:
