@@ -4,6 +4,7 @@
         [--tls-dir DIR --cert-name NAME ...] [--s3-object BUCKET/KEY=FILE ...]  < secret.json
     python -m simworld.agents syslog SOCKET LOGFILE
     python -m simworld.agents submit --source IP --server IP --port N --message-id ID ...
+    python -m simworld.agents probe --source IP --server IP --stop-file PATH [--max-seconds S]
     python -m simworld.agents metrics --endpoint URL --ca FILE --region R --namespace NS --since T
 
 ``aws`` is a local AWS (moto's server): it reads the secret's JSON value as the first line on
@@ -16,7 +17,9 @@ stand-in's test CA in that directory, as AWS's regional endpoints do; ``--s3-obj
 file into a bucket of that region (public reads, as AWS's distribution buckets allow).
 ``syslog`` stands in for the syslog daemon the sandbox does not have: it appends every datagram
 sent to ``/dev/log`` to a file. ``submit`` is a mail client of the relay; it prints one JSON
-line with the SMTP outcome. ``metrics`` reads back what hosts published to (moto's) CloudWatch:
+line with the SMTP outcome. ``probe`` is a client that keeps connecting (greeting, EHLO, QUIT)
+until the stop file exists: one JSON line, how many sessions and how many were refused.
+``metrics`` reads back what hosts published to (moto's) CloudWatch:
 one JSON line, every metric of the namespace with its dimensions and its statistics per minute.
 """
 
@@ -28,6 +31,7 @@ import smtplib
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -121,6 +125,28 @@ def submit(args: argparse.Namespace) -> dict[str, object]:
     return {"accepted": code == 250, "code": code, "reply": reply.decode(errors="replace")}
 
 
+def probe(args: argparse.Namespace) -> dict[str, object]:
+    """Sessions one after the other until ``--stop-file`` exists (or ``--max-seconds`` or
+    ``--max-sessions`` pass): a session is refused when it gets no 220 greeting and 250 to
+    EHLO (a refused or reset connection, a timeout, a 4xx or 5xx greeting)."""
+    sessions, refused, reasons = 0, 0, []
+    deadline = time.monotonic() + args.max_seconds
+    while not Path(args.stop_file).exists() and time.monotonic() < deadline:
+        if sessions >= args.max_sessions:
+            break
+        sessions += 1
+        try:
+            with smtplib.SMTP(args.server, 25, timeout=10, source_address=(args.source, 0)) as s:
+                code, reply = s.ehlo()
+                if code != 250:
+                    raise smtplib.SMTPResponseException(code, reply)
+        except (OSError, smtplib.SMTPException) as error:
+            refused += 1
+            reasons.append(f"{type(error).__name__}: {error}"[:200])
+        time.sleep(args.interval)
+    return {"sessions": sessions, "refused": refused, "reasons": reasons[:5]}
+
+
 # What a minute of samples adds up to: enough to roll minutes up to any alarm's period.
 STATISTICS: Final = ("Maximum", "Minimum", "Sum", "SampleCount")
 
@@ -168,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for option in ("--source", "--server", "--mail-from", "--rcpt", "--message-id"):
         client.add_argument(option, required=True)
     client.add_argument("--port", type=int, default=25)
+    prober = commands.add_parser("probe", help="connect again and again, count refusals")
+    for option in ("--source", "--server", "--stop-file"):
+        prober.add_argument(option, required=True)
+    prober.add_argument("--interval", type=float, default=0.1, help="seconds between sessions")
+    prober.add_argument("--max-seconds", type=float, default=300)
+    prober.add_argument("--max-sessions", type=int, default=5000)
     metrics = commands.add_parser("metrics", help="what CloudWatch holds, per minute")
     for option in ("--endpoint", "--ca", "--region", "--namespace"):
         metrics.add_argument(option, required=True)
@@ -179,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_syslog(args.socket, args.log)
     elif args.command == "metrics":
         print(json.dumps(read_metrics(args)), flush=True)
+    elif args.command == "probe":
+        print(json.dumps(probe(args)), flush=True)
     else:
         print(json.dumps(submit(args)), flush=True)
     return 0

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,16 @@ def test_only_the_files_that_differ_are_changed(tmp_path: Path) -> None:
     assert [name for name, _, _ in apply.changed(members(SETTINGS), tmp_path)] == [
         "usr/local/sbin/cmc-relay-verify"
     ]
+
+
+def test_timers_the_bundle_no_longer_ships_are_named(tmp_path: Path) -> None:
+    """From SMTP AUTH to IP authentication the secret fetcher's timer goes."""
+    sasl = members(SETTINGS)
+    pro_ip = replace(SETTINGS, plan="pro", subdomain="acme", auth_mode="ip")
+    ip = bootstrap.members(render_bundle(pro_ip).data)
+    bootstrap.install(sasl, tmp_path)
+    assert apply.stale_timers(sasl, tmp_path) == []
+    assert apply.stale_timers(ip, tmp_path) == ["cmc-relay-fetch-secret.timer"]
 
 
 def test_settings_a_new_main_cf_drops_are_named() -> None:
