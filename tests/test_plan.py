@@ -35,6 +35,9 @@ IN_PLACE: dict[str, Any] = {
     "plan": "standard",
     "credentialsSecretArn": SECRET_ARN.replace("cmc/api", "cmc/other"),
     "metricsNamespace": "Mail/Relay",
+    "smtpHost": "relay.example.net",
+    "rewriteDomains": ["corp.internal"],
+    "inboundTlsSecretArn": SECRET_ARN.replace("cmc/api", "cmc/cert"),
 }
 # Settings of cloud resources only: the hosts are not touched, nothing runs on them.
 HOSTS_UNTOUCHED: dict[str, Any] = {
@@ -57,7 +60,10 @@ REPLACES: dict[str, Any] = {
 
 
 # What a key needs set in both stacks to be valid at all.
-NEEDS: dict[str, dict[str, Any]] = {"operatorEmail": {"senderDomain": "mail.example.com"}}
+NEEDS: dict[str, dict[str, Any]] = {
+    "operatorEmail": {"senderDomain": "mail.example.com"},
+    "rewriteDomains": {"senderDomain": "mail.example.com"},
+}
 
 
 def stacks(change: dict[str, Any]) -> tuple[Recorder, Recorder]:
