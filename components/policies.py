@@ -78,10 +78,12 @@ def monitoring_policy(namespace: str, log_group_arn: str) -> PolicyDocument:
     }
 
 
-def bundle_read_policy(object_arn: str) -> PolicyDocument:
-    """Read exactly the host's bundle (its on-host scripts), nothing else in the bucket."""
+def bundle_read_policy(bucket_arn: str) -> PolicyDocument:
+    """Read the bundles and their pointer (``payload/``), nothing else in the bucket: a host
+    boots with the bundle the pointer names and applies later ones by their hash."""
     statement = {"Sid": "ReadPayloadBundle", "Effect": "Allow", "Action": "s3:GetObject"}
-    return {"Version": "2012-10-17", "Statement": [{**statement, "Resource": object_arn}]}
+    resource = f"{bucket_arn}/payload/*"
+    return {"Version": "2012-10-17", "Statement": [{**statement, "Resource": resource}]}
 
 
 def tls_only_bucket_policy(bucket_arn: str) -> PolicyDocument:

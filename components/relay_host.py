@@ -57,6 +57,7 @@ from cmc_relay.components.policies import (
 from cmc_relay.userdata.metrics import Monitoring
 from cmc_relay.userdata.render import (
     OS_PROFILES,
+    POINTER_KEY,
     QUEUE_DEVICE,
     Bundle,
     BundleStore,
@@ -124,8 +125,9 @@ class _Fleet:
     egress_rules: list[pulumi.Resource]
     profile: aws.iam.InstanceProfile
     policies: list[pulumi.Resource]
-    payload: list[pulumi.Resource]  # the bundle in S3 and the role's right to read it
+    payload: list[pulumi.Resource]  # the bundle's pointer in S3 and the role's right to read it
     user_data: pulumi.Output[str]
+    bundle_sha256: pulumi.Output[str]  # the current bundle: applied in place when it changes
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class _Host:
     instance: aws.ec2.Instance
     queue: aws.ec2.VolumeAttachment  # the queue volume on this instance
     elastic_ip: aws.ec2.Eip | None
+    apply: local.Command | remote.Command | None
     verification: local.Command | remote.Command | None
     drain: local.Command | None
 
@@ -216,28 +219,40 @@ class RelayHost(pulumi.ComponentResource):
         secret_arn = self._credentials_secret(name, args, options, tags, child)
         group, egress_rules = self._security_group(name, args, settings, options, tags, child)
         public_key, drain = options.ssh_public_key, options.drain_on_delete
-        bucket, bundle_object = self._payload(name, render_bundle(settings, drain), tags, child)
+        # Every file of the host; a change reaches running hosts in place (_apply).
+        bundle = pulumi.Output.from_input(secret_arn).apply(
+            lambda arn: render_bundle(
+                settings,
+                checked_secret_arn(arn) if arn is not None else None,
+                drain,
+                monitoring=monitoring,
+                queue_device=QUEUE_DEVICE,
+            )
+        )
+        bucket, pointer = self._payload(name, bundle, tags, child)
         profile, policies, payload_policy = self._instance_profile(
             name,
             secret_arn,
             settings.inbound_tls_secret_arn,
-            bundle_object.arn,
+            bucket.arn,
             options,
             tags,
             child,
         )
         policies.append(self._monitoring_policy(name, profile, monitoring, log_group, child))
         region = self._region
-        # The user data pins the bundle by hash: a new bundle is a new payload (replacement).
-        user_data = pulumi.Output.all(secret_arn, bucket.bucket).apply(
+        # Where the pointer is, and the OS's settings: a configuration change leaves it as it
+        # is, so only a new bootstrap or OS setting replaces the hosts. Without a deployment
+        # step reaching the hosts (verification none) it names the bundle too: a new one
+        # replaces them.
+        pinned = bundle.sha256 if options.verification == "none" else None
+        user_data = pulumi.Output.all(bucket.bucket, pinned).apply(
             lambda values: render_user_data(
                 settings,
-                checked_secret_arn(values[0]) if values[0] is not None else None,
                 public_key,
                 drain,
-                store=BundleStore(values[1], region),
-                monitoring=monitoring,
-                queue_device=QUEUE_DEVICE,
+                store=BundleStore(values[0], region),
+                pinned=values[1],
             )
         )
         # ami_id skips the lookup: it may be an image the official filter does not find.
@@ -253,8 +268,9 @@ class RelayHost(pulumi.ComponentResource):
             egress_rules,
             profile,
             policies,
-            [bundle_object, payload_policy],
+            [pointer, payload_policy],
             user_data,
+            bundle.sha256,
         )
         host_subnets, subnet_ids = self._subnets(args, options.replicas)
         hosts: list[_Host] = []
@@ -372,12 +388,16 @@ class RelayHost(pulumi.ComponentResource):
         address = elastic_ip.public_ip if elastic_ip else instance.private_ip
         needs = [*reachable, *fleet.egress_rules]
         guard = self._queue_guard(name, fleet, instance, needs)
+        connection = self._ssh_connection(fleet, address)
+        apply = self._apply(name, fleet, instance, connection, after=reachable)
+        verified_after = [*reachable, *([apply] if apply else [])]
         return _Host(
             name,
             instance,
             queue,
             elastic_ip,
-            self._verification(name, fleet, instance, address, after=reachable),
+            apply,
+            self._verification(name, fleet, instance, connection, after=verified_after),
             # The drain delivers the queue before the guard looks at it.
             self._drain(name, fleet, instance, needs=[*needs, guard]),
         )
@@ -750,9 +770,14 @@ class RelayHost(pulumi.ComponentResource):
         )
 
     def _payload(
-        self, name: str, bundle: Bundle, tags: dict[str, str], child: pulumi.ResourceOptions
+        self,
+        name: str,
+        bundle: pulumi.Output[Bundle],
+        tags: dict[str, str],
+        child: pulumi.ResourceOptions,
     ) -> tuple[aws.s3.Bucket, aws.s3.BucketObjectv2]:
-        """A private bucket holding the bundle of on-host scripts, under its hash-named key."""
+        """A private, versioned bucket holding the bundle under its hash-named key, and the
+        pointer naming it (written once the bundle is there), which a host boots with."""
         bucket = aws.s3.Bucket(
             f"{name}-payload",
             bucket_prefix=payload_bucket_prefix(name),
@@ -775,30 +800,52 @@ class RelayHost(pulumi.ComponentResource):
             policy=bucket.arn.apply(lambda arn: json.dumps(tls_only_bucket_policy(arn))),
             opts=child.merge(pulumi.ResourceOptions(depends_on=[private])),
         )
+        # Earlier pointers and bundles stay readable as versions: what a host was given can
+        # be looked at after the deployment moved on.
+        aws.s3.BucketVersioning(
+            f"{name}-payload",
+            bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
+                status="Enabled"
+            ),
+            opts=child,
+        )
+        # A new bundle is a new object (its key is its hash): created before the pointer moves
+        # to it, the old one deleted after. A host booting in between reads the pointer again
+        # if its bundle is gone (cmc-relay-bootstrap).
         bundle_object = aws.s3.BucketObjectv2(
             f"{name}-payload",
             bucket=bucket.id,
             key=bundle.key,
-            content_base64=base64.b64encode(bundle.data).decode(),
+            content_base64=bundle.data.apply(lambda data: base64.b64encode(data).decode()),
             content_type="application/gzip",
             tags=tags,
             opts=child,
         )
-        return bucket, bundle_object
+        pointer = aws.s3.BucketObjectv2(
+            f"{name}-payload-pointer",
+            bucket=bucket.id,
+            key=POINTER_KEY,
+            content=bundle.pointer,
+            content_type="application/json",
+            tags=tags,
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[bundle_object])),
+        )
+        return bucket, pointer
 
     def _instance_profile(
         self,
         name: str,
         secret_arn: pulumi.Input[str] | None,
         certificate_arn: str | None,
-        bundle_arn: pulumi.Output[str],
+        bucket_arn: pulumi.Output[str],
         options: HostOptions,
         tags: dict[str, str],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.iam.InstanceProfile, list[pulumi.Resource], aws.iam.RolePolicy]:
         """The instance's profile, the policies it needs before the host can be verified
         (reading the credentials secret and the inbound TLS certificate's, where there are),
-        and the one it needs to boot: reading its bundle."""
+        and the one it needs to boot: reading its bundles."""
         role = aws.iam.Role(
             f"{name}-role",
             assume_role_policy=json.dumps(EC2_ASSUME_ROLE_POLICY),
@@ -830,18 +877,77 @@ class RelayHost(pulumi.ComponentResource):
         payload_policy = aws.iam.RolePolicy(
             f"{name}-read-payload",
             role=role.id,
-            policy=bundle_arn.apply(lambda arn: json.dumps(bundle_read_policy(arn))),
+            policy=bucket_arn.apply(lambda arn: json.dumps(bundle_read_policy(arn))),
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
         return profile, policies, payload_policy
+
+    def _ssh_connection(
+        self, fleet: _Fleet, address: pulumi.Output[str]
+    ) -> remote.ConnectionArgs | None:
+        """How ssh verification and apply reach the host; None for the other modes."""
+        if fleet.options.verification != "ssh":
+            return None
+        return remote.ConnectionArgs(
+            host=address,
+            user=OS_PROFILES[fleet.settings.os].login_user,
+            private_key=pulumi.Output.secret(fleet.args["ssh_private_key"]),
+            dial_error_limit=-1,  # until cloud-init has installed the key, or the timeout
+        )
+
+    def _apply(
+        self,
+        name: str,
+        fleet: _Fleet,
+        instance: aws.ec2.Instance,
+        connection: remote.ConnectionArgs | None,
+        after: list[pulumi.Resource],
+    ) -> local.Command | remote.Command | None:
+        """Bring a running host to the current bundle in place (``cmc-relay-apply``): run again
+        whenever the bundle changes, through the verification's channel. A host that cannot
+        apply it, or fails the verifier with it, goes back to its previous configuration and
+        fails the command, and so the deployment, naming the host. None for verification
+        none (no channel: a new bundle replaces the hosts instead, see ``pinned``)."""
+        options = fleet.options
+        if options.verification == "none":
+            return None
+        triggers = [instance.id, fleet.bundle_sha256]
+        # After the pointer (fleet.payload, which the instance waits for) names the bundle.
+        opts = pulumi.ResourceOptions(parent=self, depends_on=after, deleted_with=instance)
+        if connection is None:
+            region = self._region
+            driver = pulumi.Output.all(instance.id, fleet.bundle_sha256).apply(
+                lambda values: verification.apply_driver_command(
+                    sys.executable, values[0], region, values[1]
+                )
+            )
+            return local.Command(
+                f"{name}-apply",
+                create=driver,
+                triggers=triggers,
+                add_previous_output_in_env=False,
+                opts=opts,
+            )
+        return remote.Command(
+            f"{name}-apply",
+            connection=connection,
+            create=fleet.bundle_sha256.apply(verification.ssh_apply_script),
+            triggers=triggers,
+            add_previous_output_in_env=False,
+            opts=opts.merge(
+                pulumi.ResourceOptions(
+                    custom_timeouts=pulumi.CustomTimeouts(create=verification.SSH_TIMEOUT)
+                )
+            ),
+        )
 
     def _verification(
         self,
         name: str,
         fleet: _Fleet,
         instance: aws.ec2.Instance,
-        address: pulumi.Output[str],
+        connection: remote.ConnectionArgs | None,
         after: list[pulumi.Resource],
     ) -> local.Command | remote.Command | None:
         """Run the on-host verifier once the host is up: the command whose stdout is the report,
@@ -852,11 +958,12 @@ class RelayHost(pulumi.ComponentResource):
         options = fleet.options
         if options.verification == "none":
             return None
-        # Once the host is reachable at its address with its permissions (``after``), and again
-        # only when the instance or its payload changes; gone with the instance.
+        # Once the host is reachable at its address with its permissions and has the current
+        # bundle (``after``), and again only when the instance or its bundle changes; gone
+        # with the instance.
         opts = pulumi.ResourceOptions(parent=self, depends_on=after, deleted_with=instance)
-        triggers = [instance.id, fleet.user_data.apply(verification.payload_digest)]
-        if options.verification == "ssm":
+        triggers = [instance.id, fleet.bundle_sha256]
+        if connection is None:
             region = self._region
             # The interpreter running this program has boto3 (a runtime dependency).
             driver = instance.id.apply(
@@ -871,12 +978,6 @@ class RelayHost(pulumi.ComponentResource):
                 add_previous_output_in_env=False,
                 opts=opts,
             )
-        connection = remote.ConnectionArgs(
-            host=address,
-            user=OS_PROFILES[fleet.settings.os].login_user,
-            private_key=pulumi.Output.secret(fleet.args["ssh_private_key"]),
-            dial_error_limit=-1,  # until cloud-init has installed the key, or the timeout
-        )
         waited = opts.merge(
             pulumi.ResourceOptions(
                 custom_timeouts=pulumi.CustomTimeouts(create=verification.SSH_TIMEOUT)

@@ -1,7 +1,6 @@
 """Post-boot verification and the drain before deletion: what runs on the host, and how a
 deployment runs it. Pure."""
 
-import hashlib
 import shlex
 from collections.abc import Sequence
 from typing import Final
@@ -105,6 +104,23 @@ def queue_check_command(python: str, instance_id: str, region: str, discard: boo
     return f"( {driver} ) || {{ echo {shlex.quote(QUEUE_KEPT)} >&2; exit 1; }}"
 
 
-def payload_digest(user_data: str) -> str:
-    """Stands for the user data in triggers: a new payload is verified again."""
-    return hashlib.sha256(user_data.encode()).hexdigest()
+APPLY: Final = "/usr/local/sbin/cmc-relay-apply"
+
+
+def apply_script(sha256: str) -> str:
+    """What runs on the host to apply the bundle of that hash in place: once cloud-init has
+    finished (a new host has that bundle already, and the apply says so)."""
+    return f"cloud-init status --wait >/dev/null; {APPLY} {shlex.quote(sha256)}"
+
+
+def apply_driver_command(python: str, instance_id: str, region: str, sha256: str) -> str:
+    """The SSM driver running ``apply_script``: exit 0 applied and verified, else the host's
+    reason (it then serves with its previous configuration)."""
+    return ssm_driver_command(
+        python, instance_id, region, options=["--run", apply_script(sha256), "--purpose", "apply"]
+    )
+
+
+def ssh_apply_script(sha256: str) -> str:
+    """``apply_script`` over ssh, as the OS's default user."""
+    return f"sudo sh -c {shlex.quote(apply_script(sha256))}"

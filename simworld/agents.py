@@ -4,17 +4,22 @@
         [--tls-dir DIR --cert-name NAME ...] [--s3-object BUCKET/KEY=FILE ...]  < secret.json
     python -m simworld.agents syslog SOCKET LOGFILE
     python -m simworld.agents submit --source IP --server IP --port N --message-id ID ...
+    python -m simworld.agents probe --source IP --server IP --stop-file PATH [--max-seconds S]
     python -m simworld.agents metrics --endpoint URL --ca FILE --region R --namespace NS --since T
 
 ``aws`` is a local AWS (moto's server): it reads the secret's JSON value as the first line on
 stdin, so the value is never a process argument, prints ``ARN <arn>`` and serves until killed;
-every further line on stdin is a new value of the secret (a rotation), answered ``ROTATED``.
+every further line on stdin is a new value of the secret (a rotation), answered ``ROTATED``,
+or ``{"s3_object": "BUCKET/KEY=FILE"}``, that file put there (as a deployment stores a new
+bundle of the relay), answered ``PUT BUCKET/KEY``.
 With ``--tls-dir`` it serves HTTPS with a certificate for the ``--cert-name`` values from the
 stand-in's test CA in that directory, as AWS's regional endpoints do; ``--s3-object`` puts a
 file into a bucket of that region (public reads, as AWS's distribution buckets allow).
 ``syslog`` stands in for the syslog daemon the sandbox does not have: it appends every datagram
 sent to ``/dev/log`` to a file. ``submit`` is a mail client of the relay; it prints one JSON
-line with the SMTP outcome. ``metrics`` reads back what hosts published to (moto's) CloudWatch:
+line with the SMTP outcome. ``probe`` is a client that keeps connecting (greeting, EHLO, QUIT)
+until the stop file exists: one JSON line, how many sessions and how many were refused.
+``metrics`` reads back what hosts published to (moto's) CloudWatch:
 one JSON line, every metric of the namespace with its dimensions and its statistics per minute.
 """
 
@@ -26,6 +31,7 @@ import smtplib
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -60,19 +66,29 @@ def serve_aws(args: argparse.Namespace) -> None:
     }
     s3 = boto3.client("s3", **session)
     for spec in args.s3_object:
-        location, _, path = spec.partition("=")
-        bucket, _, key = location.partition("/")
-        if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-            where = {"LocationConstraint": args.region}
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration=where)
-        s3.put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes(), ACL="public-read")
+        put_s3_object(s3, args.region, spec)
     secrets = boto3.client("secretsmanager", **session)
     arn = secrets.create_secret(Name=args.name, SecretString=sys.stdin.readline().strip())["ARN"]
     print(f"ARN {arn}", flush=True)
-    for line in sys.stdin:  # rotations, until stdin closes; the server's thread serves on
+    for line in sys.stdin:  # until stdin closes; the server's thread serves on
+        request = json.loads(line)
+        if isinstance(request, dict) and set(request) == {"s3_object"}:
+            location = put_s3_object(s3, args.region, request["s3_object"])
+            print(f"PUT {location}", flush=True)
+            continue
         version = secrets.put_secret_value(SecretId=arn, SecretString=line.strip())["VersionId"]
         print(f"ROTATED {version}", flush=True)
     threading.Event().wait()
+
+
+def put_s3_object(s3: Any, region: str, spec: str) -> str:
+    """``BUCKET/KEY=FILE``: the file put there (the bucket made if new); returns BUCKET/KEY."""
+    location, _, path = spec.partition("=")
+    bucket, _, key = location.partition("/")
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    s3.put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes(), ACL="public-read")
+    return location
 
 
 def serve_syslog(socket_path: str, log_path: str) -> None:
@@ -107,6 +123,28 @@ def submit(args: argparse.Namespace) -> dict[str, object]:
     except (OSError, smtplib.SMTPException) as error:
         return {"accepted": False, "code": None, "reply": f"{type(error).__name__}: {error}"}
     return {"accepted": code == 250, "code": code, "reply": reply.decode(errors="replace")}
+
+
+def probe(args: argparse.Namespace) -> dict[str, object]:
+    """Sessions one after the other until ``--stop-file`` exists (or ``--max-seconds`` or
+    ``--max-sessions`` pass): a session is refused when it gets no 220 greeting and 250 to
+    EHLO (a refused or reset connection, a timeout, a 4xx or 5xx greeting)."""
+    sessions, refused, reasons = 0, 0, []
+    deadline = time.monotonic() + args.max_seconds
+    while not Path(args.stop_file).exists() and time.monotonic() < deadline:
+        if sessions >= args.max_sessions:
+            break
+        sessions += 1
+        try:
+            with smtplib.SMTP(args.server, 25, timeout=10, source_address=(args.source, 0)) as s:
+                code, reply = s.ehlo()
+                if code != 250:
+                    raise smtplib.SMTPResponseException(code, reply)
+        except (OSError, smtplib.SMTPException) as error:
+            refused += 1
+            reasons.append(f"{type(error).__name__}: {error}"[:200])
+        time.sleep(args.interval)
+    return {"sessions": sessions, "refused": refused, "reasons": reasons[:5]}
 
 
 # What a minute of samples adds up to: enough to roll minutes up to any alarm's period.
@@ -156,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for option in ("--source", "--server", "--mail-from", "--rcpt", "--message-id"):
         client.add_argument(option, required=True)
     client.add_argument("--port", type=int, default=25)
+    prober = commands.add_parser("probe", help="connect again and again, count refusals")
+    for option in ("--source", "--server", "--stop-file"):
+        prober.add_argument(option, required=True)
+    prober.add_argument("--interval", type=float, default=0.1, help="seconds between sessions")
+    prober.add_argument("--max-seconds", type=float, default=300)
+    prober.add_argument("--max-sessions", type=int, default=5000)
     metrics = commands.add_parser("metrics", help="what CloudWatch holds, per minute")
     for option in ("--endpoint", "--ca", "--region", "--namespace"):
         metrics.add_argument(option, required=True)
@@ -167,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_syslog(args.socket, args.log)
     elif args.command == "metrics":
         print(json.dumps(read_metrics(args)), flush=True)
+    elif args.command == "probe":
+        print(json.dumps(probe(args)), flush=True)
     else:
         print(json.dumps(submit(args)), flush=True)
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from typing import Any
 from cmc_relay.userdata.render import (
     MAIL_LOG,
     OS_PROFILES,
+    POINTER_KEY,
     BundleStore,
     pack_user_data,
     render_bundle,
@@ -169,16 +171,24 @@ class Sandbox:
         """Moto's server holding ``{"username", "password"}`` and the bundle of on-host scripts
         in BUNDLE_STORE; returns the secret's ARN."""
         rig = self.machine
-        bundle = render_bundle(SETTINGS)
-        Path(rig.host_path("bundle.tar.gz")).write_bytes(bundle.data)
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", AWS_IP]
         aws += ["--port", str(AWS_PORT), "--region", REGION, "--name", SECRET_NAME]
-        aws += [f"--s3-object={BUNDLE_STORE.bucket}/{bundle.key}={rig.world}/bundle.tar.gz"]
         process = rig.start(aws, log="aws.log", env=WORLD_ENV, stdin=subprocess.PIPE)
         assert process.stdin is not None
-        process.stdin.write(json.dumps({"username": API_USER, "password": self.password}))
-        process.stdin.close()  # the value travels on a pipe, never as an argument
+        # The value travels on a pipe, never as an argument.
+        process.stdin.write(json.dumps({"username": API_USER, "password": self.password}) + "\n")
+        process.stdin.flush()
         self.secret_arn = rig.await_output(process, "aws.log", r"^ARN (\S+)").group(1)
+        # The bundle holds the secret's ARN: stored once it is known, then its pointer.
+        bundle = render_bundle(SETTINGS, self.secret_arn)
+        for key, content in ((bundle.key, bundle.data), (POINTER_KEY, bundle.pointer.encode())):
+            name = key.replace("/", "-")
+            Path(rig.host_path(name)).write_bytes(content)
+            put = {"s3_object": f"{BUNDLE_STORE.bucket}/{key}={rig.world}/{name}"}
+            process.stdin.write(json.dumps(put) + "\n")
+            process.stdin.flush()
+            rig.await_output(process, "aws.log", rf"^PUT {re.escape(BUNDLE_STORE.bucket)}/{key}")
+        process.stdin.close()
         return self.secret_arn
 
     def start_resolver(self) -> None:
@@ -217,7 +227,7 @@ class Sandbox:
     def render(self) -> tuple[str, bytes]:
         """The user data, rendered and packed by the very functions the Pulumi component uses:
         the document, and the gzipped bytes EC2 would hand to cloud-init."""
-        document = render_user_data(SETTINGS, self.secret_arn, store=BUNDLE_STORE)
+        document = render_user_data(SETTINGS, store=BUNDLE_STORE)
         return document, base64.b64decode(pack_user_data(document))
 
     def prepare_overlay(self, user_data: bytes) -> None:

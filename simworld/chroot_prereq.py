@@ -59,10 +59,8 @@ def problems(facts: Facts) -> list[str]:
 
 
 def payload_packages() -> tuple[str, ...]:
-    """The packages the Debian 12 payload asks cloud-init for (any ARN renders the same list)."""
-    packages: list[str] = cloud_config(
-        SETTINGS, "arn:aws:secretsmanager:::secret:x", store=BUNDLE_STORE
-    )["packages"]
+    """The packages the Debian 12 payload asks cloud-init for."""
+    packages: list[str] = cloud_config(SETTINGS, store=BUNDLE_STORE)["packages"]
     return tuple(packages)
 
 

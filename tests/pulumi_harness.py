@@ -24,6 +24,8 @@ from typing import Any
 import pulumi
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 
+from cmc_relay.userdata.render import POINTER_KEY
+
 STACK_PROGRAM = Path(__file__).resolve().parents[1] / "__main__.py"
 ACCOUNT = "123456789012"
 REGION = "ap-northeast-1"
@@ -316,9 +318,21 @@ def strings_in(value: Any) -> Iterator[str]:
             yield from strings_in(item)
 
 
+def stored_bundles(recorder: Recorder) -> list[Registered]:
+    """The bundles' S3 objects (the other objects are their pointers)."""
+    objects = recorder.of_type(BUNDLE_OBJECT)
+    return [stored for stored in objects if stored.inputs["key"] != POINTER_KEY]
+
+
+def stored_bundle(recorder: Recorder) -> Registered:
+    """The one bundle's S3 object."""
+    (found,) = stored_bundles(recorder)
+    return found
+
+
 def bundle_of(recorder: Recorder) -> dict[str, str]:
     """The files of the bundle the component stores in S3, by absolute path."""
-    data = base64.b64decode(recorder.one(BUNDLE_OBJECT).inputs["contentBase64"])
+    data = base64.b64decode(stored_bundle(recorder).inputs["contentBase64"])
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         return {
             f"/{member.name}": tar.extractfile(member).read().decode()  # type: ignore[union-attr]
@@ -331,6 +345,11 @@ def user_data_of(instance: Registered) -> str:
     packed = instance.inputs["userDataBase64"]
     assert "userData" not in instance.inputs
     return gzip.decompress(base64.b64decode(packed)).decode()
+
+
+def payload_of(recorder: Recorder, instance: Registered) -> str:
+    """Everything a host gets, as text to search: its user data and the bundle's files."""
+    return user_data_of(instance) + "".join(bundle_of(recorder).values())
 
 
 def driver_argv(command: str) -> list[str]:

@@ -10,22 +10,21 @@ It is the schema the agent checks a config against (``config-translator``) befor
 from __future__ import annotations
 
 import copy
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
 from cmc_relay.userdata.metrics import Monitoring
 from cmc_relay.userdata.render import (
     CLOUDWATCH_AGENT_CONFIG_PATH,
     MAIL_LOG,
-    BundleStore,
-    cloud_config,
     cloudwatch_agent_config,
-    dump_cloud_config,
+    render_bundle,
 )
 from cmc_relay.userdata.settings import OS_NAMES, RelaySettings
 
@@ -93,12 +92,10 @@ def test_the_schema_check_fails_on_a_broken_config(break_it: Any) -> None:
 def test_the_payload_ships_the_config_where_fetch_config_reads_it(os_name: str) -> None:
     settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",), os=os_name)  # type: ignore[arg-type]
     secret_arn = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
-    store = BundleStore("relay-payload-0a1b2c3", "ap-northeast-1")
-    document = cloud_config(settings, secret_arn, store=store, monitoring=MONITORING)
-    document = yaml.safe_load(dump_cloud_config(document))  # as the host reads it
-    files = {entry["path"]: entry for entry in document["write_files"]}
-    entry = files[CLOUDWATCH_AGENT_CONFIG_PATH]
-    assert entry["permissions"] == "0644" and entry["owner"] == "root:root"
-    shipped = json.loads(entry["content"])
+    bundle = render_bundle(settings, secret_arn, monitoring=MONITORING)
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        member = tar.getmember(CLOUDWATCH_AGENT_CONFIG_PATH.lstrip("/"))
+        assert member.mode == 0o644 and member.uname == "root"
+        shipped = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
     assert shipped == cloudwatch_agent_config(MONITORING)
     validate(shipped)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -12,16 +13,17 @@ import yaml
 
 from cmc_relay.components import TYPE_TOKEN, RelayHost
 from cmc_relay.components.relay_host import payload_bucket_prefix
-from cmc_relay.userdata.render import render_bundle
-from cmc_relay.userdata.settings import ConfigError, RelaySettings
+from cmc_relay.userdata.settings import ConfigError
 from tests.pulumi_harness import (
-    BUNDLE_OBJECT,
     CREATED_SECRET_ARN,
     LOOKED_UP_AMI,
     VERIFIER_REPORT,
     Recorder,
     bundle_of,
+    driver_argv,
+    payload_of,
     run_program,
+    stored_bundle,
     strings_in,
     user_data_of,
 )
@@ -54,6 +56,10 @@ def relay(recorder: Recorder | None = None, **changes: Any) -> Recorder:
 
 def user_data(recorder: Recorder) -> str:
     return user_data_of(recorder.one(INSTANCE))
+
+
+def payload(recorder: Recorder) -> str:
+    return payload_of(recorder, recorder.one(INSTANCE))
 
 
 def test_component_type_token_and_children_named_and_parented() -> None:
@@ -192,7 +198,7 @@ def test_default_os_is_debian_13() -> None:
     (lookup,) = recorder.invoked("aws:ec2/getAmi:getAmi")
     filters = {f["name"]: f["values"] for f in lookup.args["filters"]}
     assert filters["name"] == ["debian-13-amd64-*"]
-    assert "CMC_OS=debian-13" in user_data(recorder)
+    assert "CMC_OS=debian-13" in payload(recorder)
 
 
 def test_pinned_image_skips_the_lookup() -> None:
@@ -203,7 +209,7 @@ def test_pinned_image_skips_the_lookup() -> None:
 
 def test_user_data_carries_the_arn_and_never_the_key() -> None:
     recorder = relay(credentials_secret_arn=None, api_user="cmc-api-user", api_key=API_KEY)
-    text = user_data(recorder)
+    text = payload(recorder)
     assert text.startswith("#cloud-config\n")
     assert f"CMC_SECRET_ARN={CREATED_SECRET_ARN}" in text
     assert API_KEY not in text
@@ -220,8 +226,11 @@ def test_created_secret_holds_the_credentials_as_a_pulumi_secret() -> None:
     secret_string = version.inputs["secretString"]
     assert secret_string[SECRET_SIG_KEY] == SECRET_SIG  # marked secret in state and logs
     assert json.loads(secret_string["value"]) == {"username": "cmc-api-user", "password": API_KEY}
-    # The instance boots only after the value exists.
-    assert version.urn in recorder.one(INSTANCE).dependencies
+    # The instance boots only after the value exists: the bundle names the secret's ARN, and
+    # the instance waits for the pointer naming that bundle.
+    pointer = recorder.by_name("relay-payload-pointer")
+    assert version.urn in pointer.dependencies
+    assert pointer.urn in recorder.one(INSTANCE).dependencies
 
 
 def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
@@ -231,8 +240,8 @@ def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
         "relay-read-payload",
     ]
     assert recorder.of_type("aws:secretsmanager/secret:Secret") == []
-    assert "CMC_SECRET_ARN=" not in user_data(recorder)
-    assert "smtp_sasl_auth_enable = no" in user_data(recorder)
+    assert "CMC_SECRET_ARN=" not in payload(recorder)
+    assert "smtp_sasl_auth_enable = no" in payload(recorder)
 
 
 CERT_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/inbound-tls-GhIjKl"
@@ -254,9 +263,9 @@ def test_role_reads_the_inbound_tls_certificate_secret(auth_mode: str) -> None:
         "Resource": CERT_ARN,
     }
     assert [s["Resource"] for s in statements.values()] == ([SECRET_ARN] if not ip else [])
-    text = user_data(recorder)
+    text = payload(recorder)
     assert f"CMC_INBOUND_TLS_SECRET_ARN={CERT_ARN}" in text
-    paths = [f["path"] for f in yaml.safe_load(text)["write_files"]] + list(bundle_of(recorder))
+    paths = list(bundle_of(recorder))
     assert "/usr/local/sbin/cmc-relay-fetch-secret" in paths
     assert "/etc/systemd/system/cmc-relay-fetch-secret.timer" in paths
     assert "/usr/local/sbin/cmc-relay-inbound-cert" not in paths
@@ -304,49 +313,109 @@ def test_payload_bucket_prefix_is_a_valid_s3_name_start(name: str, prefix: str) 
     assert len(prefix) <= 37  # S3's bucket_prefix limit, leaving room for AWS's suffix
 
 
-def test_object_holds_the_rendered_bundle_and_the_user_data_pins_it() -> None:
+def test_objects_hold_the_bundle_and_the_pointer_naming_it() -> None:
     recorder = relay(drain_on_delete=True)
-    bundle = render_bundle(RelaySettings(allowed_cidrs=("10.20.0.0/16",)), drain=True)
-    stored = recorder.one(BUNDLE_OBJECT)
+    stored = stored_bundle(recorder)
+    data = base64.b64decode(stored.inputs["contentBase64"])
+    sha256 = hashlib.sha256(data).hexdigest()
     assert stored.inputs["bucket"] == "relay-payload-0a1b2c3"
-    assert stored.inputs["key"] == bundle.key == f"payload/{bundle.sha256}.tar.gz"
-    assert base64.b64decode(stored.inputs["contentBase64"]) == bundle.data
-    pin = yaml.safe_load(user_data(recorder))["write_files"][0]
-    assert pin["path"] == "/etc/cmc-relay/bundle.env"
-    assert pin["content"] == (
+    assert stored.inputs["key"] == f"payload/{sha256}.tar.gz"
+    pointer = recorder.by_name("relay-payload-pointer")
+    assert pointer.inputs["key"] == "payload/current.json"
+    assert json.loads(pointer.inputs["content"]) == {"key": stored.inputs["key"], "sha256": sha256}
+    assert stored.urn in pointer.dependencies  # the pointer never names a missing bundle
+    # Every file is in the bundle, configuration included; the user data only finds it.
+    files = bundle_of(recorder)
+    assert f"CMC_SECRET_ARN={SECRET_ARN}" in files["/etc/cmc-relay/relay.env"]
+    assert "10.20.0.0/16" in files["/etc/cmc-relay/main.cf"]
+    assert "/usr/local/sbin/cmc-relay-drain" in files
+    document = yaml.safe_load(user_data(recorder))
+    assert [entry["path"] for entry in document["write_files"]] == [
+        "/etc/cmc-relay/bundle.env",
+        "/usr/local/sbin/cmc-relay-bootstrap",
+    ]
+    assert document["write_files"][0]["content"] == (
         "CMC_BUNDLE_BUCKET=relay-payload-0a1b2c3\n"
-        f"CMC_BUNDLE_KEY={bundle.key}\n"
         "CMC_BUNDLE_REGION=ap-northeast-1\n"
-        f"CMC_BUNDLE_SHA256={bundle.sha256}\n"
+        "CMC_BUNDLE_POINTER=payload/current.json\n"
+        "CMC_DRAIN_ON_DELETE=yes\n"
     )
-    # The instance boots only once the bundle and the right to read it exist.
+    assert sha256 not in user_data(recorder)
+    # The instance boots only once the pointer and the right to read the bundles exist.
     instance = recorder.one(INSTANCE)
-    assert stored.urn in instance.dependencies
+    assert pointer.urn in instance.dependencies
     assert recorder.by_name("relay-read-payload").urn in instance.dependencies
 
 
-def test_role_reads_exactly_the_bundle_object() -> None:
+def test_the_payload_bucket_keeps_versions() -> None:
+    versioning = relay().one("aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning.inputs["bucket"] == "relay-payload-0a1b2c3"
+    assert versioning.inputs["versioningConfiguration"] == {"status": "Enabled"}
+
+
+def test_role_reads_the_bundles_and_their_pointer_only() -> None:
     recorder = relay()
-    stored = recorder.one(BUNDLE_OBJECT)
     policy = json.loads(recorder.by_name("relay-read-payload").inputs["policy"])
     assert policy["Statement"] == [
         {
             "Sid": "ReadPayloadBundle",
             "Effect": "Allow",
             "Action": "s3:GetObject",
-            "Resource": f"arn:aws:s3:::relay-payload-0a1b2c3/{stored.inputs['key']}",
+            "Resource": "arn:aws:s3:::relay-payload-0a1b2c3/payload/*",
         }
     ]
     assert recorder.by_name("relay-read-payload").inputs["role"] == "relay-role-id"
 
 
-def test_a_new_bundle_is_a_new_payload() -> None:
-    """The user data pins the bundle's hash, so the instance is replaced when the scripts
-    change (user_data_replace_on_change), as when its configuration does."""
-    plain, drained = relay(), relay(drain_on_delete=True)
-    assert plain.one(BUNDLE_OBJECT).inputs["key"] != drained.one(BUNDLE_OBJECT).inputs["key"]
-    assert user_data(plain) != user_data(drained)
-    assert plain.one(INSTANCE).inputs["userDataReplaceOnChange"] is True
+def test_a_configuration_change_is_a_new_bundle_and_the_same_user_data() -> None:
+    """What a change in place rests on: the instance's user data (replace on change) stays, a
+    new bundle is stored and the hosts apply it (their apply and verify commands run again)."""
+    before, after = relay(), relay(allowed_cidrs=["10.20.0.0/16", "10.30.0.0/16"])
+    assert stored_bundle(before).inputs["key"] != stored_bundle(after).inputs["key"]
+    assert user_data(before) == user_data(after)
+    assert before.one(INSTANCE).inputs["userDataReplaceOnChange"] is True
+    for command in ("relay-apply", "relay-verify"):
+        assert (
+            before.by_name(command).inputs["triggers"] != after.by_name(command).inputs["triggers"]
+        )
+
+
+def test_switching_the_drain_replaces_the_hosts() -> None:
+    """The drain step's removal would drain a serving host: the user data says whether it
+    exists, so switching it is a new user data (a replacement), as before."""
+    assert user_data(relay()) != user_data(relay(drain_on_delete=True))
+
+
+def test_apply_runs_the_current_bundle_through_systems_manager_before_the_verifier() -> None:
+    recorder = relay()
+    stored = stored_bundle(recorder)
+    sha256 = stored.inputs["key"].removeprefix("payload/").removesuffix(".tar.gz")
+    apply = recorder.by_name("relay-apply")
+    assert apply.inputs["triggers"] == ["relay-instance-id", sha256]
+    argv = driver_argv(apply.inputs["create"])
+    assert argv[argv.index("--instance-id") + 1] == "relay-instance-id"
+    assert argv[argv.index("--purpose") + 1] == "apply"
+    script = argv[argv.index("--run") + 1]
+    assert script.endswith(f"/usr/local/sbin/cmc-relay-apply {sha256}")
+    assert script.startswith("cloud-init status --wait")
+    assert apply.deleted_with == recorder.one(INSTANCE).urn
+    # After the pointer names the bundle; the verifier after the apply, on the same hash.
+    assert recorder.by_name("relay-payload-pointer").urn in recorder.one(INSTANCE).dependencies
+    assert recorder.one(INSTANCE).urn in apply.dependencies
+    verify = recorder.by_name("relay-verify")
+    assert apply.urn in verify.dependencies
+    assert verify.inputs["triggers"] == ["relay-instance-id", sha256]
+
+
+def test_without_verification_a_new_bundle_replaces_the_host() -> None:
+    """No deployment step reaches the host with verification none: the user data names the
+    bundle, so a configuration change is new user data, as it always was."""
+    before = relay(verification="none")
+    after = relay(verification="none", allowed_cidrs=["10.20.0.0/16", "10.30.0.0/16"])
+    assert not [r for r in before.resources if r.name == "relay-apply"]
+    sha256 = stored_bundle(before).inputs["key"].removeprefix("payload/").removesuffix(".tar.gz")
+    assert f"CMC_BUNDLE_PINNED={sha256}" in user_data(before)
+    assert user_data(before) != user_data(after)
 
 
 def test_outputs_are_registered() -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pulumi
 import pytest
-import yaml
 
 from cmc_relay.components import RelayHost
 from cmc_relay.components.monitoring import (
@@ -33,10 +32,10 @@ from tests.pulumi_harness import (
     ACCOUNT,
     REGION,
     Recorder,
+    bundle_of,
     run_program,
     run_stack,
     strings_in,
-    user_data_of,
 )
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
@@ -253,9 +252,7 @@ def test_the_log_group_has_the_relay_name_retention_and_key() -> None:
 
 def test_the_payload_tells_the_host_where_to_report() -> None:
     recorder = relay(metrics_namespace="Mail/Relay")
-    files = yaml.safe_load(user_data_of(recorder.one(INSTANCE)))["write_files"]
-    (config,) = [f for f in files if f["path"] == "/etc/cmc-relay/metrics.json"]
-    published = json.loads(config["content"])
+    published = json.loads(bundle_of(recorder)["/etc/cmc-relay/metrics.json"])
     assert published["namespace"] == "Mail/Relay"
     assert published["dimensions"] == {RELAY_DIMENSION: RELAY}
 

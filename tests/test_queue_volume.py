@@ -24,9 +24,9 @@ from tests.pulumi_harness import (
     Recorder,
     bundle_of,
     driver_argv,
+    payload_of,
     run_program,
     run_stack,
-    user_data_of,
 )
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
@@ -98,7 +98,9 @@ def test_the_old_host_stops_and_lets_go_of_the_volume_before_the_new_one_takes_i
 
 def test_the_host_mounts_the_queue_volume_before_postfix_starts() -> None:
     recorder = relay()
-    assert f"CMC_QUEUE_DEVICE={QUEUE_DEVICE}" in user_data_of(recorder.by_name("relay-instance"))
+    assert f"CMC_QUEUE_DEVICE={QUEUE_DEVICE}" in payload_of(
+        recorder, recorder.by_name("relay-instance")
+    )
     assert f"{SCRIPT_DIR}/cmc-relay-queue-volume" in bundle_of(recorder)
 
 

@@ -6,11 +6,13 @@ import base64
 import gzip
 import io
 import ipaddress
+import json
 import os
 import re
 import shutil
 import subprocess
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -25,13 +27,13 @@ from cmc_relay.userdata.render import (
     CLOUDWATCH_AGENT_CONFIG_PATH,
     MAIL_LOG,
     OS_PROFILES,
+    POINTER_KEY,
     SCRIPT_DIR,
     SSM_AGENT_KEY_PATH,
     USER_DATA_LIMIT,
     Bundle,
     BundleStore,
     aws_ssm_agent_key,
-    cloud_config,
     dump_cloud_config,
     pack_user_data,
     parse_main_cf,
@@ -44,6 +46,7 @@ from cmc_relay.userdata.render import (
     script,
 )
 from cmc_relay.userdata.settings import OS_NAMES, PLANS, OsName, RelaySettings
+from tests.host_scripts import load_script
 
 GOLDEN = Path(__file__).parent / "golden"
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
@@ -68,7 +71,12 @@ VARIANTS = {
 
 
 def render(settings: RelaySettings) -> str:
-    return render_user_data(settings, SECRET_ARN if settings.uses_sasl else None, store=STORE)
+    return render_user_data(settings, store=STORE)
+
+
+def bundle_for(settings: RelaySettings, drain: bool = False, **options: Any) -> Bundle:
+    """The bundle of ``settings``, with the secret's ARN where they need one."""
+    return render_bundle(settings, SECRET_ARN if settings.uses_sasl else None, drain, **options)
 
 
 def parsed(settings: RelaySettings) -> dict[str, Any]:
@@ -101,19 +109,31 @@ def bundle_files(bundle: Bundle) -> dict[str, str]:
 
 def host_files(settings: RelaySettings) -> dict[str, str]:
     """Every file the host gets: the user data's and the bundle's."""
-    return files_of(parsed(settings)) | bundle_files(render_bundle(settings))
+    return files_of(parsed(settings)) | bundle_files(bundle_for(settings))
 
 
-def without_scripts(document: dict[str, Any]) -> dict[str, Any]:
-    """The golden view: configuration as written, scripts named only and the bundle's hash
-    left out (they are tested below)."""
+def named_only(path: str, content: str) -> str:
+    """Scripts and keys named only in the golden view (they are tested below)."""
+    if path.startswith(f"{SCRIPT_DIR}/") or path == SSM_AGENT_KEY_PATH:
+        return f"<{Path(path).name}>"
+    return content
+
+
+def golden_view(settings: RelaySettings) -> dict[str, Any]:
+    """The golden view: the user data, and under ``bundle`` the files the bundle installs
+    (in its member order, with their modes), configuration as written."""
+    document = parsed(settings)
+    bundle = bundle_for(settings)
+    members, contents = bundled(bundle), bundle_files(bundle)
     entries = [
-        {**entry, "content": f"<{Path(entry['path']).name}>"}
-        if entry["path"].startswith(f"{SCRIPT_DIR}/")
-        else {**entry, "content": re.sub("[0-9a-f]{64}", "<sha256>", entry["content"])}
+        {**entry, "content": named_only(entry["path"], entry["content"])}
         for entry in document["write_files"]
     ]
-    return {**document, "write_files": entries}
+    installed = [
+        {"path": path, "content": named_only(path, contents[path]), "mode": f"{member.mode:04o}"}
+        for path, member in members.items()
+    ]
+    return {**document, "write_files": entries, "bundle": installed}
 
 
 def packed_size(settings: RelaySettings) -> int:
@@ -124,7 +144,7 @@ def packed_size(settings: RelaySettings) -> int:
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_payload_matches_golden_file(name: str) -> None:
     golden = GOLDEN / f"{name}.yaml"
-    view = dump_cloud_config(without_scripts(parsed(VARIANTS[name])))
+    view = dump_cloud_config(golden_view(VARIANTS[name]))
     if UPDATE_GOLDEN:
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(view)
@@ -172,27 +192,36 @@ def test_the_largest_usual_payload_still_fits(
         inbound_tls_secret_arn=certificate_secret,
     )
     ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq3vQm0mZ1rL8x4m2aQe9Vt7r2hY5cJ0bN6dK3wS1pE ops"
-    user_data = render_user_data(settings, SECRET_ARN, ssh_key, drain=True, store=STORE)
-    # About 4.5 KB with the scripts in the bundle (Debian's was 15.7 KB with them inside).
-    assert len(base64.b64decode(pack_user_data(user_data))) < 5 * 1024
+    user_data = render_user_data(settings, ssh_key, drain=True, store=STORE)
+    # About 3.7 KB, the bootstrap's (Debian's was 15.7 KB with the scripts inside, 4.5 KB with
+    # the configuration inside); the same whatever the configuration.
+    assert len(base64.b64decode(pack_user_data(user_data))) < 4 * 1024
 
 
 def test_payload_refuses_to_exceed_the_limit() -> None:
-    # Random-looking networks, so that gzip cannot shrink them away.
-    too_many = tuple(str(ipaddress.ip_network((i * 2654435761 % 2**32, 32))) for i in range(4000))
+    # A random-looking SSH key line, so that gzip cannot shrink it away.
+    noise = "".join(f"{i * 2654435761 % 2**32:08x}" for i in range(3000))
     with pytest.raises(ValueError, match=r"user data is \d+ bytes gzipped; EC2 accepts at most"):
-        render(RelaySettings(allowed_cidrs=too_many))
+        render_user_data(variant("trial", "debian-13"), f"ssh-ed25519 {noise}", store=STORE)
+
+
+def test_networks_no_longer_weigh_on_the_user_data() -> None:
+    """Configuration is the bundle's: 4000 networks, which once overflowed EC2's limit,
+    leave the user data as it is."""
+    too_many = tuple(str(ipaddress.ip_network((i * 2654435761 % 2**32, 32))) for i in range(4000))
+    settings = RelaySettings(allowed_cidrs=too_many)
+    assert render(settings) == render(RelaySettings(allowed_cidrs=("10.0.0.0/16",)))
+    assert "10.0.0.0/16" not in render(settings)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_the_bundle_holds_the_scripts_as_they_are_and_the_user_data_the_rest(name: str) -> None:
+def test_the_bundle_holds_every_file_and_the_user_data_only_the_bootstrap(name: str) -> None:
     settings = VARIANTS[name]
     files = files_of(parsed(settings))
-    scripts = {
-        path for path in bundle_files(render_bundle(settings)) if path.startswith(SCRIPT_DIR)
-    }
-    expected = {"cmc-relay-setup", "cmc-relay-verify", "cmc-relay-metrics"}
-    expected.add("cmc-relay-queue-volume")  # used where the user data names a queue device
+    bundled_files = bundle_files(bundle_for(settings))
+    scripts = {path for path in bundled_files if path.startswith(SCRIPT_DIR)}
+    expected = {"cmc-relay-setup", "cmc-relay-apply", "cmc-relay-verify", "cmc-relay-metrics"}
+    expected.add("cmc-relay-queue-volume")  # used where relay.env names a queue device
     expected.add("cmc-relay-inbound-cert")  # inboundTls may
     if settings.uses_sasl:
         expected.add("cmc-relay-fetch-secret")
@@ -200,53 +229,68 @@ def test_the_bundle_holds_the_scripts_as_they_are_and_the_user_data_the_rest(nam
         expected.add("cmc-relay-install-agent")
     assert {Path(path).name for path in scripts} == expected
     for path in scripts:
-        assert bundle_files(render_bundle(settings))[path] == script(Path(path).name)
-    # The user data carries only the bootstrap, which is shipped as it is too.
-    assert [path for path in files if path.startswith(f"{SCRIPT_DIR}/")] == [BOOTSTRAP]
+        assert bundled_files[path] == script(Path(path).name)
+    # The user data carries only the bootstrap, as it is, and where to find the bundle.
+    assert list(files) == [BUNDLE_ENV_PATH, BOOTSTRAP]
     assert files[BOOTSTRAP] == script("cmc-relay-bootstrap")
+    assert {"/etc/cmc-relay/main.cf", "/etc/cmc-relay/relay.env"} <= set(bundled_files)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_the_bootstrap_writes_every_directory_the_bundle_has(name: str) -> None:
+    """cmc-relay-bootstrap refuses a member outside its allowed directories: each rendered
+    file must be in one."""
+    allowed = load_script("cmc-relay-bootstrap").ALLOWED_DIRS
+    for path in bundle_files(bundle_for(VARIANTS[name], drain=True)):
+        assert str(Path(path).parent).lstrip("/") in allowed, path
 
 
 def test_bundle_members_are_root_owned_files_with_fixed_times_and_modes() -> None:
     settings = variant("pro", "debian-13")
-    members = bundled(render_bundle(settings, drain=True))
+    members = bundled(bundle_for(settings, drain=True))
     assert list(members) == sorted(members)
     assert f"{SCRIPT_DIR}/cmc-relay-drain" in members
     for path, member in members.items():
         assert member.isreg()
         assert (member.uid, member.gid, member.uname, member.gname) == (0, 0, "root", "root")
         assert member.mtime == 0
-        assert member.mode == (0o644 if path == SSM_AGENT_KEY_PATH else 0o755)
-    assert render_bundle(settings, drain=True).data[4:8] == b"\0\0\0\0"  # gzip's mtime
+        assert member.mode == (0o755 if path.startswith(f"{SCRIPT_DIR}/") else 0o644)
+    assert bundle_for(settings, drain=True).data[4:8] == b"\0\0\0\0"  # gzip's mtime
 
 
 def test_the_same_settings_give_the_same_bundle_and_a_change_a_new_key() -> None:
     settings = variant("pro", "debian-13")
-    bundle = render_bundle(settings)
-    assert bundle == render_bundle(settings)  # byte for byte
+    bundle = bundle_for(settings)
+    assert bundle == bundle_for(settings)  # byte for byte
     assert bundle.key == f"payload/{bundle.sha256}.tar.gz"
-    drained = render_bundle(settings, drain=True)
+    assert json.loads(bundle.pointer) == {"key": bundle.key, "sha256": bundle.sha256}
+    drained = bundle_for(settings, drain=True)
     assert drained.sha256 != bundle.sha256 and drained.key != bundle.key
-    assert render_bundle(settings, ssm_agent_key="another key").sha256 != bundle.sha256
+    assert bundle_for(settings, ssm_agent_key="another key").sha256 != bundle.sha256
+    # Configuration is in the bundle now: a secret ARN or a network is a new bundle.
+    other_arn = render_bundle(settings, SECRET_ARN.replace("cmc/api", "other"))
+    assert other_arn.sha256 != bundle.sha256
+    wider = bundle_for(replace(settings, allowed_cidrs=("10.0.0.0/8",)))
+    assert wider.sha256 != bundle.sha256
 
 
 @pytest.mark.parametrize("os_name", OS_NAMES)
-def test_user_data_pins_the_bundle_and_installs_it_first(os_name: OsName) -> None:
+def test_user_data_names_the_pointer_and_installs_the_bundle_first(os_name: OsName) -> None:
     settings = variant("standard", os_name)
     document = parsed(settings)
     pin = dict(line.split("=", 1) for line in files_of(document)[BUNDLE_ENV_PATH].splitlines())
-    bundle = render_bundle(settings)
     assert pin == {
         "CMC_BUNDLE_BUCKET": STORE.bucket,
-        "CMC_BUNDLE_KEY": bundle.key,
         "CMC_BUNDLE_REGION": STORE.region,
-        "CMC_BUNDLE_SHA256": bundle.sha256,
+        "CMC_BUNDLE_POINTER": POINTER_KEY,
+        "CMC_DRAIN_ON_DELETE": "no",
     }
     assert document["runcmd"] == [[BOOTSTRAP], [f"{SCRIPT_DIR}/cmc-relay-setup"]]
     # cloud-init installs boto3 (packages) before runcmd runs the bootstrap.
     assert "python3-boto3" in document["packages"]
-    # A secret ARN or the monitoring settings are configuration: the bundle stays the same.
-    other = render_user_data(settings, SECRET_ARN.replace("cmc/api", "other"), store=STORE)
-    assert bundle.sha256 in other
+    # Pinned only where no deployment step applies a new bundle (verification none).
+    pinned = render_user_data(settings, store=STORE, pinned="ab" * 32)
+    assert f"CMC_BUNDLE_PINNED={'ab' * 32}\n" in pinned
 
 
 @pytest.mark.parametrize("os_name", OS_NAMES)
@@ -254,7 +298,7 @@ def test_packages_and_ca_bundle_fit_the_os(os_name: str) -> None:
     document = parsed(variant("standard", os_name))
     sasl_plugin = "cyrus-sasl-plain" if os_name == "al2023" else "libsasl2-modules"
     assert {"postfix", "dnsmasq", "ca-certificates", sasl_plugin} <= set(document["packages"])
-    main_cf = parse_main_cf(files_of(document)["/etc/cmc-relay/main.cf"])
+    main_cf = parse_main_cf(host_files(variant("standard", os_name))["/etc/cmc-relay/main.cf"])
     assert main_cf["smtp_tls_CAfile"] == OS_PROFILES[os_name].ca_file  # type: ignore[index]
 
 
@@ -307,30 +351,23 @@ def test_ssm_agent_units_per_os() -> None:
 def test_a_test_environment_renders_its_own_ssm_agent_key() -> None:
     own = "\n".join(["-----BEGIN PGP PUBLIC KEY BLOCK-----", "", "dGVzdA==", "-----END PGP …"])
     settings = variant("trial", "debian-13")
-    bundle = render_bundle(settings, ssm_agent_key=own)
+    bundle = bundle_for(settings, ssm_agent_key=own)
     assert bundle_files(bundle)[SSM_AGENT_KEY_PATH] == own
     assert aws_ssm_agent_key() not in bundle_files(bundle).values()
-    assert bundle_files(render_bundle(settings))[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
-    # The user data pins the bundle with that key.
-    text = render_user_data(settings, SECRET_ARN, ssm_agent_key=own, store=STORE)
-    assert bundle.sha256 in text and render_bundle(settings).sha256 not in text
+    assert bundle_files(bundle_for(settings))[SSM_AGENT_KEY_PATH] == aws_ssm_agent_key()
 
 
 @pytest.mark.parametrize("os_name", ["debian-13", "ubuntu-24.04"])
 def test_a_test_environment_renders_its_own_cloudwatch_agent_fingerprint(os_name: OsName) -> None:
     own = "0123456789ABCDEF0123456789ABCDEF01234567"
-    text = render_user_data(
-        variant("trial", os_name), SECRET_ARN, store=STORE, cloudwatch_agent_fingerprint=own
-    )
-    env = files_of(yaml.safe_load(text))["/etc/cmc-relay/relay.env"]
+    bundle = bundle_for(variant("trial", os_name), cloudwatch_agent_fingerprint=own)
+    env = bundle_files(bundle)["/etc/cmc-relay/relay.env"]
     assert f"CMC_CLOUDWATCH_AGENT_FINGERPRINT={own}\n" in env
-    assert AWS_CLOUDWATCH_AGENT_FINGERPRINT not in text
+    assert AWS_CLOUDWATCH_AGENT_FINGERPRINT not in env
 
 
 def test_guide_settings_g1_to_g11_are_rendered() -> None:
-    main_cf = parse_main_cf(
-        files_of(parsed(variant("standard", "debian-12")))["/etc/cmc-relay/main.cf"]
-    )
+    main_cf = parse_main_cf(host_files(variant("standard", "debian-12"))["/etc/cmc-relay/main.cf"])
     assert main_cf["transport_maps"] == "${default_database_type}:/etc/postfix/transport"  # G1
     assert main_cf["smtp_sasl_auth_enable"] == "yes"  # G6
     assert main_cf["smtp_sasl_password_maps"].endswith(":/etc/postfix/relay_password")
@@ -434,7 +471,7 @@ def test_transport_keeps_the_hosts_own_name_local(os_name: OsName) -> None:
     settings = RelaySettings(
         allowed_cidrs=("10.0.0.0/16",), os=os_name, host_name="mx.corp.example"
     )
-    files = files_of(parsed(settings))
+    files = host_files(settings)
     main_cf = parse_main_cf(files["/etc/cmc-relay/main.cf"])
     entries = [line.split() for line in files["/etc/cmc-relay/postfix/transport"].splitlines()]
     table = {e[0]: e[1:] for e in entries if e and not e[0].startswith("#")}
@@ -450,7 +487,7 @@ def test_transport_keeps_the_hosts_own_name_local(os_name: OsName) -> None:
 
 def test_password_table_key_equals_the_next_hop() -> None:
     settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",), smtp_port=587, plan="standard")
-    files = files_of(parsed(settings))
+    files = host_files(settings)
     env = dict(
         line.split("=", 1) for line in files["/etc/cmc-relay/relay.env"].splitlines() if "=" in line
     )
@@ -477,13 +514,13 @@ def test_resolver_override_fits_the_os(os_name: str) -> None:
 
 def test_rotation_timer_uses_the_configured_interval() -> None:
     settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",), secret_refresh_minutes=15)
-    timer = files_of(parsed(settings))["/etc/systemd/system/cmc-relay-fetch-secret.timer"]
+    timer = host_files(settings)["/etc/systemd/system/cmc-relay-fetch-secret.timer"]
     assert "OnUnitActiveSec=15min" in timer
 
 
 def test_sasl_payload_needs_the_secret_arn() -> None:
     with pytest.raises(ValueError, match="needs the credentials secret's ARN"):
-        cloud_config(variant("trial", "debian-12"), store=STORE)
+        render_bundle(variant("trial", "debian-12"))
 
 
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
@@ -579,7 +616,7 @@ def test_mail_policy_is_rendered_only_when_configured() -> None:
         assert main_cf[parameter].endswith(f"regexp:/etc/postfix/{table}")
     assert main_cf["smtpd_delay_reject"] == "no"  # refused at MAIL FROM
     assert main_cf["local_header_rewrite_clients"].endswith("permit_mynetworks")
-    staged = files_of(parsed(POLICY))
+    staged = host_files(POLICY)
     for table in POLICY_TABLES.values():
         assert f"/etc/cmc-relay/postfix/{table}" in staged
 

@@ -27,7 +27,6 @@ from cmc_relay.userdata.settings import (
     hosts_per_sending_ip,
 )
 from tests.pulumi_harness import (
-    BUNDLE_OBJECT,
     ELB_ARN,
     REGION,
     VERIFIER_REPORT,
@@ -35,9 +34,10 @@ from tests.pulumi_harness import (
     bundle_of,
     driver_argv,
     host_commands,
+    payload_of,
     run_program,
     run_stack,
-    user_data_of,
+    stored_bundle,
 )
 
 ROOT = Path(__file__).parent.parent
@@ -114,7 +114,7 @@ def test_one_host_per_subnet_the_first_keeping_the_single_host_names(replicas: i
 def test_every_payload_caps_the_hosts_sessions(replicas: int) -> None:
     recorder = fleet(replicas, plan="standard", max_connections=7)
     for instance in recorder.of_type(INSTANCE):
-        assert "default_destination_concurrency_limit = 7" in user_data_of(instance)
+        assert "default_destination_concurrency_limit = 7" in payload_of(recorder, instance)
 
 
 @pytest.mark.parametrize("replicas", [2, 3])
@@ -123,7 +123,7 @@ def test_nat_payloads_carry_the_divided_budget(replicas: int) -> None:
         replicas, egress="nat", nat_gateway_ips=[NAT_A], max_connections=10 // replicas
     )
     limit = f"default_destination_concurrency_limit = {10 // replicas}"
-    assert all(limit in user_data_of(i) for i in recorder.of_type(INSTANCE))
+    assert all(limit in payload_of(recorder, i) for i in recorder.of_type(INSTANCE))
 
 
 @pytest.mark.parametrize("replicas", [2, 3])
@@ -318,15 +318,18 @@ def test_every_host_drains_through_systems_manager_before_it_is_deleted(replicas
 def test_draining_hosts_ship_the_drain_script() -> None:
     recorder = fleet(2)
     assert f"{SCRIPT_DIR}/cmc-relay-drain" in bundle_of(recorder)
-    (bundle,) = recorder.of_type(BUNDLE_OBJECT)  # one bundle, which every host pins
-    for instance in recorder.of_type(INSTANCE):
-        assert bundle.inputs["key"] in user_data_of(instance)
+    # One bundle, which every host applies.
+    sha256 = stored_bundle(recorder).inputs["key"].removeprefix("payload/").removesuffix(".tar.gz")
+    for host in ("relay", "relay-1"):
+        assert recorder.by_name(f"{host}-apply").inputs["triggers"][1] == sha256
 
 
 def test_a_single_host_does_not_drain_by_default() -> None:
     recorder = fleet(1)
     # The queue guard, as every host has: tests/test_queue_volume.py.
-    assert sorted(c.name for c in host_commands(recorder)) == ["relay-queue-guard", "relay-verify"]
+    assert sorted(c.name for c in host_commands(recorder)) == [
+        "relay-apply", "relay-queue-guard", "relay-verify"
+    ]  # fmt: skip
     assert f"{SCRIPT_DIR}/cmc-relay-drain" not in bundle_of(recorder)
     assert recorder.one(INSTANCE).delete_before_replace is False
     assert len(recorder.invoked("aws:index/getRegion:getRegion")) == 1  # for the verifier
@@ -339,7 +342,8 @@ def test_a_single_host_may_drain_and_several_may_not() -> None:
     assert len(single.invoked("aws:index/getRegion:getRegion")) == 1
     several = fleet(2, drain_on_delete=False)
     assert sorted(c.name for c in host_commands(several)) == [
-        "relay-1-queue-guard", "relay-1-verify", "relay-queue-guard", "relay-verify"
+        "relay-1-apply", "relay-1-queue-guard", "relay-1-verify",
+        "relay-apply", "relay-queue-guard", "relay-verify",
     ]  # fmt: skip
     assert f"{SCRIPT_DIR}/cmc-relay-drain" not in bundle_of(several)
     assert all(not i.delete_before_replace for i in several.of_type(INSTANCE))
@@ -610,7 +614,7 @@ def test_stack_config_nat_egress_and_pro_budget() -> None:
     assert [c for c in recorder.of_type(LOCAL) if c.name.endswith("-drain")] == []
     assert recorder.stack_outputs["sendingIps"] == [NAT_A, NAT_B]
     assert all(
-        "default_destination_concurrency_limit = 25" in user_data_of(i)
+        "default_destination_concurrency_limit = 25" in payload_of(recorder, i)
         for i in recorder.of_type(INSTANCE)
     )
 

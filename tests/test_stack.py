@@ -12,7 +12,13 @@ import pytest
 import yaml
 
 from cmc_relay.userdata.settings import CONFIG_KEYS
-from tests.pulumi_harness import Recorder, run_program, run_stack, strings_in, user_data_of
+from tests.pulumi_harness import (
+    Recorder,
+    payload_of,
+    run_program,
+    run_stack,
+    strings_in,
+)
 
 ROOT = Path(__file__).parent.parent
 INSTANCE = "aws:ec2/instance:Instance"
@@ -43,7 +49,7 @@ def test_a_stack_without_os_gets_debian_13_and_al2023_stays_available(
     recorder = run_stack({"credentialsSecretArn": SECRET_ARN, **config})
     (lookup,) = recorder.invoked("aws:ec2/getAmi:getAmi")
     assert {f["name"]: f["values"] for f in lookup.args["filters"]}["name"] == [image]
-    assert f"CMC_OS={os_name}" in user_data_of(recorder.one(INSTANCE))
+    assert f"CMC_OS={os_name}" in payload_of(recorder, recorder.one(INSTANCE))
 
 
 def test_every_config_key_reaches_the_component() -> None:
@@ -75,7 +81,7 @@ def test_every_config_key_reaches_the_component() -> None:
     assert (instance["subnetId"], instance["instanceType"]) == ("subnet-team", "t3.medium")
     assert instance["ami"] == "ami-0123456789abcdef0"
     assert instance["tags"]["team"] == "mail"
-    user_data = user_data_of(recorder.one(INSTANCE))
+    user_data = payload_of(recorder, recorder.one(INSTANCE))
     for expected in (
         "CMC_NEXT_HOP=[acme.smtps.jp]:2525",
         "CMC_OS=ubuntu-24.04",
@@ -104,7 +110,7 @@ def test_mail_policy_keys_reach_the_host() -> None:
             "inboundTls": "encrypt",
         }
     )
-    user_data = user_data_of(recorder.one(INSTANCE))
+    user_data = payload_of(recorder, recorder.one(INSTANCE))
     for expected in (
         r"(.+\.)?corp\.internal)$/ ${1}@example.com",
         r"/@(example\.com|example\.org)$/ OK",
@@ -139,7 +145,7 @@ def test_stack_outputs_are_exported_and_the_api_key_stays_secret() -> None:
     assert outputs["publicIp"] == "203.0.113.25"
     assert outputs["sendingIps"] == ["203.0.113.25"]
     assert not any(API_KEY in s for s in strings_in(outputs))
-    assert API_KEY not in user_data_of(recorder.one(INSTANCE))
+    assert API_KEY not in payload_of(recorder, recorder.one(INSTANCE))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ options the engine would get. The SSM driver is tested in test_ssm_driver.py.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shlex
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 
 from cmc_relay.components import TYPE_TOKEN, RelayHost
 from cmc_relay.components.args import validate_args
-from cmc_relay.components.verification import HOST_SCRIPT, TIMEOUT_SECONDS
+from cmc_relay.components.verification import HOST_SCRIPT, TIMEOUT_SECONDS, apply_script
 from cmc_relay.userdata.render import OS_PROFILES, BundleStore, cloud_config
 from cmc_relay.userdata.settings import OS_NAMES, ConfigError, RelaySettings
 from tests.pulumi_harness import (
@@ -28,6 +29,7 @@ from tests.pulumi_harness import (
     host_commands,
     run_program,
     run_stack,
+    stored_bundle,
     strings_in,
     user_data_of,
 )
@@ -95,10 +97,13 @@ def assert_runs_after_the_host_is_reachable(recorder: Recorder, command: Registe
     assert command.deleted_with == urn(recorder, INSTANCE)
     assert command.inputs["addPreviousOutputInEnv"] is False
     assert "environment" not in command.inputs
-    assert command.inputs["triggers"] == [
-        "relay-instance-id",
-        hashlib.sha256(user_data(recorder).encode()).hexdigest(),
-    ]
+    # Again for a new host or a new bundle (applied in place first), not for anything else.
+    assert command.inputs["triggers"] == ["relay-instance-id", bundle_sha256(recorder)]
+
+
+def bundle_sha256(recorder: Recorder) -> str:
+    data = base64.b64decode(stored_bundle(recorder).inputs["contentBase64"])
+    return hashlib.sha256(data).hexdigest()
 
 
 def verifier_commands(recorder: Recorder) -> list[Registered]:
@@ -108,8 +113,9 @@ def verifier_commands(recorder: Recorder) -> list[Registered]:
 
 def test_ssm_is_the_default_and_runs_the_driver_locally() -> None:
     recorder = relay()
-    (command,) = verifier_commands(recorder)
-    assert command.name == "relay-verify"
+    command = recorder.by_name("relay-verify")
+    assert command.type == LOCAL
+    assert [c.name for c in verifier_commands(recorder)] == ["relay-apply", "relay-verify"]
     assert recorder.of_type(REMOTE) == []
     assert_runs_after_the_host_is_reachable(recorder, command)
     assert driver_argv(command.inputs["create"]) == [
@@ -148,8 +154,9 @@ def test_ssh_mode_connects_as_the_default_user_with_a_secret_key(os_name: str) -
     assert verifier_commands(recorder) == []
     ready = recorder.by_name("relay-ssh-ready")
     verify = recorder.by_name("relay-verify")
-    assert ready.type == verify.type == REMOTE
-    for command in (ready, verify):
+    apply = recorder.by_name("relay-apply")
+    assert ready.type == verify.type == apply.type == REMOTE
+    for command in (ready, verify, apply):
         assert_runs_after_the_host_is_reachable(recorder, command)
         connection = secret_value(command.inputs["connection"])
         assert connection["user"] == OS_PROFILES[os_name].login_user  # type: ignore[index]
@@ -157,8 +164,11 @@ def test_ssh_mode_connects_as_the_default_user_with_a_secret_key(os_name: str) -
         assert connection["privateKey"] == PRIVATE_KEY
         assert connection["dialErrorLimit"] == -1  # keep dialling while the host boots
         assert command.create_timeout == f"{TIMEOUT_SECONDS // 60}m"
-    assert ready.urn in verify.dependencies
+    assert ready.urn in verify.dependencies and apply.urn in verify.dependencies
     assert verify.inputs["create"] == f"sudo sh -c {shlex.quote(HOST_SCRIPT)}"
+    sha256 = bundle_sha256(recorder)
+    assert apply.inputs["create"] == f"sudo sh -c {shlex.quote(apply_script(sha256))}"
+    assert apply.inputs["create"].endswith(f"/usr/local/sbin/cmc-relay-apply {sha256}'")
     outputs = recorder.outputs[urn(recorder, TYPE_TOKEN)]
     assert outputs["verification_report"] == VERIFIER_REPORT
 
@@ -204,8 +214,8 @@ def test_ephemeral_secret_is_deleted_without_a_recovery_window() -> None:
 def test_cloud_config_has_no_key_unless_given() -> None:
     settings = RelaySettings(allowed_cidrs=("10.0.0.0/16",))
     store = BundleStore("relay-payload-0a1b2c3", "ap-northeast-1")
-    assert "ssh_authorized_keys" not in cloud_config(settings, SECRET_ARN, store=store)
-    with_key = cloud_config(settings, SECRET_ARN, PUBLIC_KEY, store=store)
+    assert "ssh_authorized_keys" not in cloud_config(settings, store=store)
+    with_key = cloud_config(settings, PUBLIC_KEY, store=store)
     assert with_key["ssh_authorized_keys"] == [PUBLIC_KEY]
 
 

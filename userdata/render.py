@@ -1,9 +1,11 @@
 """Render the relay host's cloud-init payload: pure functions from settings to files.
 
-The payload is built as a data structure and dumped as ``#cloud-config`` YAML. Config files
-come from templates laid out like the files they become. The on-host scripts, as they are, go
-in the bundle: a tar.gz in S3 that the user data pins by SHA-256 and a small bootstrap in it
-installs (EC2's user data limit has no room for them). Nothing secret is rendered: the host
+Every file the host gets (configuration from templates laid out like the files they become,
+and the on-host scripts as they are) goes in the bundle: a tar.gz in S3, stored under its
+SHA-256, which a pointer object names. The user data, a ``#cloud-config`` document, holds only
+what the bootstrap needs to find the pointer and the OS's own settings, so a configuration
+change leaves it as it was (the host applies the new bundle in place, ``cmc-relay-apply``)
+and only a new bootstrap or OS setting replaces the host. Nothing secret is rendered: the host
 fetches its credentials by ARN at boot.
 """
 
@@ -34,8 +36,10 @@ UNIT_DIR: Final = "/etc/systemd/system"
 POSTFIX_STAGE_DIR: Final = f"{STAGE_DIR}/postfix"
 # What the metrics publisher publishes, and where (userdata.metrics.publisher_config).
 METRICS_CONFIG_PATH: Final = f"{STAGE_DIR}/metrics.json"
-# Where the bundle is and its hash, for cmc-relay-bootstrap.
+# Where the bundle's pointer is, for cmc-relay-bootstrap and cmc-relay-apply.
 BUNDLE_ENV_PATH: Final = f"{STAGE_DIR}/bundle.env"
+# The S3 object naming the current bundle, {"key", "sha256"}: a host boots with it.
+POINTER_KEY: Final = "payload/current.json"
 BOOTSTRAP: Final = f"{SCRIPT_DIR}/cmc-relay-bootstrap"
 # Postfix's log (maillog_file): read by the metrics publisher, shipped by the CloudWatch agent.
 # A directory of its own, which no OS's syslog or logrotate configuration touches.
@@ -271,8 +275,7 @@ def write_files(
     monitoring: Monitoring = DEFAULT_MONITORING,
     queue_device: str | None = None,
 ) -> list[dict[str, str]]:
-    """Every file the host gets besides the bootstrap and its pin, in order: the user data's
-    and the bundle's (``is_bundled`` tells them apart); ``drain`` adds the script a
+    """Every file the bundle gives the host, in order; ``drain`` adds the script a
     deployment runs before deleting the host. Where the image lacks SSM Agent or the OS's
     repositories the CloudWatch agent, the installer and what it trusts: the public key it
     checks SSM Agent against (``ssm_agent_key``, ASCII armored; None: AWS's), and in relay.env
@@ -317,6 +320,7 @@ def write_files(
             **_CONFIG_FILE,
         },
         _script_file("cmc-relay-setup"),
+        _script_file("cmc-relay-apply"),
         _script_file("cmc-relay-verify"),
         _script_file("cmc-relay-metrics"),
         _script_file("cmc-relay-queue-volume"),
@@ -344,28 +348,27 @@ def write_files(
     return files
 
 
-def is_bundled(path: str) -> bool:
-    """The bundle holds the on-host scripts and SSM Agent's key; the user data the rest."""
-    return path.startswith(f"{SCRIPT_DIR}/") or path == SSM_AGENT_KEY_PATH
-
-
-def split_files(files: list[dict[str, str]]) -> tuple[list[dict[str, str]], Bundle]:
-    """``write_files``'s entries as the user data's (in order) and the bundle packed."""
-    config = [entry for entry in files if not is_bundled(entry["path"])]
-    return config, pack_bundle([entry for entry in files if is_bundled(entry["path"])])
-
-
 @dataclass(frozen=True)
 class Bundle:
-    """The on-host scripts as a tar.gz, and its SHA-256 (hex), which the user data pins."""
+    """Every file of the host as a tar.gz, and its SHA-256 (hex), which the pointer names."""
 
     data: bytes
     sha256: str
 
     @property
     def key(self) -> str:
-        """Its S3 key: named by its hash, a new bundle never replaces one a host is pinned to."""
-        return f"payload/{self.sha256}.tar.gz"
+        """Its S3 key: named by its hash, a new bundle never overwrites one a host reads."""
+        return bundle_key(self.sha256)
+
+    @property
+    def pointer(self) -> str:
+        """The pointer object's content naming this bundle (POINTER_KEY)."""
+        return json.dumps({"key": self.key, "sha256": self.sha256}, sort_keys=True) + "\n"
+
+
+def bundle_key(sha256: str) -> str:
+    """Where the bundle of that hash is stored; cmc-relay-apply fetches it by the hash alone."""
+    return f"payload/{sha256}.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -393,45 +396,46 @@ def pack_bundle(files: list[dict[str, str]]) -> Bundle:
 
 def render_bundle(
     settings: RelaySettings,
-    drain: bool = False,
-    *,
-    ssm_agent_key: str | None = None,
-) -> Bundle:
-    """The bundle a host of ``settings`` installs (arguments as ``write_files``'s). It holds
-    no configuration, so no secret ARN, pinned fingerprint or monitoring setting changes it."""
-    _, bundle = split_files(write_files(settings, None, drain, ssm_agent_key=ssm_agent_key))
-    return bundle
-
-
-def cloud_config(
-    settings: RelaySettings,
     secret_arn: str | None = None,
-    ssh_public_key: str | None = None,
     drain: bool = False,
     *,
-    store: BundleStore,
     ssm_agent_key: str | None = None,
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
     queue_device: str | None = None,
-) -> dict[str, Any]:
-    """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
-    ``drain`` ships the drain script, ``ssm_agent_key`` and ``cloudwatch_agent_fingerprint``
-    replace what the agent installer trusts (AWS's by default; see ``write_files``),
-    ``monitoring`` says where metrics and logs go, ``queue_device`` where the queue volume is
-    attached (see ``write_files``). The scripts come from the bundle
-    ``render_bundle`` makes, stored in ``store``: the user data pins its hash, and runs the
-    bootstrap that installs it first."""
+) -> Bundle:
+    """The bundle a host of ``settings`` installs: every file of ``write_files`` (arguments as
+    its). ``ssm_agent_key`` and ``cloudwatch_agent_fingerprint`` replace what the agent
+    installer trusts (AWS's by default); ``monitoring`` says where metrics and logs go;
+    ``queue_device`` where the queue volume is attached (``QUEUE_DEVICE`` on EC2)."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
-    config, bundle = split_files(
+    return pack_bundle(
         write_files(
             settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
             cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
             queue_device=queue_device,
         )
     )  # fmt: skip
-    pin = render_template("bundle.env", settings, store=store, bundle=bundle)
+
+
+def cloud_config(
+    settings: RelaySettings,
+    ssh_public_key: str | None = None,
+    drain: bool = False,
+    *,
+    store: BundleStore,
+    pinned: str | None = None,
+) -> dict[str, Any]:
+    """The user data as a data structure: the host's name, the OS's packages, and the bootstrap
+    that installs the bundle the pointer in ``store`` names, then the setup. Nothing a change
+    in place touches: ``ssh_public_key`` lets the default user log in (cloud-init installs
+    it), and ``drain`` is here because dropping the drain step would drain a serving host,
+    so switching it replaces the hosts. ``pinned``: a bundle's SHA-256 written down, so a new
+    bundle replaces the host (where no deployment step can apply it in place)."""
+    pin = render_template(
+        "bundle.env", settings, store=store, pointer=POINTER_KEY, drain=drain, pinned=pinned
+    )
     document: dict[str, Any] = {
         # The host's own name, which the transport table keeps local (G2), also in /etc/hosts
         # so dnsmasq and Postfix can resolve it (G14).
@@ -444,7 +448,6 @@ def cloud_config(
         "write_files": [
             {"path": BUNDLE_ENV_PATH, "content": without_comments(pin), **_CONFIG_FILE},
             _script_file("cmc-relay-bootstrap"),
-            *config,
         ],
         "runcmd": [[BOOTSTRAP], [f"{SCRIPT_DIR}/cmc-relay-setup"]],
     }
@@ -474,32 +477,18 @@ def dump_cloud_config(document: dict[str, Any]) -> str:
 
 def render_user_data(
     settings: RelaySettings,
-    secret_arn: str | None = None,
     ssh_public_key: str | None = None,
     drain: bool = False,
     *,
     store: BundleStore,
-    ssm_agent_key: str | None = None,
-    cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
-    monitoring: Monitoring = DEFAULT_MONITORING,
-    queue_device: str | None = None,
+    pinned: str | None = None,
 ) -> str:
-    """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
+    """The ``#cloud-config`` document given to the instance (see ``pack_user_data``);
+    ``store``: where the pointer to the bundle (``render_bundle``) is, for the host to fetch.
 
-    ``ssm_agent_key``: the ASCII-armored public key that the on-host installer checks the SSM
-    Agent package against, on OSes whose image lacks the agent (Debian). None, the default,
-    ships AWS's published key; a test environment (an image twin serving its own package
-    signed with a throwaway key) passes that key instead. ``cloudwatch_agent_fingerprint``: the
-    primary-key fingerprint (40 hex digits) the installer requires of the CloudWatch agent's
-    signature on Debian and Ubuntu, whose key it downloads beside the package; AWS's by
-    default, a test environment's own otherwise. ``store``: where the bundle of the same
-    arguments (``render_bundle``) is stored, for the host to fetch. ``queue_device``: where
-    the host's queue volume is attached (``QUEUE_DEVICE`` on EC2; see ``write_files``)."""
-    document = cloud_config(
-        settings, secret_arn, ssh_public_key, drain, store=store, ssm_agent_key=ssm_agent_key,
-        cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
-        queue_device=queue_device,
-    )  # fmt: skip
+    The bundle's own arguments (the SSM Agent key, the CloudWatch agent's fingerprint, the
+    monitoring settings, the secret's ARN) are the bundle's: they do not change this."""
+    document = cloud_config(settings, ssh_public_key, drain, store=store, pinned=pinned)
     user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists
     return user_data

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from cmc_relay.userdata.metrics import DEFAULT_MONITORING
 from cmc_relay.userdata.render import (
+    POINTER_KEY,
     Bundle,
     BundleStore,
     pack_user_data,
@@ -162,12 +163,9 @@ class TwinBoot:
         self.secret_arn = self.start_aws(self.agent)
 
     def start_aws(self, agent: AgentPackages) -> str:
-        """moto over HTTPS as AWS's regional endpoints, with the bundle of on-host scripts in
-        PAYLOAD_STORE and the agents where AWS keeps them; returns the secret's ARN."""
+        """moto over HTTPS as AWS's regional endpoints, with the agents where AWS keeps them
+        and the relay's bundle and its pointer in PAYLOAD_STORE; returns the secret's ARN."""
         assert self.world is not None
-        public_key = agent.public_key.read_text()
-        self.bundle = bundle = render_bundle(self.settings, ssm_agent_key=public_key)
-        (self.work / "bundle.tar.gz").write_bytes(bundle.data)
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", net.AWS_IP]
         aws += ["--port", "443", "--region", net.REGION, "--name", SECRET_NAME]
         aws += ["--tls-dir", str(self.work / "tls")]
@@ -181,7 +179,6 @@ class TwinBoot:
             aws += [f"--s3-object={prefix}/{deb.name}={deb}"]
             aws += [f"--s3-object={prefix}/{deb.name}.sig={agent.signature(name)}"]
         aws += [f"--s3-object={CLOUDWATCH_KEY}={agent.public_key}"]
-        aws += [f"--s3-object={PAYLOAD_STORE.bucket}/{bundle.key}={self.work / 'bundle.tar.gz'}"]
         log = (self.work / "aws.log").open("w")
         self.aws = subprocess.Popen(
             self.world.exec(*aws), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -189,7 +186,27 @@ class TwinBoot:
         )  # fmt: skip
         self.world.processes.append(self.aws)
         self.rotate_to(self.password)
-        return self._aws_line("ARN ").split()[1]
+        self.secret_arn = self._aws_line("ARN ").split()[1]
+        self.publish(self.settings)
+        return self.secret_arn
+
+    def publish(self, settings: RelaySettings) -> Bundle:
+        """Store the bundle ``settings`` render and move the pointer to it, as ``pulumi up``
+        does (the bundle object first, then the pointer): a new host boots with it, a running
+        one applies it with ``cmc-relay-apply <sha256>``."""
+        assert self.agent is not None and self.aws is not None and self.aws.stdin is not None
+        self.bundle = bundle = render_bundle(
+            settings, self.secret_arn, ssm_agent_key=self.agent.public_key.read_text(),
+            cloudwatch_agent_fingerprint=self.agent.fingerprint,
+        )  # fmt: skip
+        for key, content in ((bundle.key, bundle.data), (POINTER_KEY, bundle.pointer.encode())):
+            path = self.work / key.replace("/", "-")
+            path.write_bytes(content)
+            put = {"s3_object": f"{PAYLOAD_STORE.bucket}/{key}={path}"}
+            self.aws.stdin.write(json.dumps(put) + "\n")
+            self.aws.stdin.flush()
+            self._aws_line("PUT ")
+        return bundle
 
     def rotate_to(self, password: str) -> None:
         """A new value of the secret (the first call creates it); on moto's stdin, not argv."""
@@ -212,12 +229,7 @@ class TwinBoot:
 
     def render(self) -> bytes:
         """The gzipped user data EC2 would hand over, rendered by the component's functions."""
-        assert self.agent is not None
-        document = render_user_data(
-            self.settings, self.secret_arn, store=PAYLOAD_STORE,
-            ssm_agent_key=self.agent.public_key.read_text(),
-            cloudwatch_agent_fingerprint=self.agent.fingerprint,
-        )  # fmt: skip
+        document = render_user_data(self.settings, store=PAYLOAD_STORE)
         self.user_data = base64.b64decode(pack_user_data(document))
         return self.user_data
 

@@ -1,0 +1,174 @@
+"""A configuration change applied in place to a booted twin (Debian 13), as ``pulumi up`` does
+it: the new bundle and pointer stored in (moto's) S3, then ``cmc-relay-apply <sha256>`` run on
+the host, the command the component's ``<host>-apply`` step runs through Systems Manager.
+
+The backlog is mail the service defers: the stand-in answers 451 to every message while it
+keeps greeting and authenticating, so the verifier (which talks to the service) can pass, and
+the deferred mail must still be queued after the change. A client connects again and again
+throughout the apply; none of its sessions may be refused. Then a change the verifier rejects
+(the service's port wrong) leaves the previous configuration serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simworld.netns_rig import REPO, wait_until
+from simworld.twin import world as net
+from simworld.twin.session import TwinBoot
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)"),
+]
+BACKLOG = tuple(f"<backlog-{i}@twin.test>" for i in range(3))
+ADDED_NETWORK = "10.0.9.0/24"
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwinBoot]:
+    boot = TwinBoot("debian-13", secrets.token_urlsafe(18))
+    try:
+        boot.build()
+        boot.start_world()
+        boot.render()
+        boot.prepare()
+        boot.boot()
+        assert boot.cloud_init_status()["status"] == "done"
+        yield boot
+    finally:
+        boot.close(keep=tmp_path_factory.mktemp("twin-apply"))
+
+
+def queue(boot: TwinBoot) -> list[dict[str, Any]]:
+    out = boot.run("postqueue", "-j", check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def message_ids(boot: TwinBoot) -> set[str]:
+    """The Message-IDs of the queued mail (postcat reads each queue file's headers)."""
+    found = set()
+    for entry in queue(boot):
+        text = boot.run("postcat", "-hq", entry["queue_id"]).stdout
+        found |= {line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.lower().startswith("message-id:")}  # fmt: skip
+    return found
+
+
+def boot_id(boot: TwinBoot) -> str:
+    return boot.run("cat", "/proc/sys/kernel/random/boot_id", check=True).stdout.strip()
+
+
+def postconf(boot: TwinBoot, name: str) -> str:
+    return boot.run("postconf", "-h", name, check=True).stdout.strip()
+
+
+class Prober:
+    """``simworld.agents probe`` from the application network while something happens."""
+
+    def __init__(self, boot: TwinBoot, work: Path) -> None:
+        assert boot.world is not None
+        self.stop_file = work / "probe.stop"
+        self.stop_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "simworld.agents", "probe", "--source", net.CLIENT_IP]
+        command += ["--server", net.TWIN_IP, "--stop-file", str(self.stop_file)]
+        command += ["--max-seconds", "300"]  # bounded even if the test never stops it
+        self.process = subprocess.Popen(
+            boot.world.exec(*command), stdout=subprocess.PIPE, text=True, cwd=REPO,
+            env=net.WORLD_ENV,
+        )  # fmt: skip
+
+    def stop(self) -> dict[str, Any]:
+        self.stop_file.touch()
+        out, _ = self.process.communicate(timeout=60)
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+def test_a_config_change_is_applied_in_place_without_refusing_a_session(
+    booted: TwinBoot, tmp_path: Path
+) -> None:
+    boot = booted
+    assert boot.world is not None and boot.world.standin is not None
+    boot.world.standin.reconfigure(data_451_messages=100_000)  # every message deferred
+    for message_id in BACKLOG:
+        assert boot.submit(net.CLIENT_IP, message_id).accepted
+    wait_until(lambda: set(BACKLOG) <= message_ids(boot), 60, "the backlog queued", interval=1)
+    machine, master = boot_id(boot), boot.run("cat", "/var/spool/postfix/pid/master.pid").stdout
+    assert ADDED_NETWORK not in postconf(boot, "mynetworks")
+
+    changed = dataclasses.replace(
+        boot.settings,
+        allowed_cidrs=(*boot.settings.allowed_cidrs, ADDED_NETWORK),
+        message_size_limit=20_480_000,
+    )
+    published = time.monotonic()
+    bundle = boot.publish(changed)  # what `pulumi up` stores before the hosts' apply steps
+    prober = Prober(boot, tmp_path)
+    time.sleep(1)  # sessions before the apply too
+    started = time.monotonic()
+    applied = boot.run("/usr/local/sbin/cmc-relay-apply", bundle.sha256, timeout=300)
+    took = time.monotonic() - started
+    time.sleep(1)
+    probed = prober.stop()
+    print(
+        f"in-place change: cmc-relay-apply {took:.1f}s ({time.monotonic() - published:.1f}s "
+        f"with storing the bundle; target 30s); {probed['sessions']} client sessions during it, "
+        f"{probed['refused']} refused"
+    )
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert json.loads(applied.stdout)["ok"] is True  # the verifier's report
+    assert f"applied bundle {bundle.sha256}" in applied.stderr
+    # The same machine and Postfix master (a reload, not a restart), the new settings live.
+    assert boot_id(boot) == machine
+    assert boot.run("cat", "/var/spool/postfix/pid/master.pid").stdout == master
+    assert ADDED_NETWORK in postconf(boot, "mynetworks")
+    assert postconf(boot, "message_size_limit") == "20480000"
+    # The backlog still queued, every client session answered.
+    assert set(BACKLOG) <= message_ids(boot)
+    assert probed["sessions"] >= 5
+    assert probed["refused"] == 0, probed["reasons"]
+    code, report = boot.verify()
+    assert code == 0, report
+    boot.settings = changed
+
+
+def test_a_change_the_verifier_rejects_leaves_the_previous_configuration(
+    booted: TwinBoot, tmp_path: Path
+) -> None:
+    boot = booted
+    before = {name: postconf(boot, name) for name in ("mynetworks", "message_size_limit")}
+    transport = boot.run("postmap", "-q", "*", "hash:/etc/postfix/transport").stdout.strip()
+    wrong_port = dataclasses.replace(
+        boot.settings, smtp_port=2525, allowed_cidrs=(*boot.settings.allowed_cidrs, "10.0.8.0/24")
+    )
+    bundle = boot.publish(wrong_port)
+    prober = Prober(boot, tmp_path)
+    applied = boot.run("/usr/local/sbin/cmc-relay-apply", bundle.sha256, timeout=300)
+    probed = prober.stop()
+    print(f"failed apply: {applied.stderr.strip().splitlines()[-1]}")
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert "not applied, the previous configuration serves" in applied.stderr
+    assert "smtp-service" in applied.stderr  # the verifier's failed check is named
+    # Everything as it was: Postfix's settings and tables, the staged files, the record.
+    assert {name: postconf(boot, name) for name in before} == before
+    assert boot.run("postmap", "-q", "*", "hash:/etc/postfix/transport").stdout.strip() == (
+        transport
+    )
+    assert "10.0.8.0/24" not in boot.run("cat", "/etc/cmc-relay/main.cf").stdout
+    assert bundle.sha256 not in boot.run("cat", "/etc/cmc-relay/bundle.sha256").stdout
+    assert set(BACKLOG) <= message_ids(boot)
+    assert probed["refused"] == 0, probed["reasons"]
+    code, report = boot.verify()
+    assert code == 0, report
