@@ -18,6 +18,7 @@ _INT_KEYS = {
     "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",
     "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
     "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
+    "alarmQueueFreePercent", "alarmRebootRequiredDays",
 }  # fmt: skip
 _BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms"}
 _STRUCTURED_KEYS = {
