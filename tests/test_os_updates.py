@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cmc_relay.components import RelayHost
+from cmc_relay.components.relay_host import HOST_INDEX_TAG
 from cmc_relay.userdata.render import (
     AUTO_UPGRADES_PATH,
     OS_PROFILES,
@@ -183,6 +184,7 @@ def instances(window: str | None, replicas: int = 2) -> dict[str, dict[str, Any]
 
 
 def test_with_a_window_each_host_can_read_its_index_from_instance_metadata() -> None:
+    assert HOST_INDEX_TAG == INDEX_TAG == load_script("cmc-relay-reboot").INDEX_TAG
     found = instances("Sun 03:00")
     for index, name in enumerate(("relay-instance", "relay-1-instance")):
         assert found[name]["tags"][INDEX_TAG] == str(index)
