@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST_SCRIPTS := userdata/scripts/cmc-relay-fetch-secret userdata/scripts/cmc-relay-verify userdata/scripts/cmc-relay-drain \
 	userdata/scripts/cmc-relay-install-agent userdata/scripts/cmc-relay-bootstrap \
-	userdata/scripts/cmc-relay-metrics userdata/scripts/cmc-relay-apply
+	userdata/scripts/cmc-relay-metrics userdata/scripts/cmc-relay-apply \
+	userdata/scripts/cmc-relay-reboot
 
 .PHONY: sandbox test bench lint system-packages venv clean
 

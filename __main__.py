@@ -18,7 +18,7 @@ _INT_KEYS = {
     "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",
     "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
     "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
-    "queueVolumeGb",
+    "queueVolumeGb", "alarmQueueFreePercent", "alarmRebootRequiredDays",
 }  # fmt: skip
 _BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms", "discardQueueOnDestroy"}
 _STRUCTURED_KEYS = {

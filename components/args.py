@@ -167,6 +167,10 @@ class RelayHostArgs(TypedDict, total=False):
     inbound_tls_secret_arn: str
     """A secret holding the PEM key and certificate chain to offer; by default the host
     generates a self-signed certificate at first boot."""
+    reboot_window: str
+    """Maintenance window for reboots that installed updates require, "DAYS HH:MM" on the
+    hosts' clock (UTC), e.g. "Sun 03:00"; host i reboots i x 30 minutes into it. Default:
+    never reboot automatically (the RebootRequired alarm tells)."""
     metrics_namespace: str
     """CloudWatch namespace of the hosts' metrics (default CMCRelay; not AWS/...)."""
     log_retention_days: int
@@ -188,13 +192,18 @@ class RelayHostArgs(TypedDict, total=False):
     """Alarm when a host bounces this many messages in 5 minutes (default 1)."""
     alarm_refused_threshold: int
     """Alarm when the service refuses this many of a host's sessions in 5 minutes (default 5)."""
+    alarm_queue_free_percent: int
+    """Alarm when less of the queue's file system than this is free for 5 minutes, in percent
+    (default 20; 1-99)."""
+    alarm_reboot_required_days: int
+    """Alarm when installed updates have waited this many days for a reboot (default 3; 1-7)."""
 
 
 _SETTINGS_FIELDS: Final = (
     "allowed_cidrs", "plan", "subdomain", "smtp_host", "smtp_port", "auth_mode", "os",
     "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
     "sender_domain", "rewrite_domains", "allowed_sender_domains", "operator_email", "inbound_tls",
-    "inbound_tls_secret_arn",
+    "inbound_tls_secret_arn", "reboot_window",
 )  # fmt: skip
 _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
 # Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.
@@ -210,16 +219,21 @@ class AlarmThresholds:
     oldest_message_minutes: int = 30
     bounced: int = 1
     refused: int = 5
+    queue_free_percent: int = 20
+    reboot_required_days: int = 3
 
 
-# Argument -> (AlarmThresholds field, lowest value): a count of 0 would always be reached.
-_THRESHOLD_ARGS: Final = {
-    "alarm_deferred_threshold": ("deferred_messages", 0),
-    "alarm_oldest_message_minutes": ("oldest_message_minutes", 1),
-    "alarm_bounced_threshold": ("bounced", 1),
-    "alarm_refused_threshold": ("refused", 1),
-}
+# Argument -> (AlarmThresholds field, lowest value, highest value): a count of 0 would always
+# be reached; a share is a percentage; CloudWatch evaluates at most 7 days of hourly periods.
 _THRESHOLD_MAX: Final = 1_000_000
+_THRESHOLD_ARGS: Final = {
+    "alarm_deferred_threshold": ("deferred_messages", 0, _THRESHOLD_MAX),
+    "alarm_oldest_message_minutes": ("oldest_message_minutes", 1, _THRESHOLD_MAX),
+    "alarm_bounced_threshold": ("bounced", 1, _THRESHOLD_MAX),
+    "alarm_refused_threshold": ("refused", 1, _THRESHOLD_MAX),
+    "alarm_queue_free_percent": ("queue_free_percent", 1, 99),
+    "alarm_reboot_required_days": ("reboot_required_days", 1, 7),
+}
 _ALARM_ARGS: Final = ("alarm_topic_arn", "alarm_email", *_THRESHOLD_ARGS)
 
 
@@ -383,8 +397,8 @@ def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
         checked_topic_arn(topic_arn)  # an Output is checked when its value is known
     thresholds = AlarmThresholds(
         **{
-            field_name: require_int(name, args[name], low, _THRESHOLD_MAX)
-            for name, (field_name, low) in _THRESHOLD_ARGS.items()
+            field_name: require_int(name, args[name], low, high)
+            for name, (field_name, low, high) in _THRESHOLD_ARGS.items()
             if args.get(name) is not None
         }
     )

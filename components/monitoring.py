@@ -29,6 +29,11 @@ _NOT_IN_DASHBOARD = re.compile(r"[^A-Za-z0-9_\-]")
 ALARM_PERIOD_SECONDS: Final = 300  # counts add up over 5 minutes
 DEFERRED_MINUTES: Final = 10
 SILENT_MINUTES: Final = 5
+QUEUE_DISK_MINUTES: Final = 5
+# RebootRequired is judged hour by hour: CloudWatch evaluates at most 7 days of periods of an
+# hour or more (period x evaluations <= 604,800 s), and at most 1 day of shorter periods.
+REBOOT_PERIOD_SECONDS: Final = 3600
+INSTANCE_CHECK_MINUTES: Final = 3
 EC2_NAMESPACE: Final = "AWS/EC2"
 NLB_NAMESPACE: Final = "AWS/NetworkELB"
 
@@ -95,6 +100,7 @@ def host_alarms(
 
     deferred, oldest = metric("queue.deferred"), metric("queue.oldest_age")
     bounced, refused = metric("delivery.bounced"), metric("session.refused")
+    queue_free, reboot = metric("host.queue_free_percent"), metric("host.reboot_required")
     return [
         AlarmSpec(
             "deferred",
@@ -156,6 +162,36 @@ def host_alarms(
                 treat_missing_data="breaching",
             ),
         ),
+        # Postfix refuses new mail once less than queue_minfree is left (main.cf): this warns
+        # well before, while the queue still has room for an outage's backlog.
+        AlarmSpec(
+            "queue-disk",
+            f"Less than {thresholds.queue_free_percent}% of the queue's file system free for "
+            f"{QUEUE_DISK_MINUTES} minutes",
+            **on(
+                queue_free,
+                statistic="Minimum",
+                period=PERIOD_SECONDS,
+                evaluation_periods=QUEUE_DISK_MINUTES * 60 // PERIOD_SECONDS,
+                comparison_operator="LessThanThreshold",
+                threshold=thresholds.queue_free_percent,
+            ),
+        ),
+        # Every hour of the last N days with a reboot pending (Minimum 1): the updates are
+        # installed but not yet in force, and no maintenance window has rebooted the host.
+        AlarmSpec(
+            "reboot-required",
+            f"Installed updates have waited for a reboot for "
+            f"{thresholds.reboot_required_days} days",
+            **on(
+                reboot,
+                statistic="Minimum",
+                period=REBOOT_PERIOD_SECONDS,
+                evaluation_periods=thresholds.reboot_required_days * 24,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+                threshold=1,
+            ),
+        ),
     ]
 
 
@@ -179,6 +215,30 @@ def recovery_alarm(instance_id: pulumi.Input[str], recover: str) -> AlarmSpec:
 
 def recover_action(partition: str, region: str) -> str:
     return f"arn:{partition}:automate:{region}:ec2:recover"
+
+
+def reboot_alarm(instance_id: pulumi.Input[str], reboot: str) -> AlarmSpec:
+    """EC2's instance status check failing for 3 minutes (a hung kernel, a full root file
+    system, exhausted memory): its action reboots the instance. Longer than the recovery
+    alarm's 2 minutes, so a hardware fault, which fails both checks, is recovered rather than
+    rebooted; longer than a routine reboot, which fails the check for a minute or so."""
+    return AlarmSpec(
+        "reboot",
+        "The EC2 instance status check failed: rebooting the instance",
+        namespace=EC2_NAMESPACE,
+        metric_name="StatusCheckFailed_Instance",
+        dimensions={"InstanceId": instance_id},
+        statistic="Maximum",
+        period=60,
+        evaluation_periods=INSTANCE_CHECK_MINUTES,
+        comparison_operator="GreaterThanOrEqualToThreshold",
+        threshold=1,
+        repair_actions=(reboot,),
+    )
+
+
+def reboot_action(partition: str, region: str) -> str:
+    return f"arn:{partition}:automate:{region}:ec2:reboot"
 
 
 def unhealthy_targets_alarm(
@@ -208,6 +268,10 @@ DASHBOARD_ROWS: Final = (
         ("session.refused", "session.tls_failed", "session.auth_failed"),
     ),
     ("Oldest queued message (seconds)", ("queue.oldest_age",)),
+    (
+        "Queue file system free (%), reboot required (1)",
+        ("host.queue_free_percent", "host.reboot_required"),
+    ),
 )
 _WIDTH, _HEIGHT = 12, 6
 

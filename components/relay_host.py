@@ -41,6 +41,8 @@ from cmc_relay.components.monitoring import (
     dashboard_name,
     dashboard_url,
     host_alarms,
+    reboot_action,
+    reboot_alarm,
     recover_action,
     recovery_alarm,
     relay_monitoring,
@@ -75,6 +77,9 @@ _WORLD_IPV4: Final = "0.0.0.0/0"
 # follow within a minute, and a busy application still asks only once a minute.
 DNS_TTL: Final = 60
 _NOT_IN_BUCKET_NAME: Final = re.compile(r"[^a-z0-9-]+")
+# Each instance's place among the hosts, which cmc-relay-reboot reads from instance metadata
+# to take its turn in the maintenance window (the hosts share one payload).
+HOST_INDEX_TAG: Final = "cmc-relay-host-index"
 
 
 _DEBIAN_ARCH_NAMES: Final = {"x86_64": "amd64", "arm64": "arm64"}
@@ -278,7 +283,7 @@ class RelayHost(pulumi.ComponentResource):
             # Each host waits until the one before works: a bad payload stops at the first
             # host, and replacements roll through the hosts one at a time.
             after = [hosts[-1].ready] if hosts else []
-            hosts.append(self._host(host_name(name, index), fleet, subnet_id, after))
+            hosts.append(self._host(host_name(name, index), index, fleet, subnet_id, after))
 
         first = hosts[0]
         balancer_alarm = balancer = None
@@ -335,6 +340,7 @@ class RelayHost(pulumi.ComponentResource):
     def _host(
         self,
         name: str,
+        index: int,
         fleet: _Fleet,
         subnet_id: pulumi.Input[str],
         after: list[pulumi.Resource],
@@ -343,6 +349,9 @@ class RelayHost(pulumi.ComponentResource):
         options = fleet.options
         child = pulumi.ResourceOptions(parent=self)
         tags = {"Name": name, **options.tags}
+        # With a maintenance window the host reads its index tag from instance metadata;
+        # without one, nothing changes for existing hosts (both are in-place updates).
+        windowed = fleet.settings.reboot_window is not None
         instance = aws.ec2.Instance(
             f"{name}-instance",
             ami=fleet.ami,
@@ -353,12 +362,15 @@ class RelayHost(pulumi.ComponentResource):
             user_data_base64=fleet.user_data.apply(pack_user_data),
             user_data_replace_on_change=True,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+                http_endpoint="enabled",
+                http_tokens="required",
+                http_put_response_hop_limit=1,
+                instance_metadata_tags="enabled" if windowed else None,
             ),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 volume_type="gp3", encrypted=True
             ),
-            tags=tags,
+            tags={**tags, HOST_INDEX_TAG: str(index)} if windowed else tags,
             volume_tags=tags,
             # A draining host must be gone before its replacement takes its Elastic IP (the
             # drain delivers through it) or shares its NAT address's sessions. Otherwise left
@@ -1067,13 +1079,16 @@ class RelayHost(pulumi.ComponentResource):
         monitoring: Monitoring,
         tags: dict[str, str],
     ) -> pulumi.Input[str] | None:
-        """Each host's alarms and recovery alarm, the balancer's; the topic they notify.
+        """Each host's alarms and its recovery and reboot alarms, the balancer's; the topic
+        they notify.
 
-        With alarms false only the recovery alarms remain: they repair, they do not notify."""
+        With alarms false only the recovery and reboot alarms remain: they repair, they do not
+        notify."""
         child = pulumi.ResourceOptions(parent=self)
         topic_arn = self._alarm_topic(name, options, tags, child)
         notify = [] if topic_arn is None else [topic_arn]
         recover = recover_action(self._partition, self._region)
+        reboot = reboot_action(self._partition, self._region)
         # A host's alarms come once it works: its setup has published a first sample by then,
         # so the silent alarm (missing data breaching) does not fire while it boots.
         specs: list[tuple[str, AlarmSpec, list[pulumi.Resource]]] = []
@@ -1082,6 +1097,7 @@ class RelayHost(pulumi.ComponentResource):
                 checks = host_alarms(monitoring, options.thresholds, host.instance.id)
                 specs += [(host.name, spec, [host.ready]) for spec in checks]
             specs.append((host.name, recovery_alarm(host.instance.id, recover), [host.ready]))
+            specs.append((host.name, reboot_alarm(host.instance.id, reboot), [host.ready]))
         if options.alarms and balancer_alarm is not None:
             specs.append((name, balancer_alarm, [host.ready for host in hosts]))
         for owner, spec, after in specs:

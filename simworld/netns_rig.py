@@ -554,7 +554,7 @@ def write_postfix_config(
     root = postfix.config_dir.parent
     conf = postfix.config_dir
     for directory in (conf, postfix.queue_dir, postfix.data_dir):
-        directory.mkdir()
+        directory.mkdir(exist_ok=directory == postfix.queue_dir)  # it may be a mount point
     shutil.chown(postfix.data_dir, "postfix")  # as Debian's package owns /var/lib/postfix
     postfix.mail_spool.mkdir()
     postfix.mail_spool.chmod(0o1777)  # like /var/mail: local(8) creates mailboxes in it
@@ -797,6 +797,9 @@ class RigOptions:
     one_way_delay_ms: float | None = None
     """Set: the relay reaches the service through ``delay_proxy.py``, which delays each
     direction this long (DNS answers the proxy's addresses, PROXY_IPS)."""
+    spool_size: str | None = None
+    """Set (``16m``): Postfix's queue directory is a tmpfs of this size, a file system of its
+    own as the queue's volume is on the host."""
 
 
 class Secrets:
@@ -945,6 +948,10 @@ def _relay(
     cache = dns_cache(network, root, settings)
     stack.callback(cache.stop)
     postfix = Postfix(network, root)
+    if options.spool_size is not None:
+        postfix.queue_dir.mkdir()
+        run("mount", "-t", "tmpfs", "-o", f"size={options.spool_size}", "tmpfs", postfix.queue_dir)
+        stack.callback(run, "umount", postfix.queue_dir)  # once Postfix has stopped
     write_postfix_config(postfix, settings, standin.ca_path, options.main_cf)
     credentials = None
     if settings.uses_sasl:

@@ -196,7 +196,7 @@ def test_a_link_is_refused(tmp_path: Path, moto_url: str, s3: Any) -> None:
     ],
 )
 def test_a_member_outside_the_allowed_directories_is_refused(name: str) -> None:
-    with pytest.raises(bootstrap.Refused, match="outside etc/cmc-relay, etc/cmc-relay/postfix"):
+    with pytest.raises(bootstrap.Refused, match="outside etc/apt/apt.conf.d, etc/cmc-relay, etc/cmc-relay/postfix"):
         bootstrap.members(archive(regular(name)))
 
 

@@ -10,8 +10,11 @@ maillog-secure: tls_level secure against a certificate for another name, 1 messa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +45,8 @@ def test_the_publisher_computes_exactly_the_defined_metrics() -> None:
     assert set(BY_KEY) == publisher.KEYS
     gauges = publisher.queue_gauges("", 0)
     counts = publisher.log_counts([])
-    assert gauges.keys() | counts.keys() == set(BY_KEY)
-    assert {BY_KEY[k].kind for k in gauges} == {"gauge"}
+    assert gauges.keys() | counts.keys() | set(publisher.HOST_KEYS) == set(BY_KEY)
+    assert {BY_KEY[k].kind for k in (*gauges, *publisher.HOST_KEYS)} == {"gauge"}
     assert {BY_KEY[k].kind for k in counts} == {"count"}
 
 
@@ -179,6 +182,35 @@ def test_maildrop_counts_as_incoming_and_the_oldest_is_the_earliest() -> None:
 
 def test_the_empty_queue_has_no_age() -> None:
     assert set(publisher.queue_gauges("", ARRIVAL).values()) == {0}
+
+
+@contextlib.contextmanager
+def small_file_system(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``path`` (root only), as a queue's own volume would be."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_free_space_is_the_queue_s_own_file_system_s(tmp_path: Path) -> None:
+    """Measured on the file system holding the path (not /): filling it is what it sees."""
+    with small_file_system(tmp_path / "spool", "8m") as spool:
+        (spool / "deferred").mkdir()
+        assert publisher.free_percent(str(spool / "deferred")) == pytest.approx(100, abs=0.5)
+        (spool / "filler").write_bytes(b"x" * (6 * 1024 * 1024))  # 6 of its 8 MiB
+        assert publisher.free_percent(str(spool / "deferred")) == pytest.approx(25, abs=0.5)
+        assert publisher.free_percent(str(tmp_path)) > 0  # another file system, not this one
+
+
+def test_a_reboot_is_required_while_the_os_s_flag_exists(tmp_path: Path) -> None:
+    flag = tmp_path / "reboot-required"
+    assert publisher.reboot_required(str(flag)) == 0  # this machine has no dnf
+    flag.write_text("*** System restart required ***\n")
+    assert publisher.reboot_required(str(flag)) == 1
 
 
 def test_each_line_is_read_once_and_a_partial_line_waits(tmp_path: Path) -> None:

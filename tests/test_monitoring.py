@@ -51,6 +51,8 @@ SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
 INSTANCE = "aws:ec2/instance:Instance"
 RELAY = "cmc-relay/test/relay"  # project/stack/component under the harness
 RECOVER = f"arn:aws:automate:{REGION}:ec2:recover"
+REBOOT = f"arn:aws:automate:{REGION}:ec2:reboot"
+REPAIRS = {"recover": RECOVER, "reboot": REBOOT}  # the EC2 alarms that repair, by suffix
 PUBLISHED = {m.name for m in METRICS}
 
 
@@ -98,6 +100,15 @@ HOST_ALARMS = {
     "silent": (
         metric("queue.deferred").name, "SampleCount", 60, 5, "LessThanThreshold", 1, "breaching",
     ),
+    "queue-disk": (
+        metric("host.queue_free_percent").name, "Minimum", 60, 5, "LessThanThreshold", 20,
+        "notBreaching",
+    ),
+    # Pending for every hour of 3 days.
+    "reboot-required": (
+        metric("host.reboot_required").name, "Minimum", 3600, 72,
+        "GreaterThanOrEqualToThreshold", 1, "notBreaching",
+    ),
 }  # fmt: skip
 
 
@@ -130,7 +141,7 @@ def test_a_host_s_alarms_wait_until_it_is_verified(replicas: int) -> None:
     for index in range(replicas):
         host = "relay" if index == 0 else f"relay-{index}"
         verified = recorder.by_name(f"{host}-verify").urn
-        for suffix in (*HOST_ALARMS, "recover"):
+        for suffix in (*HOST_ALARMS, *REPAIRS):
             assert verified in recorder.by_name(f"{host}-{suffix}-alarm").dependencies, suffix
     if replicas > 1:
         balancer = recorder.by_name("relay-unhealthy-targets-alarm").dependencies
@@ -145,6 +156,8 @@ def test_thresholds_and_namespace_come_from_the_arguments() -> None:
             alarm_oldest_message_minutes=90,
             alarm_bounced_threshold=3,
             alarm_refused_threshold=20,
+            alarm_queue_free_percent=35,
+            alarm_reboot_required_days=7,
         )
     )
     thresholds = {name: inputs["threshold"] for name, inputs in found.items()}
@@ -152,6 +165,10 @@ def test_thresholds_and_namespace_come_from_the_arguments() -> None:
     assert thresholds["relay-oldest-message-alarm"] == 90 * 60  # the metric is in seconds
     assert thresholds["relay-bounced-alarm"] == 3
     assert thresholds["relay-refused-alarm"] == 20
+    assert thresholds["relay-queue-disk-alarm"] == 35
+    reboot_required = found["relay-reboot-required-alarm"]
+    # 7 days of hours: the longest CloudWatch evaluates (period x evaluations <= 604,800 s).
+    assert reboot_required["period"] * reboot_required["evaluationPeriods"] == 7 * 24 * 3600
     assert found["relay-silent-alarm"]["namespace"] == "Mail/Relay"
 
 
@@ -169,6 +186,31 @@ def test_every_host_recovers_on_a_failed_system_status_check(replicas: int) -> N
         assert inputs["dimensions"] == {"InstanceId": f"{host}-instance-id"}
         assert inputs["alarmActions"] == [RECOVER, TOPIC_ARN]
         assert inputs["okActions"] == [TOPIC_ARN]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_every_host_reboots_on_a_failed_instance_status_check(replicas: int) -> None:
+    """A hung kernel or a full root file system: EC2's reboot action, after longer than the
+    recovery alarm waits (a hardware fault fails both checks and is recovered instead)."""
+    found = alarms(relay(replicas, alarm_topic_arn=TOPIC_ARN))
+    reboot = {name: inputs for name, inputs in found.items() if name.endswith("-reboot-alarm")}
+    assert len(reboot) == replicas
+    for name, inputs in reboot.items():
+        host = name.removesuffix("-reboot-alarm")
+        assert (inputs["namespace"], inputs["metricName"]) == (
+            "AWS/EC2",
+            "StatusCheckFailed_Instance",
+        )
+        assert inputs["dimensions"] == {"InstanceId": f"{host}-instance-id"}
+        assert (inputs["statistic"], inputs["period"], inputs["evaluationPeriods"]) == (
+            "Maximum", 60, 3,
+        )  # fmt: skip
+        assert (inputs["comparisonOperator"], inputs["threshold"]) == (
+            "GreaterThanOrEqualToThreshold", 1,
+        )  # fmt: skip
+        assert inputs["alarmActions"] == [REBOOT, TOPIC_ARN]
+        recover = found[f"{host}-recover-alarm"]
+        assert inputs["evaluationPeriods"] > recover["evaluationPeriods"]
 
 
 def test_the_balancer_alarm_exists_only_with_several_hosts() -> None:
@@ -189,13 +231,16 @@ def test_the_balancer_alarm_exists_only_with_several_hosts() -> None:
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_alarms_false_leaves_only_the_recovery_alarms_and_no_topic(replicas: int) -> None:
+def test_alarms_false_leaves_only_the_repairing_alarms_and_no_topic(replicas: int) -> None:
     recorder = relay(replicas, alarms=False)
     found = alarms(recorder)
     assert sorted(found) == sorted(
-        f"{'relay' if i == 0 else f'relay-{i}'}-recover-alarm" for i in range(replicas)
+        f"{'relay' if i == 0 else f'relay-{i}'}-{suffix}-alarm"
+        for i in range(replicas)
+        for suffix in REPAIRS
     )
-    assert all(inputs["alarmActions"] == [RECOVER] for inputs in found.values())
+    for name, inputs in found.items():
+        assert inputs["alarmActions"] == [REPAIRS[name.split("-")[-2]]], name
     assert recorder.of_type(TOPIC) == recorder.of_type(SUBSCRIPTION) == []
 
 
@@ -225,7 +270,8 @@ def test_without_topic_or_email_the_alarms_notify_nobody() -> None:
     assert recorder.of_type(TOPIC) == []
     for name, inputs in alarms(recorder).items():
         assert inputs.get("okActions", []) == [], name
-        assert inputs.get("alarmActions", []) == ([RECOVER] if "recover" in name else []), name
+        repair = [action for suffix, action in REPAIRS.items() if f"-{suffix}-alarm" in name]
+        assert inputs.get("alarmActions", []) == repair, name
 
 
 def test_a_topic_arn_known_only_at_deployment_is_checked_then() -> None:
@@ -375,6 +421,8 @@ def test_stack_config_keys_reach_the_alarms_log_group_and_outputs() -> None:
             "alarmOldestMessageMinutes": 15,
             "alarmBouncedThreshold": 2,
             "alarmRefusedThreshold": 9,
+            "alarmQueueFreePercent": 10,
+            "alarmRebootRequiredDays": 2,
         },
         secret_keys=("apiKey",),
     )
@@ -382,6 +430,8 @@ def test_stack_config_keys_reach_the_alarms_log_group_and_outputs() -> None:
     assert thresholds["relay-deferred-alarm"] == 7
     assert thresholds["relay-oldest-message-alarm"] == 15 * 60
     assert (thresholds["relay-bounced-alarm"], thresholds["relay-refused-alarm"]) == (2, 9)
+    assert thresholds["relay-queue-disk-alarm"] == 10
+    assert alarms(recorder)["relay-reboot-required-alarm"]["evaluationPeriods"] == 2 * 24
     assert recorder.one(LOG_GROUP).inputs["retentionInDays"] == 90
     assert recorder.one(SUBSCRIPTION).inputs["endpoint"] == "ops@example.com"
     outputs = recorder.stack_outputs
@@ -394,4 +444,4 @@ def test_stack_config_alarms_false_turns_the_alarms_off() -> None:
     recorder = run_stack(
         {"apiUser": "cmc-user", "apiKey": API_KEY, "alarms": False}, secret_keys=("apiKey",)
     )
-    assert sorted(alarms(recorder)) == ["relay-recover-alarm"]
+    assert sorted(alarms(recorder)) == ["relay-reboot-alarm", "relay-recover-alarm"]

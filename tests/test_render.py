@@ -176,8 +176,9 @@ def test_the_largest_usual_payload_still_fits(
     os_name: OsName, certificate_secret: str | None
 ) -> None:
     """Pro with SASL, the drain script (replicas > 1), an SSH key, a few networks, the whole
-    mail policy and the inbound certificate made on the host (its script) or fetched from a
-    secret: Debian's payload carries the SSM Agent installer and key on top."""
+    mail policy, the inbound certificate made on the host (its script) or fetched from a
+    secret, and a maintenance window: Debian's payload carries the SSM Agent installer and key
+    on top."""
     settings = RelaySettings(
         allowed_cidrs=tuple(f"10.{i}.0.0/16" for i in range(8)),
         plan="pro",
@@ -190,6 +191,7 @@ def test_the_largest_usual_payload_still_fits(
         operator_email="mail-ops@corp.example",
         inbound_tls="encrypt",
         inbound_tls_secret_arn=certificate_secret,
+        reboot_window="Sat,Sun 04:30",
     )
     ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq3vQm0mZ1rL8x4m2aQe9Vt7r2hY5cJ0bN6dK3wS1pE ops"
     user_data = render_user_data(settings, ssh_key, drain=True, store=STORE)
@@ -409,8 +411,18 @@ def test_postfix_logs_to_the_mail_log_through_postlogd(os_name: OsName) -> None:
         "postlog/unix-dgram": "postlog unix-dgram n - n - 1 postlogd",
     }
     files = host_files(settings)
-    assert f"{MAIL_LOG} {{\n" in files["/etc/logrotate.d/cmc-relay"]
-    assert "    copytruncate\n" in files["/etc/logrotate.d/cmc-relay"]
+    # Rotated by a timer of the payload's, not the OS's daily run (which would rotate it twice).
+    assert f"{MAIL_LOG} {{\n" in files["/etc/cmc-relay/logrotate.conf"]
+    assert "    copytruncate\n" in files["/etc/cmc-relay/logrotate.conf"]
+    assert not any(path.startswith("/etc/logrotate.d/") for path in files)
+    service = files["/etc/systemd/system/cmc-relay-logrotate.service"]
+    assert (
+        "ExecStart=/usr/sbin/logrotate --state /var/lib/cmc-relay/logrotate.status "
+        "/etc/cmc-relay/logrotate.conf\n" in service
+    )
+    assert "OnCalendar=*:0/5\n" in files["/etc/systemd/system/cmc-relay-logrotate.timer"]
+    setup = files["/usr/local/sbin/cmc-relay-setup"]
+    assert "systemctl enable --now cmc-relay-logrotate.timer\n" in setup
     assert "logrotate" in parsed(settings)["packages"]
     assert "mkdir -p /var/log/cmc-relay\n" in files["/usr/local/sbin/cmc-relay-setup"]
 

@@ -27,6 +27,10 @@ def with_(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in args.items() if v is not None}
 
 
+# Not DAYS HH:MM: a full day name, one-digit hour, no such hour, lower case, systemd's own
+# syntax, no space, daily among days, empty.
+BAD_WINDOWS = ("Sunday 03:00", "Sun 3:00", "Sun 24:00", "sun 03:00", "*-*-* 03:00:00",
+               "Sun,03:00", "daily,Sun 03:00", "")  # fmt: skip
 BAD_INPUTS = [
     pytest.param(with_(plan="gold"), "plan: got 'gold'; allowed: trial, standard, pro", id="plan"),
     pytest.param(with_(os="centos-7"), "os: got 'centos-7'; allowed: al2023", id="os"),
@@ -368,6 +372,37 @@ BAD_INPUTS = [
         "alarm_topic_arn (config alarmTopicArn): has no effect with alarms false",
         id="topic-without-alarms",
     ),
+    pytest.param(
+        with_(alarm_queue_free_percent=100),
+        "alarm_queue_free_percent (config alarmQueueFreePercent): must be between 1 and 99; "
+        "got 100",
+        id="queue-free-all",
+    ),
+    pytest.param(
+        with_(alarm_queue_free_percent=0),
+        "alarm_queue_free_percent (config alarmQueueFreePercent): must be between 1 and 99",
+        id="queue-free-zero",
+    ),
+    pytest.param(
+        with_(alarm_reboot_required_days=8),
+        "alarm_reboot_required_days (config alarmRebootRequiredDays): must be between 1 and 7; "
+        "got 8",
+        id="reboot-days-beyond-cloudwatch",
+    ),
+    pytest.param(
+        with_(alarms=False, alarm_queue_free_percent=10),
+        "alarm_queue_free_percent (config alarmQueueFreePercent): has no effect with alarms",
+        id="queue-free-without-alarms",
+    ),
+    *(
+        pytest.param(
+            with_(reboot_window=window),
+            f"reboot_window (config rebootWindow): {window!r} is not a maintenance window: "
+            "DAYS HH:MM",
+            id=f"reboot-window-{window}",
+        )
+        for window in BAD_WINDOWS
+    ),
 ]
 
 
@@ -387,6 +422,20 @@ def test_defaults_follow_the_guide() -> None:
     assert (settings.max_connections, settings.tls_level) == (10, "may")
     assert options.instance_type == "t3.small"
     assert options.architecture == "x86_64"
+
+
+@pytest.mark.parametrize(
+    ("window", "calendar"),
+    [
+        ("Sun 03:00", "Sun *-*-* 03:00:00"),
+        ("Sat,Sun 04:30", "Sat,Sun *-*-* 04:30:00"),
+        ("daily 23:59", "*-*-* 23:59:00"),
+    ],
+)
+def test_the_reboot_window_becomes_a_systemd_calendar(window: str, calendar: str) -> None:
+    settings, _ = validate_args(with_(reboot_window=window))
+    assert settings.reboot_calendar == calendar
+    assert validate_args(BASE)[0].reboot_calendar is None  # by default: never
 
 
 def test_monitoring_defaults_are_the_documented_ones() -> None:

@@ -77,6 +77,20 @@ METRICS: Final = (
         "count",
         "SMTP AUTH refused by the service (535)",
     ),
+    Metric(
+        "host.queue_free_percent",
+        "QueueFreePercent",
+        "Percent",
+        "gauge",
+        "free space of the queue's file system (Postfix's queue_directory)",
+    ),
+    Metric(
+        "host.reboot_required",
+        "RebootRequired",
+        "None",
+        "gauge",
+        "1 while installed updates wait for a reboot, else 0",
+    ),
 )
 BY_KEY: Final = {metric.key: metric for metric in METRICS}
 

@@ -26,7 +26,7 @@ import jinja2
 import yaml
 
 from cmc_relay.userdata.metrics import DEFAULT_MONITORING, Monitoring
-from cmc_relay.userdata.settings import OsName, RelaySettings
+from cmc_relay.userdata.settings import REBOOT_STAGGER_MINUTES, OsName, RelaySettings
 
 USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses user data above 16 KB (before base64)
 STAGE_DIR: Final = "/etc/cmc-relay"
@@ -44,6 +44,10 @@ BOOTSTRAP: Final = f"{SCRIPT_DIR}/cmc-relay-bootstrap"
 # Postfix's log (maillog_file): read by the metrics publisher, shipped by the CloudWatch agent.
 # A directory of its own, which no OS's syslog or logrotate configuration touches.
 MAIL_LOG: Final = "/var/log/cmc-relay/mail.log"
+# The mail log's rotation, run by a timer of ours (not the OS's daily logrotate run).
+LOGROTATE_CONFIG_PATH: Final = f"{STAGE_DIR}/logrotate.conf"
+# After the stock 20auto-upgrades (apt reads apt.conf.d in order, later files win).
+AUTO_UPGRADES_PATH: Final = "/etc/apt/apt.conf.d/21cmc-relay-auto-upgrades"
 # Where the agent's documentation keeps its config; cmc-relay-setup runs fetch-config on it.
 CLOUDWATCH_AGENT_CONFIG_PATH: Final = (
     "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
@@ -66,6 +70,9 @@ class OsProfile:
     # The OS's repositories carry the CloudWatch agent (a package above); else the payload
     # downloads it from AWS.
     cloudwatch_agent_packaged: bool
+    # Security updates by unattended-upgrades (Debian, Ubuntu; a package above); Amazon Linux
+    # 2023 locks its repositories to the image's release, so its updates come with a new image.
+    unattended_upgrades: bool = False
 
     @property
     def agent_downloads(self) -> tuple[str, ...]:
@@ -86,13 +93,14 @@ _AGENT_VERIFIER = "gpgv"
 # documents installing it by hand on Debian): cmc-relay-install-agent does, and the CloudWatch
 # agent, which no Debian or Ubuntu repository carries.
 _DEBIAN = OsProfile(
-    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER),
+    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER, "unattended-upgrades"),
     ca_file="/etc/ssl/certs/ca-certificates.crt",
     login_user="admin",
     dhclient=False,
     ssm_agent_preinstalled=False,
     ssm_agent_unit="amazon-ssm-agent",
     cloudwatch_agent_packaged=False,
+    unattended_upgrades=True,
 )
 OS_PROFILES: Final[dict[OsName, OsProfile]] = {
     "al2023": OsProfile(
@@ -107,13 +115,14 @@ OS_PROFILES: Final[dict[OsName, OsProfile]] = {
     "debian-12": _DEBIAN,
     "debian-13": _DEBIAN,
     "ubuntu-24.04": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER),
+        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER, "unattended-upgrades"),
         ca_file="/etc/ssl/certs/ca-certificates.crt",
         login_user="ubuntu",
         dhclient=False,
         ssm_agent_preinstalled=True,  # as a snap
         ssm_agent_unit="snap.amazon-ssm-agent.amazon-ssm-agent",
         cloudwatch_agent_packaged=False,
+        unattended_upgrades=True,
     ),
 }
 
@@ -313,7 +322,13 @@ def write_files(
             "content": json.dumps(monitoring.publisher_config(), separators=(",", ":")) + "\n",
             **_CONFIG_FILE,
         },
-        config_file("/etc/logrotate.d/cmc-relay", "logrotate"),
+        config_file(LOGROTATE_CONFIG_PATH, "logrotate"),
+        config_file(
+            f"{UNIT_DIR}/cmc-relay-logrotate.service",
+            "logrotate.service",
+            logrotate_config=LOGROTATE_CONFIG_PATH,
+        ),
+        config_file(f"{UNIT_DIR}/cmc-relay-logrotate.timer", "logrotate.timer"),
         {
             "path": CLOUDWATCH_AGENT_CONFIG_PATH,
             "content": json.dumps(cloudwatch_agent_config(monitoring), separators=(",", ":")),
@@ -327,6 +342,15 @@ def write_files(
         config_file(f"{UNIT_DIR}/cmc-relay-metrics.service", "metrics.service"),
         config_file(f"{UNIT_DIR}/cmc-relay-metrics.timer", "metrics.timer"),
     ]
+    if OS_PROFILES[settings.os].unattended_upgrades:
+        files.append(config_file(AUTO_UPGRADES_PATH, "auto-upgrades"))
+    if settings.reboot_window is not None:  # the maintenance window for reboots
+        stagger = {"stagger_minutes": REBOOT_STAGGER_MINUTES}
+        files += [
+            _script_file("cmc-relay-reboot"),
+            config_file(f"{UNIT_DIR}/cmc-relay-reboot.service", "reboot.service", **stagger),
+            config_file(f"{UNIT_DIR}/cmc-relay-reboot.timer", "reboot.timer"),
+        ]
     if settings.inbound_tls != "none" and settings.inbound_tls_secret_arn is None:
         files.append(_script_file("cmc-relay-inbound-cert"))  # the self-signed certificate
     if OS_PROFILES[settings.os].dhclient:

@@ -54,6 +54,18 @@ _SECRET_ARN = re.compile(
 # ip-10-0-1-5.ap-northeast-1.compute.internal, and ip-10-0-1-5.ec2.internal in us-east-1.
 INTERNAL_DOMAINS: Final = ("localhost", "localhost.localdomain", "compute.internal", "ec2.internal")
 _WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+# Postfix refuses mail when less than queue_minfree is free and asks for at least 1.5 x
+# message_size_limit there; 2 x leaves room for one more largest message already past the check
+# (smtpd checks at MAIL FROM, then writes) and for the bounce and defer logs of what is queued.
+QUEUE_MINFREE_FACTOR: Final = 2
+# rebootWindow: days (or "daily") and a time of day, on the host's clock (UTC on the images).
+WEEKDAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_REBOOT_WINDOW = re.compile(
+    r"^(?P<days>daily|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)(?:,(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun))*)"
+    r" (?P<hour>[01]\d|2[0-3]):(?P<minute>[0-5]\d)$"
+)
+# Host i reboots this many minutes after host i-1's turn: one host at a time is down.
+REBOOT_STAGGER_MINUTES: Final = 30
 
 # snake_case field -> camelCase stack config key, for error messages.
 CONFIG_KEYS: Final[dict[str, str]] = {
@@ -110,6 +122,9 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "alarm_oldest_message_minutes": "alarmOldestMessageMinutes",
     "alarm_bounced_threshold": "alarmBouncedThreshold",
     "alarm_refused_threshold": "alarmRefusedThreshold",
+    "reboot_window": "rebootWindow",
+    "alarm_queue_free_percent": "alarmQueueFreePercent",
+    "alarm_reboot_required_days": "alarmRebootRequiredDays",
 }
 
 
@@ -180,6 +195,20 @@ def parse_email(name: str, value: object) -> str:
     if not at or not _LOCAL_PART.match(local) or len(str(value)) > 254:
         raise ConfigError(name, f"{value!r} is not an e-mail address (like ops@example.com)")
     return f"{local}@{parse_domain(name, domain)}"
+
+
+def reboot_calendar(window: str) -> str:
+    """``rebootWindow`` ("Sun 03:00", "Sat,Sun 04:30", "daily 02:00") as a systemd
+    OnCalendar expression ("Sun *-*-* 03:00:00")."""
+    match = _REBOOT_WINDOW.match(window) if isinstance(window, str) else None
+    if match is None:
+        raise ConfigError(
+            "reboot_window",
+            f"{window!r} is not a maintenance window: DAYS HH:MM, DAYS being daily or day "
+            f"names joined by commas ({', '.join(WEEKDAYS)}), e.g. 'Sun 03:00'",
+        )
+    days = "" if match["days"] == "daily" else f"{match['days']} "
+    return f"{days}*-*-* {match['hour']}:{match['minute']}:00"
 
 
 def is_within(domain: str, parents: Sequence[str]) -> bool:
@@ -294,6 +323,7 @@ class RelaySettings:
     operator_email: str | None = None
     inbound_tls: InboundTls = "may"
     inbound_tls_secret_arn: str | None = None
+    reboot_window: str | None = None
     relay_host: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -337,6 +367,8 @@ class RelaySettings:
                     "inbound_tls_secret_arn", "only applies with inbound_tls may or encrypt"
                 )
             secret_region(self.inbound_tls_secret_arn, "inbound_tls_secret_arn")
+        if self.reboot_window is not None:
+            reboot_calendar(self.reboot_window)
         host = self.smtp_host or PLAN_SMTP_HOSTS[self.plan].format(subdomain=self.subdomain)
         object.__setattr__(self, "relay_host", host)
 
@@ -407,6 +439,16 @@ class RelaySettings:
         if self.sender_domain is None:
             return ()
         return tuple(d for d in (*self.internal_domains, *self.rewrite_domains) if "." in d)
+
+    @property
+    def queue_minfree(self) -> int:
+        """Postfix's queue_minfree, in bytes: see QUEUE_MINFREE_FACTOR."""
+        return QUEUE_MINFREE_FACTOR * self.message_size_limit
+
+    @property
+    def reboot_calendar(self) -> str | None:
+        """The maintenance window as systemd's OnCalendar; None: never reboot automatically."""
+        return None if self.reboot_window is None else reboot_calendar(self.reboot_window)
 
     @property
     def next_hop(self) -> str:

@@ -48,6 +48,9 @@ class Boot:
     verify: dict[str, Any] = field(default_factory=dict)
     agent_installs: list[str] = field(default_factory=list)  # the installer's lines, this far
     cloudwatch_agent_config: str = ""  # what fetch-config kept for the agent to run
+    unattended_upgrades: str = ""  # dpkg's status of the package
+    auto_upgrades: dict[str, str] = field(default_factory=dict)  # APT::Periodic, as apt reads it
+    reboot_required: str = ""  # the publisher's RebootRequired, sampled on this boot
 
     def failed_checks(self) -> list[str]:
         return [f"{c['name']}: {c['detail']}" for c in self.verify.get("checks", []) if not c["ok"]]
@@ -63,6 +66,7 @@ class Findings:
     secret_places: list[str] = field(default_factory=list)
     imds: list[dict[str, Any]] = field(default_factory=list)
     queued_before_reboot: int = 0
+    reboot_required_before: str = ""  # RebootRequired once an update asked for the reboot
     after_reboot: Boot = field(default_factory=Boot)
     queued_after_reboot: int = 0
     resolv_after_renewal: list[str] = field(default_factory=list)
@@ -96,7 +100,12 @@ UNITS: Final = (
     "cmc-relay-fetch-secret.timer",
     "amazon-cloudwatch-agent",
     "cmc-relay-metrics.timer",
+    "cmc-relay-logrotate.timer",
+    "apt-daily.timer",  # refreshes the package lists for unattended-upgrades
+    "apt-daily-upgrade.timer",  # runs unattended-upgrades
 )
+APT_PERIODIC: Final = ("Update-Package-Lists", "Unattended-Upgrade")
+REBOOT_FLAG: Final = "/run/reboot-required"
 CLOUDWATCH_AGENT_RUNNING: Final = (
     "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.d/"
     "file_amazon-cloudwatch-agent.json"
@@ -113,9 +122,25 @@ def observe(boot: TwinBoot, state: str, started: float, verify: bool = True) -> 
     output = boot.run("cat", "/var/log/cloud-init-output.log").stdout.splitlines()
     seen.agent_installs = [line for line in output if line.startswith("cmc-relay-install-agent:")]
     seen.cloudwatch_agent_config = boot.run("cat", CLOUDWATCH_AGENT_RUNNING).stdout
+    status = ("dpkg-query", "-W", "-f=${Status}", "unattended-upgrades")
+    seen.unattended_upgrades = boot.run(*status).stdout
+    for name in APT_PERIODIC:
+        shell = boot.run("apt-config", "shell", "V", f"APT::Periodic::{name}").stdout.strip()
+        seen.auto_upgrades[name] = shell.removeprefix("V=").strip("'")
+    seen.reboot_required = reboot_required_sample(boot)
     if verify:
         run_verifier(boot, seen)
     return seen
+
+
+def reboot_required_sample(boot: TwinBoot) -> str:
+    """One run of the publisher's service, as its timer runs it: the RebootRequired it
+    printed (its newest line naming every value it published; systemd's own lines follow)."""
+    boot.run("systemctl", "start", "cmc-relay-metrics.service")
+    journal = boot.run("journalctl", "-u", "cmc-relay-metrics", "-o", "cat", "-n", "20").stdout
+    published = [line for line in journal.splitlines() if "RebootRequired=" in line]
+    values = dict(v.split("=", 1) for v in published[-1].split()) if published else {}
+    return values.get("RebootRequired", "")
 
 
 def run_verifier(boot: TwinBoot, seen: Boot) -> None:
@@ -230,6 +255,11 @@ def reboot(boot: TwinBoot, findings: Findings, say: Say) -> None:
     after a DHCP renewal); the verifier runs again if the service is up."""
     assert boot.world is not None and boot.world.standin is not None
     service_up = not boot.world.standin.is_down
+    # As an update of the kernel or libc does: the flag the metric reads, which the reboot
+    # clears (/run is a tmpfs).
+    boot.run("sh", "-c", f"echo '*** System restart required ***' > {REBOOT_FLAG}", check=True)
+    findings.reboot_required_before = reboot_required_sample(boot)
+    say(f"{REBOOT_FLAG} written: RebootRequired = {findings.reboot_required_before}")
     started = time.monotonic()
     state = boot.reboot()
     findings.after_reboot = seen = observe(boot, state, started, verify=service_up)

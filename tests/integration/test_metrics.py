@@ -75,7 +75,10 @@ class Publisher:
     def run(self, relay: str) -> subprocess.CompletedProcess[str]:
         config = self.directory / "metrics.json"
         config.write_text(json.dumps(publisher_config(NAMESPACE, relay)))
-        command = (sys.executable, PUBLISHER, "--config", config, "--state", self.state)
+        command = (
+            sys.executable, PUBLISHER, "--config", config, "--state", self.state,
+            "--reboot-flag", self.directory / "reboot-required",
+        )  # fmt: skip
         return run(*command, env=self.env)
 
     def sample(self, relay: str) -> dict[str, float]:
@@ -122,6 +125,13 @@ def metadata_service() -> Iterator[str]:
 
 @pytest.fixture
 def publisher(rig: Rig, tmp_path: Path) -> Iterator[Publisher]:
+    with publisher_for(rig, tmp_path) as publisher:
+        yield publisher
+
+
+@contextlib.contextmanager
+def publisher_for(rig: Rig, tmp_path: Path) -> Iterator[Publisher]:
+    """The publisher of ``rig``'s relay, with moto's CloudWatch and the metadata service."""
     with moto_on_loopback() as endpoint:
         cloudwatch = boto3.client(
             "cloudwatch",

@@ -192,9 +192,30 @@ def test_resolver_keeps_the_cache_first(findings: scenario.Findings) -> None:
 
 
 def test_mail_queued_while_down_survives_the_reboot_once(findings: scenario.Findings) -> None:
+    """The reboot an OS update asks for (/run/reboot-required written first) keeps the mail."""
     assert findings.queued_before_reboot == len(scenario.QUEUED)
     assert findings.queued_after_reboot == len(scenario.QUEUED)
     assert findings.queued_deliveries == {message_id: 1 for message_id in scenario.QUEUED}
+
+
+def test_unattended_upgrades_installed_and_on_across_the_reboot(
+    findings: scenario.Findings,
+) -> None:
+    """Security updates from the OS between image moves: the package, apt's periodic settings
+    turned on, and the timers that run it."""
+    for boot in (findings.first, findings.after_reboot):
+        assert boot.unattended_upgrades == "install ok installed"
+        assert boot.auto_upgrades == {"Update-Package-Lists": "1", "Unattended-Upgrade": "1"}
+        assert boot.active["apt-daily.timer"] == boot.active["apt-daily-upgrade.timer"] == "active"
+        assert boot.active["cmc-relay-logrotate.timer"] == "active"
+
+
+def test_a_required_reboot_is_reported_until_the_host_reboots(
+    findings: scenario.Findings,
+) -> None:
+    assert findings.first.reboot_required == "0"
+    assert findings.reboot_required_before == "1"
+    assert findings.after_reboot.reboot_required == "0"
 
 
 def test_rotated_secret_in_use_within_the_timer_period(findings: scenario.Findings) -> None:
