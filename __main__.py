@@ -18,6 +18,8 @@ _INT_KEYS = {
     "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",
     "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
     "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
+    "alarmSentThreshold", "clientMessageRateLimit", "clientRecipientRateLimit",
+    "clientConnectionLimit",
 }  # fmt: skip
 _BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms"}
 _STRUCTURED_KEYS = {

@@ -146,6 +146,14 @@ class RelayHostArgs(TypedDict, total=False):
     inbound_tls_secret_arn: str
     """A secret holding the PEM key and certificate chain to offer; by default the host
     generates a self-signed certificate at first boot."""
+    client_message_rate_limit: int
+    """Messages one client address may send per minute (default 1000; 0: no limit); over it,
+    450 (try later). Loopback is exempt."""
+    client_recipient_rate_limit: int
+    """Recipients one client address may send to per minute (default 5000; 0: no limit)."""
+    client_connection_limit: int
+    """Connections one client address may hold at once (default 20, at most 100; 0: no
+    limit); over it, 421."""
     metrics_namespace: str
     """CloudWatch namespace of the hosts' metrics (default CMCRelay; not AWS/...)."""
     log_retention_days: int
@@ -167,13 +175,16 @@ class RelayHostArgs(TypedDict, total=False):
     """Alarm when a host bounces this many messages in 5 minutes (default 1)."""
     alarm_refused_threshold: int
     """Alarm when the service refuses this many of a host's sessions in 5 minutes (default 5)."""
+    alarm_sent_threshold: int
+    """Alarm when a host sends more than this many messages in 5 minutes (default 5000)."""
 
 
 _SETTINGS_FIELDS: Final = (
     "allowed_cidrs", "plan", "subdomain", "smtp_host", "smtp_port", "auth_mode", "os",
     "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
     "sender_domain", "rewrite_domains", "allowed_sender_domains", "operator_email", "inbound_tls",
-    "inbound_tls_secret_arn",
+    "inbound_tls_secret_arn", "client_message_rate_limit", "client_recipient_rate_limit",
+    "client_connection_limit",
 )  # fmt: skip
 _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
 # Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.
@@ -189,6 +200,8 @@ class AlarmThresholds:
     oldest_message_minutes: int = 30
     bounced: int = 1
     refused: int = 5
+    # One client at clientMessageRateLimit's default for the whole 5 minutes.
+    sent: int = 5000
 
 
 # Argument -> (AlarmThresholds field, lowest value): a count of 0 would always be reached.
@@ -197,6 +210,7 @@ _THRESHOLD_ARGS: Final = {
     "alarm_oldest_message_minutes": ("oldest_message_minutes", 1),
     "alarm_bounced_threshold": ("bounced", 1),
     "alarm_refused_threshold": ("refused", 1),
+    "alarm_sent_threshold": ("sent", 1),
 }
 _THRESHOLD_MAX: Final = 1_000_000
 _ALARM_ARGS: Final = ("alarm_topic_arn", "alarm_email", *_THRESHOLD_ARGS)

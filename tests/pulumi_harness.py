@@ -113,6 +113,9 @@ class Recorder(pulumi.runtime.Mocks):
         token, inputs = args.token, args.args
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "id": "aws"}, []
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            arn = f"arn:aws:iam::{ACCOUNT}:user/deployer"
+            return {"accountId": ACCOUNT, "arn": arn, "userId": "AIDA", "id": ACCOUNT}, []
         if token == "aws:index/getRegion:getRegion":
             return {"region": REGION, "name": REGION, "id": REGION}, []
         if token == "aws:ec2/getAmi:getAmi":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -118,6 +119,16 @@ def test_a_bundle_with_another_hash_is_refused_before_anything_is_written(
     result, root = run(tmp_path, moto_url, bundle.key, pinned)
     assert result.returncode == 1
     assert f"bundle SHA-256 is {bundle.sha256}, expected {pinned}" in result.stderr
+    assert not root.exists()
+
+
+def test_an_object_over_the_size_cap_is_refused_unread(
+    tmp_path: Path, moto_url: str, s3: Any
+) -> None:
+    bundle = put(s3, os.urandom(4 * 1024 * 1024 + 1))
+    result, root = run(tmp_path, moto_url, bundle.key, bundle.sha256)
+    assert result.returncode == 1
+    assert f"refused s3://{BUCKET}/{bundle.key}: 4194305 bytes, over 4194304" in result.stderr
     assert not root.exists()
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from cmc_relay.components import TYPE_TOKEN, RelayHost
+from cmc_relay.components.policies import ssm_agent_policy
 from cmc_relay.components.relay_host import payload_bucket_prefix
 from cmc_relay.userdata.render import render_bundle
 from cmc_relay.userdata.settings import ConfigError, RelaySettings
@@ -109,10 +110,7 @@ def test_role_can_use_ssm_and_read_exactly_the_one_secret() -> None:
     recorder = relay()
     trust = json.loads(recorder.one("aws:iam/role:Role").inputs["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
-    attachment = recorder.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-    assert attachment.inputs["policyArn"] == (
-        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    )
+    assert json.loads(recorder.by_name("relay-ssm-agent").inputs["policy"]) == ssm_agent_policy()
     policy = json.loads(recorder.by_name(READ_SECRETS).inputs["policy"])
     (statement,) = policy["Statement"]
     assert statement["Action"] == "secretsmanager:GetSecretValue"
@@ -229,6 +227,7 @@ def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
     assert sorted(r.name for r in recorder.of_type(ROLE_POLICY)) == [
         "relay-monitoring",
         "relay-read-payload",
+        "relay-ssm-agent",
     ]
     assert recorder.of_type("aws:secretsmanager/secret:Secret") == []
     assert "CMC_SECRET_ARN=" not in user_data(recorder)

@@ -173,8 +173,9 @@ def test_the_largest_usual_payload_still_fits(
     )
     ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq3vQm0mZ1rL8x4m2aQe9Vt7r2hY5cJ0bN6dK3wS1pE ops"
     user_data = render_user_data(settings, SECRET_ARN, ssh_key, drain=True, store=STORE)
-    # About 4.5 KB with the scripts in the bundle (Debian's was 15.7 KB with them inside).
-    assert len(base64.b64decode(pack_user_data(user_data))) < 5 * 1024
+    # About 5.1 KB with the scripts in the bundle (Debian's was 15.7 KB with them inside); EC2
+    # takes 16 KB. The per-client limits took it over the 5 KB this guard had.
+    assert len(base64.b64decode(pack_user_data(user_data))) < 5.5 * 1024
 
 
 def test_payload_refuses_to_exceed_the_limit() -> None:
