@@ -96,6 +96,9 @@ HOST_ALARMS = {
         metric("session.refused").name, "Sum", 300, 1, "GreaterThanOrEqualToThreshold", 5,
         "notBreaching",
     ),
+    "sent": (
+        metric("delivery.sent").name, "Sum", 300, 1, "GreaterThanThreshold", 5000, "notBreaching",
+    ),
     "silent": (
         metric("queue.deferred").name, "SampleCount", 60, 5, "LessThanThreshold", 1, "breaching",
     ),
@@ -146,6 +149,7 @@ def test_thresholds_and_namespace_come_from_the_arguments() -> None:
             alarm_oldest_message_minutes=90,
             alarm_bounced_threshold=3,
             alarm_refused_threshold=20,
+            alarm_sent_threshold=12000,
         )
     )
     thresholds = {name: inputs["threshold"] for name, inputs in found.items()}
@@ -153,6 +157,7 @@ def test_thresholds_and_namespace_come_from_the_arguments() -> None:
     assert thresholds["relay-oldest-message-alarm"] == 90 * 60  # the metric is in seconds
     assert thresholds["relay-bounced-alarm"] == 3
     assert thresholds["relay-refused-alarm"] == 20
+    assert thresholds["relay-sent-alarm"] == 12000
     assert found["relay-silent-alarm"]["namespace"] == "Mail/Relay"
 
 
