@@ -178,14 +178,16 @@ def other_signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_a_good_signature_names_the_signer(signer: dict[str, Any], tmp_path: Path) -> None:
     keys, fpr = agent.dearmor(signer["key"]), signer["fpr"]
     assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path)) == fpr
-    assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path), fpr) == fpr
+    assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path), frozenset([fpr])) == fpr
 
 
 @needs_gpg
 def test_a_tampered_package_is_refused(signer: dict[str, Any], tmp_path: Path) -> None:
     keys = agent.dearmor(signer["key"])
     with pytest.raises(ValueError, match="BAD signature"):
-        agent.verify(keys, signer["sig"], signer["tampered"], str(tmp_path), signer["fpr"])
+        agent.verify(
+            keys, signer["sig"], signer["tampered"], str(tmp_path), frozenset([signer["fpr"]])
+        )
 
 
 @needs_gpg
@@ -204,7 +206,29 @@ def test_a_valid_signature_by_a_key_other_than_the_pinned_one_is_refused(
     with the other key, is refused when the pinned fingerprint is not that key's."""
     keys, other, pinned = agent.dearmor(other_signer["key"]), other_signer["fpr"], signer["fpr"]
     with pytest.raises(ValueError, match=f"signed by key {other}, not by the pinned {pinned}"):
-        agent.verify(keys, other_signer["sig"], other_signer["deb"], str(tmp_path), signer["fpr"])
+        agent.verify(
+            keys, other_signer["sig"], other_signer["deb"], str(tmp_path), frozenset([pinned])
+        )
+
+
+@needs_gpg
+def test_around_a_rotation_the_current_and_the_next_key_both_verify(
+    signer: dict[str, Any], other_signer: dict[str, Any], tmp_path: Path
+) -> None:
+    """A key file of two armored blocks (the current key, then the next) is one keyring, and
+    two pinned fingerprints accept either key's signature: a package signed with AWS's next
+    key installs as soon as its key is shipped, before the current one is removed."""
+    keys = agent.dearmor(signer["key"] + "\n" + other_signer["key"])
+    assert keys == agent.dearmor(signer["key"]) + agent.dearmor(other_signer["key"])
+    both = frozenset([signer["fpr"], other_signer["fpr"]])
+    for by in (signer, other_signer):
+        assert agent.verify(keys, by["sig"], by["deb"], str(tmp_path), both) == by["fpr"]
+
+
+def test_a_broken_second_key_block_is_refused() -> None:
+    broken = aws_ssm_agent_key() + aws_ssm_agent_key().replace("=", "!", 1)
+    with pytest.raises(ValueError, match="broken ASCII-armored public key block"):
+        agent.dearmor(broken)
 
 
 def test_an_armored_or_binary_downloaded_key_is_a_keyring() -> None:
@@ -362,7 +386,13 @@ def test_the_cloudwatch_agent_is_installed_only_if_signed_by_the_pinned_key(
 
 
 @pytest.mark.parametrize(
-    "fingerprint", ["", "937616f3450b7d806cbd9725d58167303b789c72", "3B789C72"]
+    "fingerprint",
+    [
+        "",
+        "937616f3450b7d806cbd9725d58167303b789c72",
+        "3B789C72",
+        "937616F3450B7D806CBD9725D58167303B789C72 3B789C72",  # one of two is not
+    ],
 )
 def test_the_cloudwatch_agent_needs_a_pinned_fingerprint(fingerprint: str) -> None:
     """Checked before anything is asked of the network: no metadata service is given."""
@@ -371,7 +401,7 @@ def test_the_cloudwatch_agent_needs_a_pinned_fingerprint(fingerprint: str) -> No
         [sys.executable, str(SCRIPT), "cloudwatch"], env=env, capture_output=True, text=True
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "CMC_CLOUDWATCH_AGENT_FINGERPRINT: not a key fingerprint" in result.stdout
+    assert "CMC_CLOUDWATCH_AGENT_FINGERPRINT: not key fingerprints" in result.stdout
 
 
 @needs_gpg
