@@ -8,6 +8,7 @@ so a run that gets past the signature check ends at dpkg -i, which refuses a non
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 import trustme
 
-from cmc_relay.userdata.render import aws_ssm_agent_key
+from cmc_relay.userdata.render import agent_pins, aws_ssm_agent_key
 from tests.host_scripts import SCRIPTS, load_script
 
 SCRIPT = SCRIPTS / "cmc-relay-install-agent"
@@ -292,17 +293,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     https = HTTPServer(("127.0.0.1", 0), World)
     https.socket = context.wrap_socket(https.socket, server_side=True)
     imds = HTTPServer(("127.0.0.1", 0), World)
+    shipped_pins = tmp_path_factory.mktemp("pins") / "agent-pins.json"
+    shipped_pins.write_text(agent_pins())  # as the bundle ships them: none yet
     for distribution in serve(https):
         for metadata in serve(imds):
             yield {
                 "base": f"https://{distribution}/ssm",
                 "imds": f"http://{metadata}",
                 "ca": str(bundle),
+                "pins": str(shipped_pins),
             }
 
 
 def run_script(
-    world: dict[str, str], package: str, key: Path | str, *args: str, fingerprint: str = ""
+    world: dict[str, str],
+    package: str,
+    key: Path | str,
+    *args: str,
+    fingerprint: str = "",
+    pins: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
@@ -310,6 +319,7 @@ def run_script(
         agent.AGENTS[package].base_variable: world["base"],
         "SSL_CERT_FILE": world["ca"],
         "CMC_CLOUDWATCH_AGENT_FINGERPRINT": fingerprint,
+        "CMC_AGENT_PINS": str(pins or world["pins"]),
     }
     return subprocess.run(
         [sys.executable, str(SCRIPT), package, str(key), *args],
@@ -489,3 +499,51 @@ def test_the_shipped_key_is_aws_published_key_without_the_cross_certification() 
     assert b"SSM Agent <ssm-agent-signer@amazon.com>" in shipped[1]
     assert bytes.fromhex("7DD097A3DAD7F5FC") in full[3]  # the issuer of the dropped packet
     assert bytes.fromhex("2784DBF388D19D46") in shipped[2]  # self-signed
+
+
+@needs_gpg
+@pytest.mark.parametrize("package", ["ssm", "cloudwatch"])
+@pytest.mark.parametrize("matches", [True, False])
+def test_a_pinned_package_is_downloaded_by_version_and_refused_unless_its_hash_matches(
+    world: dict[str, str], signer: dict[str, Any], tmp_path: Path, package: str, matches: bool
+) -> None:
+    """The pinned version's URL, not latest; a package of another SHA-256 is refused before
+    its signature is checked; the pinned one goes on to the signature and dpkg -i (which
+    refuses the signer's random bytes: exit 7)."""
+    arch, version = dpkg_arch().strip(), "3.3.1000.0"
+    name = agent.AGENTS[package].package
+    distro, base = agent.os_release_id(), "https://x/ssm"
+    url = agent.package_url(agent.AGENTS[package], "ap-northeast-1", arch, distro, base, version)
+    path = url.removeprefix("https://x")  # the same path under the test distribution
+    deb = signer["deb"].read_bytes()
+    World.files = {
+        path: deb,
+        f"{path}.sig": signer["sig"].read_bytes(),
+        KEY_PATH: signer["key"].encode(),
+    }
+    World.requests.clear()
+    digest = hashlib.sha256(deb if matches else b"another build").hexdigest()
+    pins = tmp_path / "agent-pins.json"
+    pins.write_text(json.dumps({**json.loads(agent_pins()), name: {
+        "version": version, "sha256": {arch: digest}}}))  # fmt: skip
+    key = tmp_path / "key.asc"
+    key.write_text(signer["key"])
+    result = run_script(world, package, key, fingerprint=signer["fpr"], pins=pins)
+    assert f"GET {path}" in World.requests and "latest" not in " ".join(World.requests[2:])
+    assert f"{name} {version}, SHA-256 {digest}" in result.stdout
+    if matches:
+        assert f"signature good, by {signer['fpr']}" in result.stdout, result.stdout
+        assert result.returncode == 7 and "dpkg -i failed" in result.stdout, result.stdout
+    else:
+        assert result.returncode == 6, result.stdout
+        got = hashlib.sha256(deb).hexdigest()
+        assert f"SHA-256 {got}, not the pinned {digest}" in result.stdout
+        assert "signature good" not in result.stdout and "dpkg -i" not in result.stdout
+
+
+def test_the_shipped_pins_name_both_agents() -> None:
+    """Each agent pinned ({"version", "sha256": {ARCH: ...}}) or null: latest, signature only."""
+    pins = json.loads(agent_pins())
+    assert set(pins) == {a.package for a in agent.AGENTS.values()}
+    for pinned in pins.values():
+        assert pinned is None or set(pinned["sha256"]) == {"amd64", "arm64"}

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from cmc_relay.userdata.render import (
+    AGENT_PINS_PATH,
     AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     BOOTSTRAP,
     BUNDLE_ENV_PATH,
@@ -215,7 +216,7 @@ def test_bundle_members_are_root_owned_files_with_fixed_times_and_modes() -> Non
         assert member.isreg()
         assert (member.uid, member.gid, member.uname, member.gname) == (0, 0, "root", "root")
         assert member.mtime == 0
-        assert member.mode == (0o644 if path == SSM_AGENT_KEY_PATH else 0o755)
+        assert member.mode == (0o644 if path in (SSM_AGENT_KEY_PATH, AGENT_PINS_PATH) else 0o755)
     assert render_bundle(settings, drain=True).data[4:8] == b"\0\0\0\0"  # gzip's mtime
 
 

@@ -157,6 +157,13 @@ def script(name: str) -> str:
 
 
 SSM_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-ssm-agent.asc"
+AGENT_PINS_PATH: Final = f"{STAGE_DIR}/agent-pins.json"
+
+
+def agent_pins() -> str:
+    """The agent packages' pins, by package: {"version": ..., "sha256": {ARCH: ...}}, or null
+    for the latest (signature only). The one place to pin them (README, "When AWS rotates")."""
+    return resources.files("cmc_relay.userdata").joinpath("keys", "agent-pins.json").read_text()
 
 
 def aws_ssm_agent_key() -> str:
@@ -332,14 +339,16 @@ def write_files(
         files.append({"path": SSM_AGENT_KEY_PATH, "content": key, **_CONFIG_FILE})
     if profile.agent_downloads:
         files.append(_script_file("cmc-relay-install-agent"))
+        files.append({"path": AGENT_PINS_PATH, "content": agent_pins(), **_CONFIG_FILE})
     if drain:
         files.append(_script_file("cmc-relay-drain"))
     return files
 
 
 def is_bundled(path: str) -> bool:
-    """The bundle holds the on-host scripts and SSM Agent's key; the user data the rest."""
-    return path.startswith(f"{SCRIPT_DIR}/") or path == SSM_AGENT_KEY_PATH
+    """The bundle holds the on-host scripts, SSM Agent's key and the agents' pins; the user
+    data the rest."""
+    return path.startswith(f"{SCRIPT_DIR}/") or path in (SSM_AGENT_KEY_PATH, AGENT_PINS_PATH)
 
 
 def split_files(files: list[dict[str, str]]) -> tuple[list[dict[str, str]], Bundle]:
