@@ -274,6 +274,7 @@ def write_files(
     ssm_agent_key: str | None = None,
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
+    pins: str | None = None,
 ) -> list[dict[str, str]]:
     """Every file the host gets besides the bootstrap and its pin, in order: the user data's
     and the bundle's (``is_bundled`` tells them apart); ``drain`` adds the script a
@@ -281,7 +282,9 @@ def write_files(
     repositories the CloudWatch agent, the installer and what it trusts: the public key it
     checks SSM Agent against (``ssm_agent_key``, ASCII armored; None: AWS's), and in relay.env
     the fingerprint the CloudWatch agent's signing key must have (AWS's by default); a test
-    environment passes its own signing key's. ``monitoring``: where metrics and mail log go."""
+    environment passes its own signing key's, and with ``pins`` its packages' version and
+    SHA-256 (JSON as ``agent_pins``; None: the shipped pins). ``monitoring``: where metrics and
+    mail log go."""
 
     def config_file(path: str, template: str, **extra: Any) -> dict[str, str]:
         content = without_comments(render_template(template, settings, secret_arn, **extra))
@@ -339,7 +342,8 @@ def write_files(
         files.append({"path": SSM_AGENT_KEY_PATH, "content": key, **_CONFIG_FILE})
     if profile.agent_downloads:
         files.append(_script_file("cmc-relay-install-agent"))
-        files.append({"path": AGENT_PINS_PATH, "content": agent_pins(), **_CONFIG_FILE})
+        content = agent_pins() if pins is None else pins
+        files.append({"path": AGENT_PINS_PATH, "content": content, **_CONFIG_FILE})
     if drain:
         files.append(_script_file("cmc-relay-drain"))
     return files
@@ -398,10 +402,12 @@ def render_bundle(
     drain: bool = False,
     *,
     ssm_agent_key: str | None = None,
+    pins: str | None = None,
 ) -> Bundle:
     """The bundle a host of ``settings`` installs (arguments as ``write_files``'s). It holds
     no configuration, so no secret ARN, pinned fingerprint or monitoring setting changes it."""
-    _, bundle = split_files(write_files(settings, None, drain, ssm_agent_key=ssm_agent_key))
+    files = write_files(settings, None, drain, ssm_agent_key=ssm_agent_key, pins=pins)
+    _, bundle = split_files(files)
     return bundle
 
 
@@ -415,6 +421,7 @@ def cloud_config(
     ssm_agent_key: str | None = None,
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
+    pins: str | None = None,
 ) -> dict[str, Any]:
     """The payload as a data structure; ``ssh_public_key`` lets the default user log in,
     ``drain`` ships the drain script, ``ssm_agent_key`` and ``cloudwatch_agent_fingerprint``
@@ -428,6 +435,7 @@ def cloud_config(
         write_files(
             settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
             cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
+            pins=pins,
         )
     )  # fmt: skip
     pin = render_template("bundle.env", settings, store=store, bundle=bundle)
@@ -481,6 +489,7 @@ def render_user_data(
     ssm_agent_key: str | None = None,
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
+    pins: str | None = None,
 ) -> str:
     """The ``#cloud-config`` document given to the instance (see ``pack_user_data``).
 
@@ -490,11 +499,13 @@ def render_user_data(
     signed with a throwaway key) passes that key instead. ``cloudwatch_agent_fingerprint``: the
     primary-key fingerprint (40 hex digits) the installer requires of the CloudWatch agent's
     signature on Debian and Ubuntu, whose key it downloads beside the package; AWS's by
-    default, a test environment's own otherwise. ``store``: where the bundle of the same
-    arguments (``render_bundle``) is stored, for the host to fetch."""
+    default, a test environment's own otherwise; ``pins`` likewise replaces the agent
+    packages' version and SHA-256 pins (``agent_pins``). ``store``: where the bundle of the
+    same arguments (``render_bundle``) is stored, for the host to fetch."""
     document = cloud_config(
         settings, secret_arn, ssh_public_key, drain, store=store, ssm_agent_key=ssm_agent_key,
         cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
+        pins=pins,
     )  # fmt: skip
     user_data = dump_cloud_config(document)
     pack_user_data(user_data)  # refuse a payload EC2 would refuse, before any resource exists

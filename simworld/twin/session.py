@@ -33,7 +33,7 @@ from simworld.alarm_check import Series
 from simworld.netns_rig import REPO, wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
-from simworld.twin.aws_agents import AgentPackages, agent_packages
+from simworld.twin.aws_agents import VERSION, AgentPackages, agent_packages, pins
 from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
@@ -166,7 +166,9 @@ class TwinBoot:
         PAYLOAD_STORE and the agents where AWS keeps them; returns the secret's ARN."""
         assert self.world is not None
         public_key = agent.public_key.read_text()
-        self.bundle = bundle = render_bundle(self.settings, ssm_agent_key=public_key)
+        self.bundle = bundle = render_bundle(
+            self.settings, ssm_agent_key=public_key, pins=pins(agent, ARCH)
+        )
         (self.work / "bundle.tar.gz").write_bytes(bundle.data)
         aws = [sys.executable, "-m", "simworld.agents", "aws", "--host", net.AWS_IP]
         aws += ["--port", "443", "--region", net.REGION, "--name", SECRET_NAME]
@@ -174,8 +176,9 @@ class TwinBoot:
         aws += [f"--cert-name={name}" for name in net.AWS_NAMES]
         distro = self.image.os.partition("-")[0]  # os-release's ID
         for name, prefix in (
-            ("ssm", f"{SSM_BUCKET}/latest/debian_{ARCH}"),
-            ("cloudwatch", f"{CLOUDWATCH_BUCKET}/{distro}/{ARCH}/latest"),
+            # Where AWS keeps the pinned version (the payload pins the stand-ins'; see pins).
+            ("ssm", f"{SSM_BUCKET}/{VERSION}/debian_{ARCH}"),
+            ("cloudwatch", f"{CLOUDWATCH_BUCKET}/{distro}/{ARCH}/{VERSION}"),
         ):
             deb = agent.debs[name]
             aws += [f"--s3-object={prefix}/{deb.name}={deb}"]
@@ -216,7 +219,7 @@ class TwinBoot:
         document = render_user_data(
             self.settings, self.secret_arn, store=PAYLOAD_STORE,
             ssm_agent_key=self.agent.public_key.read_text(),
-            cloudwatch_agent_fingerprint=self.agent.fingerprint,
+            cloudwatch_agent_fingerprint=self.agent.fingerprint, pins=pins(self.agent, ARCH),
         )  # fmt: skip
         self.user_data = base64.b64decode(pack_user_data(document))
         return self.user_data
