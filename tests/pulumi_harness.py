@@ -92,6 +92,7 @@ class Recorder(pulumi.runtime.Mocks):
             },
             "aws:sns/topic:Topic": {"arn": f"arn:aws:sns:{REGION}:{ACCOUNT}:{args.name}-1a2b3c"},
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
+            "aws:kms/key:Key": {"arn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{args.name}-id"},
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},
             "command:local:Command": {"stdout": VERIFIER_REPORT},

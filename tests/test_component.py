@@ -396,3 +396,12 @@ def test_secret_arn_known_only_at_deploy_time_is_still_checked() -> None:
 
     with pytest.raises(Exception, match="is not a Secrets Manager secret ARN"):
         run_program(program)
+
+
+def test_the_payload_bucket_is_versioned() -> None:
+    versioning = relay().one("aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning.name == "relay-payload"
+    assert versioning.inputs == {
+        "bucket": "relay-payload-0a1b2c3",
+        "versioningConfiguration": {"status": "Enabled"},
+    }

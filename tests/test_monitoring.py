@@ -21,7 +21,7 @@ from cmc_relay.components.monitoring import (
     dashboard_url,
     relay_monitoring,
 )
-from cmc_relay.components.policies import monitoring_policy
+from cmc_relay.components.policies import alarm_topic_key_policy, monitoring_policy
 from cmc_relay.userdata.metrics import (
     INSTANCE_DIMENSION,
     METRICS,
@@ -209,6 +209,13 @@ def test_alarm_email_creates_a_topic_with_the_address_subscribed() -> None:
     recorder = relay(alarm_email="ops@example.com")
     topic = recorder.one(TOPIC)
     assert topic.name == "relay-alarms"
+    # Encrypted with a key of its own that CloudWatch may use (not alias/aws/sns).
+    key = recorder.one("aws:kms/key:Key")
+    assert topic.inputs["kmsMasterKeyId"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/relay-alarms-id"
+    assert key.inputs["enableKeyRotation"] is True
+    assert json.loads(key.inputs["policy"]) == alarm_topic_key_policy(
+        "aws", ACCOUNT, REGION, "relay-"
+    )
     subscription = recorder.one(SUBSCRIPTION)
     assert subscription.inputs["protocol"] == "email"
     assert subscription.inputs["endpoint"] == "ops@example.com"
