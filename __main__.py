@@ -19,6 +19,8 @@ _INT_KEYS = {
     "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
     "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
     "queueVolumeGb", "alarmQueueFreePercent", "alarmRebootRequiredDays",
+    "alarmSentThreshold", "clientMessageRateLimit", "clientRecipientRateLimit",
+    "clientConnectionLimit",
 }  # fmt: skip
 _BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms", "discardQueueOnDestroy"}
 _STRUCTURED_KEYS = {

@@ -171,6 +171,14 @@ class RelayHostArgs(TypedDict, total=False):
     """Maintenance window for reboots that installed updates require, "DAYS HH:MM" on the
     hosts' clock (UTC), e.g. "Sun 03:00"; host i reboots i x 30 minutes into it. Default:
     never reboot automatically (the RebootRequired alarm tells)."""
+    client_message_rate_limit: int
+    """Messages one client address may send per minute (default 1000; 0: no limit); over it,
+    450 (try later). Loopback is exempt."""
+    client_recipient_rate_limit: int
+    """Recipients one client address may send to per minute (default 5000; 0: no limit)."""
+    client_connection_limit: int
+    """Connections one client address may hold at once (default 20, at most 100; 0: no
+    limit); over it, 421."""
     metrics_namespace: str
     """CloudWatch namespace of the hosts' metrics (default CMCRelay; not AWS/...)."""
     log_retention_days: int
@@ -197,13 +205,16 @@ class RelayHostArgs(TypedDict, total=False):
     (default 20; 1-99)."""
     alarm_reboot_required_days: int
     """Alarm when installed updates have waited this many days for a reboot (default 3; 1-7)."""
+    alarm_sent_threshold: int
+    """Alarm when a host sends more than this many messages in 5 minutes (default 5000)."""
 
 
 _SETTINGS_FIELDS: Final = (
     "allowed_cidrs", "plan", "subdomain", "smtp_host", "smtp_port", "auth_mode", "os",
     "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
     "sender_domain", "rewrite_domains", "allowed_sender_domains", "operator_email", "inbound_tls",
-    "inbound_tls_secret_arn", "reboot_window",
+    "inbound_tls_secret_arn", "reboot_window", "client_message_rate_limit",
+    "client_recipient_rate_limit", "client_connection_limit",
 )  # fmt: skip
 _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
 # Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.
@@ -221,6 +232,8 @@ class AlarmThresholds:
     refused: int = 5
     queue_free_percent: int = 20
     reboot_required_days: int = 3
+    # One client at clientMessageRateLimit's default for the whole 5 minutes.
+    sent: int = 5000
 
 
 # Argument -> (AlarmThresholds field, lowest value, highest value): a count of 0 would always
@@ -233,6 +246,7 @@ _THRESHOLD_ARGS: Final = {
     "alarm_refused_threshold": ("refused", 1, _THRESHOLD_MAX),
     "alarm_queue_free_percent": ("queue_free_percent", 1, 99),
     "alarm_reboot_required_days": ("reboot_required_days", 1, 7),
+    "alarm_sent_threshold": ("sent", 1, _THRESHOLD_MAX),
 }
 _ALARM_ARGS: Final = ("alarm_topic_arn", "alarm_email", *_THRESHOLD_ARGS)
 

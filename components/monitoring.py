@@ -101,6 +101,7 @@ def host_alarms(
     deferred, oldest = metric("queue.deferred"), metric("queue.oldest_age")
     bounced, refused = metric("delivery.bounced"), metric("session.refused")
     queue_free, reboot = metric("host.queue_free_percent"), metric("host.reboot_required")
+    sent = metric("delivery.sent")
     return [
         AlarmSpec(
             "deferred",
@@ -145,6 +146,19 @@ def host_alarms(
                 evaluation_periods=1,
                 comparison_operator="GreaterThanOrEqualToThreshold",
                 threshold=thresholds.refused,
+            ),
+        ),
+        # Clients over their own limits cannot raise this; many clients, or one compromised
+        # application spread over addresses, can: the volume the company's key sends.
+        AlarmSpec(
+            "sent",
+            f"More than {thresholds.sent} messages sent in 5 minutes",
+            **on(
+                sent,
+                period=ALARM_PERIOD_SECONDS,
+                evaluation_periods=1,
+                comparison_operator="GreaterThanThreshold",
+                threshold=thresholds.sent,
             ),
         ),
         # Every sample carries the deferred queue: none for 5 minutes means the host, its

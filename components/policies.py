@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from cmc_relay.userdata.settings import secret_region
 
@@ -20,9 +20,47 @@ EC2_ASSUME_ROLE_POLICY: PolicyDocument = {
 }
 
 
-def ssm_managed_instance_policy_arn(partition: str) -> str:
-    """AWS's managed policy that lets Systems Manager manage the instance (no SSH needed)."""
-    return f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+# What the SSM Agent calls to be a managed instance that takes Run Command (the verifier, the
+# drain, an operator's commands) and Session Manager: AmazonSSMManagedInstanceCore's statements
+# without Parameter Store (ssm:GetParameter(s) on every parameter), documents, inventory,
+# compliance and patching. None of these actions takes a resource narrower than "*" that the
+# agent could name before it has registered (ec2messages and ssmmessages take none at all).
+SSM_AGENT_ACTIONS: Final = {
+    # Registration and heartbeat (the ping status the verifier waits for); the agent's
+    # association poller lists the instance's own associations (there are none).
+    "RegisterWithSystemsManager": ("ssm:UpdateInstanceInformation", "ssm:ListInstanceAssociations"),
+    # Run Command's message delivery: the agent polls for commands and replies with results.
+    "ReceiveRunCommand": (
+        "ec2messages:AcknowledgeMessage",
+        "ec2messages:DeleteMessage",
+        "ec2messages:FailMessage",
+        "ec2messages:GetEndpoint",
+        "ec2messages:GetMessages",
+        "ec2messages:SendReply",
+    ),
+    # The message gateway's channels: newer agents take Run Command over them too.
+    "OpenAgentChannels": (
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+    ),
+}
+
+
+def ssm_agent_policy() -> PolicyDocument:
+    """Run Command and Session Manager through the SSM Agent, and no read of Parameter Store.
+
+    The CloudWatch agent needs nothing beyond ``monitoring_policy``: it reads its configuration
+    from a file in the payload (not from Parameter Store) and ships to a log group the
+    component creates, without EC2 tags or metrics of its own."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": sid, "Effect": "Allow", "Action": list(actions), "Resource": "*"}
+            for sid, actions in SSM_AGENT_ACTIONS.items()
+        ],
+    }
 
 
 def secret_read_policy(
@@ -99,5 +137,41 @@ def tls_only_bucket_policy(bucket_arn: str) -> PolicyDocument:
                 "Resource": [bucket_arn, f"{bucket_arn}/*"],
                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
             }
+        ],
+    }
+
+
+def alarm_topic_key_policy(
+    partition: str, account_id: str, region: str, alarm_name_prefix: str
+) -> PolicyDocument:
+    """The key of the relay's alarm topic: the account administers it (as a key's default
+    policy does); CloudWatch may use it to publish for this relay's alarms only. AWS's managed
+    alias/aws/sns lets no service but SNS use it, so alarms could not publish to the topic."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AdministerFromTheAccount",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:{partition}:iam::{account_id}:root"},
+                "Action": "kms:*",
+                "Resource": "*",  # in a key policy, "*" is this key
+            },
+            {
+                "Sid": "CloudWatchAlarmsPublish",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {"aws:SourceAccount": account_id},
+                    "ArnLike": {
+                        "aws:SourceArn": (
+                            f"arn:{partition}:cloudwatch:{region}:{account_id}:alarm:"
+                            f"{alarm_name_prefix}*"
+                        )
+                    },
+                },
+            },
         ],
     }

@@ -50,10 +50,11 @@ from cmc_relay.components.monitoring import (
 )
 from cmc_relay.components.policies import (
     EC2_ASSUME_ROLE_POLICY,
+    alarm_topic_key_policy,
     bundle_read_policy,
     monitoring_policy,
     secret_read_policy,
-    ssm_managed_instance_policy_arn,
+    ssm_agent_policy,
     tls_only_bucket_policy,
 )
 from cmc_relay.userdata.metrics import Monitoring
@@ -806,14 +807,8 @@ class RelayHost(pulumi.ComponentResource):
             restrict_public_buckets=True,
             opts=child,
         )
-        aws.s3.BucketPolicy(
-            f"{name}-payload",
-            bucket=bucket.id,
-            policy=bucket.arn.apply(lambda arn: json.dumps(tls_only_bucket_policy(arn))),
-            opts=child.merge(pulumi.ResourceOptions(depends_on=[private])),
-        )
-        # Earlier pointers and bundles stay readable as versions: what a host was given can
-        # be looked at after the deployment moved on.
+        # Every pointer and bundle a host was given stays readable as a version, after the
+        # deployment moved on.
         aws.s3.BucketVersioning(
             f"{name}-payload",
             bucket=bucket.id,
@@ -821,6 +816,12 @@ class RelayHost(pulumi.ComponentResource):
                 status="Enabled"
             ),
             opts=child,
+        )
+        aws.s3.BucketPolicy(
+            f"{name}-payload",
+            bucket=bucket.id,
+            policy=bucket.arn.apply(lambda arn: json.dumps(tls_only_bucket_policy(arn))),
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[private])),
         )
         # A new bundle is a new object (its key is its hash): created before the pointer moves
         # to it, the old one deleted after. A host booting in between reads the pointer again
@@ -865,12 +866,11 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        partition = self._partition
         policies: list[pulumi.Resource] = [
-            aws.iam.RolePolicyAttachment(
-                f"{name}-ssm",
-                role=role.name,
-                policy_arn=ssm_managed_instance_policy_arn(partition),
+            aws.iam.RolePolicy(
+                f"{name}-ssm-agent",
+                role=role.id,
+                policy=json.dumps(ssm_agent_policy()),
                 opts=child,
             )
         ]
@@ -1006,7 +1006,9 @@ class RelayHost(pulumi.ComponentResource):
         return remote.Command(
             f"{name}-verify",
             connection=connection,
-            create=verification.SSH_VERIFY_SCRIPT,
+            create=verification.ssh_verify_script(
+                OS_PROFILES[fleet.settings.os].login_user, fleet.options.ssh_public_key or ""
+            ),
             triggers=triggers,
             add_previous_output_in_env=False,
             opts=waited.merge(pulumi.ResourceOptions(depends_on=[ready])),
@@ -1135,7 +1137,19 @@ class RelayHost(pulumi.ComponentResource):
             return pulumi.Output.from_input(options.alarm_topic_arn).apply(checked_topic_arn)
         if options.alarm_email is None:
             return None
-        topic = aws.sns.Topic(f"{name}-alarms", tags=tags, opts=child)
+        # Encrypted with a key of its own: CloudWatch cannot publish with AWS's managed one.
+        key_policy = alarm_topic_key_policy(
+            self._partition, self._account_id, self._region, f"{name}-"
+        )
+        key = aws.kms.Key(
+            f"{name}-alarms",
+            description=f"CMC relay {name}: the alarm topic",
+            enable_key_rotation=True,
+            policy=json.dumps(key_policy),
+            tags=tags,
+            opts=child,
+        )
+        topic = aws.sns.Topic(f"{name}-alarms", kms_master_key_id=key.arn, tags=tags, opts=child)
         # AWS mails a confirmation link first: no alarm reaches the address until it is clicked.
         aws.sns.TopicSubscription(
             f"{name}-alarms-email",
@@ -1165,6 +1179,10 @@ class RelayHost(pulumi.ComponentResource):
     @functools.cached_property
     def _partition(self) -> str:
         return aws.get_partition(opts=pulumi.InvokeOptions(parent=self)).partition
+
+    @functools.cached_property
+    def _account_id(self) -> str:
+        return aws.get_caller_identity(opts=pulumi.InvokeOptions(parent=self)).account_id
 
     @functools.cached_property
     def _region(self) -> str:

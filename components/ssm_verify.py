@@ -114,7 +114,7 @@ def never_online(instance_id: str, timeout: float, last_status: str | None) -> s
     return (
         f"instance {instance_id} never came online in Systems Manager within {timeout:g} s "
         f"(ping status: {last_status or 'not registered'}): check that it is running, that its "
-        "role has AmazonSSMManagedInstanceCore and that it can reach Systems Manager over HTTPS"
+        "role has its ssm-agent policy and that it can reach Systems Manager over HTTPS"
     )
 
 

@@ -14,7 +14,27 @@ TIMEOUT_SECONDS: Final = 1200
 SSH_TIMEOUT: Final = f"{TIMEOUT_SECONDS // 60}m"
 # The first ssh step only proves that the host accepts the key: any command will do.
 SSH_READY_SCRIPT: Final = "true"
-SSH_VERIFY_SCRIPT: Final = f"sudo sh -c {shlex.quote(HOST_SCRIPT)}"
+
+
+def verify_then_forget_key(authorized_keys: str, public_key: str, check: str = HOST_SCRIPT) -> str:
+    """The shell body of ssh verification: ``check``, and once it has passed, the deployment's
+    key taken out of ``authorized_keys`` (the file keeps its owner and mode), so no standing
+    SSH access is left. A failed check keeps the key: the next ``pulumi up`` verifies again."""
+    keys, key = shlex.quote(authorized_keys), shlex.quote(public_key)
+    forget = (
+        f"grep -vxF -e {key} {keys} > {keys}.cmc-relay; cat {keys}.cmc-relay > {keys}; "
+        f"rm -f {keys}.cmc-relay"
+    )
+    return f"{check} && {{ {forget}; }}"
+
+
+def ssh_verify_script(login_user: str, public_key: str) -> str:
+    """What the deployment runs over ssh, as the OS's login user (the key cloud-init put in
+    its ~/.ssh/authorized_keys)."""
+    body = verify_then_forget_key(f"/home/{login_user}/.ssh/authorized_keys", public_key)
+    return f"sudo sh -c {shlex.quote(body)}"
+
+
 DRAIN: Final = "/usr/local/sbin/cmc-relay-drain"
 # Beyond the drain's own limit: Systems Manager's delivery of the command, Postfix's reload.
 DRAIN_MARGIN_SECONDS: Final = 300

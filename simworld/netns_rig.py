@@ -4,6 +4,7 @@ Two namespaces joined by a veth pair stand for the relay host and the internet::
 
     relay ns    cmc0  198.51.100.2/24   the relay's sending address (its Elastic IP)
                       192.0.2.10        a client inside allowedCidrs (192.0.2.0/26)
+                      192.0.2.11        another client inside it (per-client limits)
                       192.0.2.200       a client outside it
                 lo    127.0.0.1         dnsmasq cache (rendered dnsmasq.conf, G13)
                 Postfix (Debian's stock config + the rendered parameters) on *:25
@@ -110,6 +111,7 @@ SERVICE_IPS: Final = ("203.0.113.10", "203.0.113.11", "203.0.113.12")
 PROXY_IPS: Final = ("203.0.113.20", "203.0.113.21", "203.0.113.22")
 PROXY_SOURCE: Final = "198.51.100.9"
 CLIENT_INSIDE: Final = "192.0.2.10"
+CLIENT_INSIDE_OTHER: Final = "192.0.2.11"
 CLIENT_OUTSIDE: Final = "192.0.2.200"
 ALLOWED_CIDRS: Final = ("192.0.2.0/26",)
 API_USER: Final = "cmc-api-user"
@@ -220,7 +222,8 @@ class Network:
             "ip", "link", "add", "cmc0", "netns", self.relay,
             "type", "veth", "peer", "name", link, "netns", self.service,
         )  # fmt: skip
-        relay = (f"{self.relay_ip}/24", f"{CLIENT_INSIDE}/32", f"{CLIENT_OUTSIDE}/32")
+        clients = (CLIENT_INSIDE, CLIENT_INSIDE_OTHER, CLIENT_OUTSIDE)
+        relay = (f"{self.relay_ip}/24", *(f"{client}/32" for client in clients))
         service = (
             (f"{SERVICE_GATEWAY}/24", f"{UPSTREAM_DNS}/32", *(f"{ip}/32" for ip in SERVICE_IPS))
             if with_service

@@ -110,6 +110,7 @@ class Recorder(pulumi.runtime.Mocks):
             },
             "aws:sns/topic:Topic": {"arn": f"arn:aws:sns:{REGION}:{ACCOUNT}:{args.name}-1a2b3c"},
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
+            "aws:kms/key:Key": {"arn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{args.name}-id"},
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},
             "aws:route53/zone:Zone": {"zoneId": PRIVATE_ZONE_ID},
@@ -132,6 +133,9 @@ class Recorder(pulumi.runtime.Mocks):
         token, inputs = args.token, args.args
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "id": "aws"}, []
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            arn = f"arn:aws:iam::{ACCOUNT}:user/deployer"
+            return {"accountId": ACCOUNT, "arn": arn, "userId": "AIDA", "id": ACCOUNT}, []
         if token == "aws:index/getRegion:getRegion":
             return {"region": REGION, "name": REGION, "id": REGION}, []
         if token == "aws:ec2/getAmi:getAmi":

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -166,6 +168,16 @@ def test_a_bundle_with_another_hash_is_refused_before_anything_is_written(
     assert not root.exists()
 
 
+def test_an_object_over_the_size_cap_is_refused_unread(
+    tmp_path: Path, moto_url: str, s3: Any
+) -> None:
+    _, pointer = put(s3, os.urandom(4 * 1024 * 1024 + 1))
+    result, root = run(tmp_path, moto_url, pointer)
+    assert result.returncode == 1
+    assert f"refused s3://{BUCKET}/{pointer}: 4194305 bytes, over 4194304" in result.stderr
+    assert not root.exists()
+
+
 def test_s3_failing_until_the_deadline_exits_6(tmp_path: Path, moto_url: str, s3: Any) -> None:
     result, root = run(tmp_path, moto_url, "payload/missing.json")
     assert result.returncode == 6
@@ -196,7 +208,8 @@ def test_a_link_is_refused(tmp_path: Path, moto_url: str, s3: Any) -> None:
     ],
 )
 def test_a_member_outside_the_allowed_directories_is_refused(name: str) -> None:
-    with pytest.raises(bootstrap.Refused, match="outside etc/apt/apt.conf.d, etc/cmc-relay, etc/cmc-relay/postfix"):
+    allowed = "outside etc/apt/apt.conf.d, etc/cmc-relay, etc/cmc-relay/postfix"
+    with pytest.raises(bootstrap.Refused, match=re.escape(allowed)):
         bootstrap.members(archive(regular(name)))
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cmc_relay.components import TYPE_TOKEN, RelayHost
+from cmc_relay.components.policies import ssm_agent_policy
 from cmc_relay.components.relay_host import payload_bucket_prefix
 from cmc_relay.userdata.settings import ConfigError
 from tests.pulumi_harness import (
@@ -115,10 +116,7 @@ def test_role_can_use_ssm_and_read_exactly_the_one_secret() -> None:
     recorder = relay()
     trust = json.loads(recorder.one("aws:iam/role:Role").inputs["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
-    attachment = recorder.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-    assert attachment.inputs["policyArn"] == (
-        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    )
+    assert json.loads(recorder.by_name("relay-ssm-agent").inputs["policy"]) == ssm_agent_policy()
     policy = json.loads(recorder.by_name(READ_SECRETS).inputs["policy"])
     (statement,) = policy["Statement"]
     assert statement["Action"] == "secretsmanager:GetSecretValue"
@@ -238,6 +236,7 @@ def test_ip_mode_has_no_secret_and_no_secret_access() -> None:
     assert sorted(r.name for r in recorder.of_type(ROLE_POLICY)) == [
         "relay-monitoring",
         "relay-read-payload",
+        "relay-ssm-agent",
     ]
     assert recorder.of_type("aws:secretsmanager/secret:Secret") == []
     assert "CMC_SECRET_ARN=" not in payload(recorder)
@@ -345,12 +344,6 @@ def test_objects_hold_the_bundle_and_the_pointer_naming_it() -> None:
     instance = recorder.one(INSTANCE)
     assert pointer.urn in instance.dependencies
     assert recorder.by_name("relay-read-payload").urn in instance.dependencies
-
-
-def test_the_payload_bucket_keeps_versions() -> None:
-    versioning = relay().one("aws:s3/bucketVersioning:BucketVersioning")
-    assert versioning.inputs["bucket"] == "relay-payload-0a1b2c3"
-    assert versioning.inputs["versioningConfiguration"] == {"status": "Enabled"}
 
 
 def test_role_reads_the_bundles_and_their_pointer_only() -> None:
@@ -468,3 +461,12 @@ def test_secret_arn_known_only_at_deploy_time_is_still_checked() -> None:
 
     with pytest.raises(Exception, match="is not a Secrets Manager secret ARN"):
         run_program(program)
+
+
+def test_the_payload_bucket_is_versioned() -> None:
+    versioning = relay().one("aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning.name == "relay-payload"
+    assert versioning.inputs == {
+        "bucket": "relay-payload-0a1b2c3",
+        "versioningConfiguration": {"status": "Enabled"},
+    }

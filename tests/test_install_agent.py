@@ -8,6 +8,7 @@ so a run that gets past the signature check ends at dpkg -i, which refuses a non
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 import trustme
 
-from cmc_relay.userdata.render import aws_ssm_agent_key
+from cmc_relay.userdata.render import agent_pins, aws_ssm_agent_key
 from tests.host_scripts import SCRIPTS, load_script
 
 SCRIPT = SCRIPTS / "cmc-relay-install-agent"
@@ -178,14 +179,16 @@ def other_signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_a_good_signature_names_the_signer(signer: dict[str, Any], tmp_path: Path) -> None:
     keys, fpr = agent.dearmor(signer["key"]), signer["fpr"]
     assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path)) == fpr
-    assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path), fpr) == fpr
+    assert agent.verify(keys, signer["sig"], signer["deb"], str(tmp_path), frozenset([fpr])) == fpr
 
 
 @needs_gpg
 def test_a_tampered_package_is_refused(signer: dict[str, Any], tmp_path: Path) -> None:
     keys = agent.dearmor(signer["key"])
     with pytest.raises(ValueError, match="BAD signature"):
-        agent.verify(keys, signer["sig"], signer["tampered"], str(tmp_path), signer["fpr"])
+        agent.verify(
+            keys, signer["sig"], signer["tampered"], str(tmp_path), frozenset([signer["fpr"]])
+        )
 
 
 @needs_gpg
@@ -204,7 +207,29 @@ def test_a_valid_signature_by_a_key_other_than_the_pinned_one_is_refused(
     with the other key, is refused when the pinned fingerprint is not that key's."""
     keys, other, pinned = agent.dearmor(other_signer["key"]), other_signer["fpr"], signer["fpr"]
     with pytest.raises(ValueError, match=f"signed by key {other}, not by the pinned {pinned}"):
-        agent.verify(keys, other_signer["sig"], other_signer["deb"], str(tmp_path), signer["fpr"])
+        agent.verify(
+            keys, other_signer["sig"], other_signer["deb"], str(tmp_path), frozenset([pinned])
+        )
+
+
+@needs_gpg
+def test_around_a_rotation_the_current_and_the_next_key_both_verify(
+    signer: dict[str, Any], other_signer: dict[str, Any], tmp_path: Path
+) -> None:
+    """A key file of two armored blocks (the current key, then the next) is one keyring, and
+    two pinned fingerprints accept either key's signature: a package signed with AWS's next
+    key installs as soon as its key is shipped, before the current one is removed."""
+    keys = agent.dearmor(signer["key"] + "\n" + other_signer["key"])
+    assert keys == agent.dearmor(signer["key"]) + agent.dearmor(other_signer["key"])
+    both = frozenset([signer["fpr"], other_signer["fpr"]])
+    for by in (signer, other_signer):
+        assert agent.verify(keys, by["sig"], by["deb"], str(tmp_path), both) == by["fpr"]
+
+
+def test_a_broken_second_key_block_is_refused() -> None:
+    broken = aws_ssm_agent_key() + aws_ssm_agent_key().replace("=", "!", 1)
+    with pytest.raises(ValueError, match="broken ASCII-armored public key block"):
+        agent.dearmor(broken)
 
 
 def test_an_armored_or_binary_downloaded_key_is_a_keyring() -> None:
@@ -268,17 +293,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     https = HTTPServer(("127.0.0.1", 0), World)
     https.socket = context.wrap_socket(https.socket, server_side=True)
     imds = HTTPServer(("127.0.0.1", 0), World)
+    shipped_pins = tmp_path_factory.mktemp("pins") / "agent-pins.json"
+    shipped_pins.write_text(agent_pins())  # as the bundle ships them: none yet
     for distribution in serve(https):
         for metadata in serve(imds):
             yield {
                 "base": f"https://{distribution}/ssm",
                 "imds": f"http://{metadata}",
                 "ca": str(bundle),
+                "pins": str(shipped_pins),
             }
 
 
 def run_script(
-    world: dict[str, str], package: str, key: Path | str, *args: str, fingerprint: str = ""
+    world: dict[str, str],
+    package: str,
+    key: Path | str,
+    *args: str,
+    fingerprint: str = "",
+    pins: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
@@ -286,6 +319,7 @@ def run_script(
         agent.AGENTS[package].base_variable: world["base"],
         "SSL_CERT_FILE": world["ca"],
         "CMC_CLOUDWATCH_AGENT_FINGERPRINT": fingerprint,
+        "CMC_AGENT_PINS": str(pins or world["pins"]),
     }
     return subprocess.run(
         [sys.executable, str(SCRIPT), package, str(key), *args],
@@ -362,7 +396,13 @@ def test_the_cloudwatch_agent_is_installed_only_if_signed_by_the_pinned_key(
 
 
 @pytest.mark.parametrize(
-    "fingerprint", ["", "937616f3450b7d806cbd9725d58167303b789c72", "3B789C72"]
+    "fingerprint",
+    [
+        "",
+        "937616f3450b7d806cbd9725d58167303b789c72",
+        "3B789C72",
+        "937616F3450B7D806CBD9725D58167303B789C72 3B789C72",  # one of two is not
+    ],
 )
 def test_the_cloudwatch_agent_needs_a_pinned_fingerprint(fingerprint: str) -> None:
     """Checked before anything is asked of the network: no metadata service is given."""
@@ -371,7 +411,7 @@ def test_the_cloudwatch_agent_needs_a_pinned_fingerprint(fingerprint: str) -> No
         [sys.executable, str(SCRIPT), "cloudwatch"], env=env, capture_output=True, text=True
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "CMC_CLOUDWATCH_AGENT_FINGERPRINT: not a key fingerprint" in result.stdout
+    assert "CMC_CLOUDWATCH_AGENT_FINGERPRINT: not key fingerprints" in result.stdout
 
 
 @needs_gpg
@@ -459,3 +499,51 @@ def test_the_shipped_key_is_aws_published_key_without_the_cross_certification() 
     assert b"SSM Agent <ssm-agent-signer@amazon.com>" in shipped[1]
     assert bytes.fromhex("7DD097A3DAD7F5FC") in full[3]  # the issuer of the dropped packet
     assert bytes.fromhex("2784DBF388D19D46") in shipped[2]  # self-signed
+
+
+@needs_gpg
+@pytest.mark.parametrize("package", ["ssm", "cloudwatch"])
+@pytest.mark.parametrize("matches", [True, False])
+def test_a_pinned_package_is_downloaded_by_version_and_refused_unless_its_hash_matches(
+    world: dict[str, str], signer: dict[str, Any], tmp_path: Path, package: str, matches: bool
+) -> None:
+    """The pinned version's URL, not latest; a package of another SHA-256 is refused before
+    its signature is checked; the pinned one goes on to the signature and dpkg -i (which
+    refuses the signer's random bytes: exit 7)."""
+    arch, version = dpkg_arch().strip(), "3.3.1000.0"
+    name = agent.AGENTS[package].package
+    distro, base = agent.os_release_id(), "https://x/ssm"
+    url = agent.package_url(agent.AGENTS[package], "ap-northeast-1", arch, distro, base, version)
+    path = url.removeprefix("https://x")  # the same path under the test distribution
+    deb = signer["deb"].read_bytes()
+    World.files = {
+        path: deb,
+        f"{path}.sig": signer["sig"].read_bytes(),
+        KEY_PATH: signer["key"].encode(),
+    }
+    World.requests.clear()
+    digest = hashlib.sha256(deb if matches else b"another build").hexdigest()
+    pins = tmp_path / "agent-pins.json"
+    pins.write_text(json.dumps({**json.loads(agent_pins()), name: {
+        "version": version, "sha256": {arch: digest}}}))  # fmt: skip
+    key = tmp_path / "key.asc"
+    key.write_text(signer["key"])
+    result = run_script(world, package, key, fingerprint=signer["fpr"], pins=pins)
+    assert f"GET {path}" in World.requests and "latest" not in " ".join(World.requests[2:])
+    assert f"{name} {version}, SHA-256 {digest}" in result.stdout
+    if matches:
+        assert f"signature good, by {signer['fpr']}" in result.stdout, result.stdout
+        assert result.returncode == 7 and "dpkg -i failed" in result.stdout, result.stdout
+    else:
+        assert result.returncode == 6, result.stdout
+        got = hashlib.sha256(deb).hexdigest()
+        assert f"SHA-256 {got}, not the pinned {digest}" in result.stdout
+        assert "signature good" not in result.stdout and "dpkg -i" not in result.stdout
+
+
+def test_the_shipped_pins_name_both_agents() -> None:
+    """Each agent pinned ({"version", "sha256": {ARCH: ...}}) or null: latest, signature only."""
+    pins = json.loads(agent_pins())
+    assert set(pins) == {a.package for a in agent.AGENTS.values()}
+    for pinned in pins.values():
+        assert pinned is None or set(pinned["sha256"]) == {"amd64", "arm64"}

@@ -20,7 +20,7 @@ from cmc_relay.components.monitoring import (
     dashboard_url,
     relay_monitoring,
 )
-from cmc_relay.components.policies import monitoring_policy
+from cmc_relay.components.policies import alarm_topic_key_policy, monitoring_policy
 from cmc_relay.userdata.metrics import (
     INSTANCE_DIMENSION,
     METRICS,
@@ -97,6 +97,9 @@ HOST_ALARMS = {
         metric("session.refused").name, "Sum", 300, 1, "GreaterThanOrEqualToThreshold", 5,
         "notBreaching",
     ),
+    "sent": (
+        metric("delivery.sent").name, "Sum", 300, 1, "GreaterThanThreshold", 5000, "notBreaching",
+    ),
     "silent": (
         metric("queue.deferred").name, "SampleCount", 60, 5, "LessThanThreshold", 1, "breaching",
     ),
@@ -158,6 +161,7 @@ def test_thresholds_and_namespace_come_from_the_arguments() -> None:
             alarm_refused_threshold=20,
             alarm_queue_free_percent=35,
             alarm_reboot_required_days=7,
+            alarm_sent_threshold=12000,
         )
     )
     thresholds = {name: inputs["threshold"] for name, inputs in found.items()}
@@ -169,6 +173,7 @@ def test_thresholds_and_namespace_come_from_the_arguments() -> None:
     reboot_required = found["relay-reboot-required-alarm"]
     # 7 days of hours: the longest CloudWatch evaluates (period x evaluations <= 604,800 s).
     assert reboot_required["period"] * reboot_required["evaluationPeriods"] == 7 * 24 * 3600
+    assert thresholds["relay-sent-alarm"] == 12000
     assert found["relay-silent-alarm"]["namespace"] == "Mail/Relay"
 
 
@@ -248,6 +253,13 @@ def test_alarm_email_creates_a_topic_with_the_address_subscribed() -> None:
     recorder = relay(alarm_email="ops@example.com")
     topic = recorder.one(TOPIC)
     assert topic.name == "relay-alarms"
+    # Encrypted with a key of its own that CloudWatch may use (not alias/aws/sns).
+    key = recorder.one("aws:kms/key:Key")
+    assert topic.inputs["kmsMasterKeyId"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/relay-alarms-id"
+    assert key.inputs["enableKeyRotation"] is True
+    assert json.loads(key.inputs["policy"]) == alarm_topic_key_policy(
+        "aws", ACCOUNT, REGION, "relay-"
+    )
     subscription = recorder.one(SUBSCRIPTION)
     assert subscription.inputs["protocol"] == "email"
     assert subscription.inputs["endpoint"] == "ops@example.com"

@@ -711,3 +711,23 @@ def test_sender_canonical_table(sender: str, rewritten: str | None, tmp_path: Pa
 def test_operator_table(recipient: str, forwarded: str | None, tmp_path: Path) -> None:
     table = postfix_tables(POLICY)["cmc-relay-operator"]
     assert postmap_query(tmp_path, table, recipient) == forwarded
+
+
+def test_per_client_limits_bind_every_client_but_loopback() -> None:
+    default = postfix_parameters(RelaySettings(allowed_cidrs=("10.0.0.0/16",)))
+    assert default["smtpd_client_message_rate_limit"] == "1000"
+    assert default["smtpd_client_recipient_rate_limit"] == "5000"
+    assert default["smtpd_client_connection_count_limit"] == "20"
+    assert default["anvil_rate_time_unit"] == "60s"  # the rates are per minute
+    # Not Postfix's default ($mynetworks), which would exempt the applications themselves.
+    assert default["smtpd_client_event_limit_exceptions"] == "127.0.0.0/8 [::1]/128"
+    changed = RelaySettings(
+        allowed_cidrs=("10.0.0.0/16",),
+        client_message_rate_limit=0,
+        client_recipient_rate_limit=60,
+        client_connection_limit=5,
+    )
+    main_cf = postfix_parameters(changed)
+    assert main_cf["smtpd_client_message_rate_limit"] == "0"  # no limit
+    assert main_cf["smtpd_client_recipient_rate_limit"] == "60"
+    assert main_cf["smtpd_client_connection_count_limit"] == "5"

@@ -103,8 +103,9 @@ def test_one_host_per_subnet_the_first_keeping_the_single_host_names(replicas: i
         assert instance.parent == recorder.one(TYPE_TOKEN).urn
     assert len({i.inputs["subnetId"] for i in instances}) == replicas
     # One security group, role and profile for all hosts.
-    assert [g.name for g in recorder.of_type(GROUP)] == ["relay-sg"] + (
-        ["relay-nlb-sg"] if replicas > 1 else []
+    # Sorted: resources register in the order their inputs resolve.
+    assert sorted(g.name for g in recorder.of_type(GROUP)) == (
+        ["relay-nlb-sg", "relay-sg"] if replicas > 1 else ["relay-sg"]
     )
     assert len(recorder.of_type("aws:iam/instanceProfile:InstanceProfile")) == 1
     assert len(recorder.invoked("aws:ec2/getAmi:getAmi")) == 1
@@ -258,7 +259,8 @@ def test_nat_egress_has_no_elastic_ip_and_sends_from_the_nat_addresses(replicas:
 
 def test_nat_hosts_are_verified_and_drained_without_an_elastic_ip() -> None:
     recorder = fleet(2, egress="nat", nat_gateway_ips=[NAT_A, NAT_B])
-    for step, needs in (("verify", ("instance", "ssm")), ("drain", ("instance", "ssm", "out-443"))):
+    steps = (("verify", ("instance", "ssm-agent")), ("drain", ("instance", "ssm-agent", "out-443")))
+    for step, needs in steps:
         command = recorder.by_name(f"relay-1-{step}")
         for needed in needs:
             name = f"relay-1-{needed}" if needed == "instance" else f"relay-{needed}"
@@ -308,7 +310,7 @@ def test_every_host_drains_through_systems_manager_before_it_is_deleted(replicas
         assert drain.deleted_with == ""
         assert drain.inputs["addPreviousOutputInEnv"] is False
         # Deleted before what the drain needs: instance, address, permissions, egress.
-        for needed in (f"{host}-instance", f"{host}-eip-association", "relay-ssm",
+        for needed in (f"{host}-instance", f"{host}-eip-association", "relay-ssm-agent",
                        "relay-read-credentials", "relay-out-10025", "relay-out-443"):  # fmt: skip
             assert recorder.by_name(needed).urn in drain.dependencies, needed
         # The old host is drained and gone before its replacement takes its address.

@@ -142,6 +142,28 @@ BAD_INPUTS = [
         id="cidr-string",
     ),
     pytest.param(
+        with_(client_message_rate_limit=-1),
+        "client_message_rate_limit (config clientMessageRateLimit): must be between 0 and "
+        "1000000 per minute",
+        id="client-message-rate-negative",
+    ),
+    pytest.param(
+        with_(client_recipient_rate_limit="many"),
+        "client_recipient_rate_limit (config clientRecipientRateLimit): must be an integer",
+        id="client-recipient-rate-string",
+    ),
+    pytest.param(
+        with_(client_connection_limit=101),
+        "client_connection_limit (config clientConnectionLimit): must be between 0 and 100 "
+        "(smtpd runs at most 100 processes)",
+        id="client-connections-over-smtpd",
+    ),
+    pytest.param(
+        with_(alarm_sent_threshold=0),
+        "alarm_sent_threshold (config alarmSentThreshold): must be between 1 and",
+        id="sent-threshold-zero",
+    ),
+    pytest.param(
         with_(message_size_limit=0),
         "message_size_limit (config messageSizeLimit): must be between 1024 and",
         id="size-zero",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,14 @@ import yaml
 
 from cmc_relay.components import TYPE_TOKEN, RelayHost
 from cmc_relay.components.args import validate_args
-from cmc_relay.components.verification import HOST_SCRIPT, TIMEOUT_SECONDS, apply_script
+from cmc_relay.components.verification import (
+    HOST_SCRIPT,
+    TIMEOUT_SECONDS,
+    apply_script,
+    verify_then_forget_key,
+)
 from cmc_relay.userdata.render import OS_PROFILES, BundleStore, cloud_config
-from cmc_relay.userdata.settings import OS_NAMES, ConfigError, RelaySettings
+from cmc_relay.userdata.settings import OS_NAMES, ConfigError, OsName, RelaySettings
 from tests.pulumi_harness import (
     REGION,
     VERIFIER_REPORT,
@@ -84,15 +90,11 @@ def secret_value(value: Any) -> Any:
 def assert_runs_after_the_host_is_reachable(recorder: Recorder, command: Registered) -> None:
     component = recorder.one(TYPE_TOKEN)
     assert command.parent == component.urn
-    for needed in (
-        INSTANCE,
-        "aws:ec2/eipAssociation:EipAssociation",
-        "aws:iam/rolePolicyAttachment:RolePolicyAttachment",  # Systems Manager access
-    ):
+    for needed in (INSTANCE, "aws:ec2/eipAssociation:EipAssociation"):
         assert urn(recorder, needed) in command.dependencies, needed
-    # The secret the host reads at boot; publishing metrics and shipping the mail log (the
-    # instance itself waits for its bundle).
-    for policy in ("relay-read-credentials", "relay-monitoring"):
+    # Systems Manager access; the secret the host reads at boot; publishing metrics and
+    # shipping the mail log (the instance itself waits for its bundle).
+    for policy in ("relay-ssm-agent", "relay-read-credentials", "relay-monitoring"):
         assert recorder.by_name(policy).urn in command.dependencies, policy
     assert command.deleted_with == urn(recorder, INSTANCE)
     assert command.inputs["addPreviousOutputInEnv"] is False
@@ -149,7 +151,7 @@ def test_triggers_follow_the_payload_only() -> None:
 
 
 @pytest.mark.parametrize("os_name", OS_NAMES)
-def test_ssh_mode_connects_as_the_default_user_with_a_secret_key(os_name: str) -> None:
+def test_ssh_mode_connects_as_the_default_user_with_a_secret_key(os_name: OsName) -> None:
     recorder = relay(os=os_name, **SSH_ARGS)
     assert verifier_commands(recorder) == []
     ready = recorder.by_name("relay-ssh-ready")
@@ -159,18 +161,37 @@ def test_ssh_mode_connects_as_the_default_user_with_a_secret_key(os_name: str) -
     for command in (ready, verify, apply):
         assert_runs_after_the_host_is_reachable(recorder, command)
         connection = secret_value(command.inputs["connection"])
-        assert connection["user"] == OS_PROFILES[os_name].login_user  # type: ignore[index]
+        assert connection["user"] == OS_PROFILES[os_name].login_user
         assert connection["host"] == "203.0.113.25"  # the Elastic IP
         assert connection["privateKey"] == PRIVATE_KEY
         assert connection["dialErrorLimit"] == -1  # keep dialling while the host boots
         assert command.create_timeout == f"{TIMEOUT_SECONDS // 60}m"
     assert ready.urn in verify.dependencies and apply.urn in verify.dependencies
-    assert verify.inputs["create"] == f"sudo sh -c {shlex.quote(HOST_SCRIPT)}"
+    keys = f"/home/{OS_PROFILES[os_name].login_user}/.ssh/authorized_keys"
+    body = verify_then_forget_key(keys, PUBLIC_KEY)
+    assert body.startswith(f"{HOST_SCRIPT} && ")
+    assert verify.inputs["create"] == f"sudo sh -c {shlex.quote(body)}"
     sha256 = bundle_sha256(recorder)
     assert apply.inputs["create"] == f"sudo sh -c {shlex.quote(apply_script(sha256))}"
     assert apply.inputs["create"].endswith(f"/usr/local/sbin/cmc-relay-apply {sha256}'")
     outputs = recorder.outputs[urn(recorder, TYPE_TOKEN)]
     assert outputs["verification_report"] == VERIFIER_REPORT
+
+
+@pytest.mark.parametrize(
+    ("check", "kept"), [("true", ["other-key"]), ("false", [PUBLIC_KEY, "other-key"])]
+)
+def test_ssh_verification_takes_its_key_off_the_host_once_it_passed(
+    tmp_path: Path, check: str, kept: list[str]
+) -> None:
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(f"{PUBLIC_KEY}\nother-key\n")
+    keys.chmod(0o600)
+    result = subprocess.run(["sh", "-c", verify_then_forget_key(str(keys), PUBLIC_KEY, check)])
+    assert result.returncode == (0 if check == "true" else 1)  # the verdict is the check's
+    assert keys.read_text().splitlines() == kept
+    assert keys.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["authorized_keys"]
 
 
 def test_ssh_mode_opens_port_22_to_the_given_networks_only() -> None:

@@ -172,6 +172,13 @@ def script(name: str) -> str:
 
 
 SSM_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-ssm-agent.asc"
+AGENT_PINS_PATH: Final = f"{STAGE_DIR}/agent-pins.json"
+
+
+def agent_pins() -> str:
+    """The agent packages' pins, by package: {"version": ..., "sha256": {ARCH: ...}}, or null
+    for the latest (signature only). The one place to pin them (README, "When AWS rotates")."""
+    return resources.files("cmc_relay.userdata").joinpath("keys", "agent-pins.json").read_text()
 
 
 def aws_ssm_agent_key() -> str:
@@ -283,15 +290,18 @@ def write_files(
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
     queue_device: str | None = None,
+    pins: str | None = None,
 ) -> list[dict[str, str]]:
     """Every file the bundle gives the host, in order; ``drain`` adds the script a
     deployment runs before deleting the host. Where the image lacks SSM Agent or the OS's
     repositories the CloudWatch agent, the installer and what it trusts: the public key it
     checks SSM Agent against (``ssm_agent_key``, ASCII armored; None: AWS's), and in relay.env
     the fingerprint the CloudWatch agent's signing key must have (AWS's by default); a test
-    environment passes its own signing key's. ``monitoring``: where metrics and mail log go.
-    ``queue_device``: where the host's queue volume is attached, which Postfix's queue must be
-    on before Postfix starts (None: the queue stays on the root disk, as in a twin or chroot)."""
+    environment passes its own signing key's, and with ``pins`` its packages' version and
+    SHA-256 (JSON as ``agent_pins``; None: the shipped pins). ``monitoring``: where metrics and
+    mail log go. ``queue_device``: where the host's queue volume is attached, which Postfix's
+    queue must be on before Postfix starts (None: the queue stays on the root disk, as in a
+    twin or chroot)."""
 
     def config_file(path: str, template: str, **extra: Any) -> dict[str, str]:
         content = without_comments(render_template(template, settings, secret_arn, **extra))
@@ -367,6 +377,8 @@ def write_files(
         files.append({"path": SSM_AGENT_KEY_PATH, "content": key, **_CONFIG_FILE})
     if profile.agent_downloads:
         files.append(_script_file("cmc-relay-install-agent"))
+        content = agent_pins() if pins is None else pins
+        files.append({"path": AGENT_PINS_PATH, "content": content, **_CONFIG_FILE})
     if drain:
         files.append(_script_file("cmc-relay-drain"))
     return files
@@ -427,10 +439,12 @@ def render_bundle(
     cloudwatch_agent_fingerprint: str = AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     monitoring: Monitoring = DEFAULT_MONITORING,
     queue_device: str | None = None,
+    pins: str | None = None,
 ) -> Bundle:
     """The bundle a host of ``settings`` installs: every file of ``write_files`` (arguments as
     its). ``ssm_agent_key`` and ``cloudwatch_agent_fingerprint`` replace what the agent
-    installer trusts (AWS's by default); ``monitoring`` says where metrics and logs go;
+    installer trusts (AWS's by default), ``pins`` the agents' packages;
+    ``monitoring`` says where metrics and logs go;
     ``queue_device`` where the queue volume is attached (``QUEUE_DEVICE`` on EC2)."""
     if settings.uses_sasl and not secret_arn:
         raise ValueError("auth_mode sasl needs the credentials secret's ARN")
@@ -438,7 +452,7 @@ def render_bundle(
         write_files(
             settings, secret_arn, drain, ssm_agent_key=ssm_agent_key,
             cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint, monitoring=monitoring,
-            queue_device=queue_device,
+            queue_device=queue_device, pins=pins,
         )
     )  # fmt: skip
 

@@ -12,6 +12,8 @@ differ (a listed deviation).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -163,6 +165,20 @@ def _build(stand_in: StandIn, arch: str, deb: Path) -> None:
             ["dpkg-deb", "--root-owner-group", "--build", tree, str(deb)],
             check=True, capture_output=True,
         )  # fmt: skip
+
+
+def pins(agent: AgentPackages, arch: str = "amd64") -> str:
+    """What the twin's payload pins in place of ``agent_pins``: each stand-in's version and
+    SHA-256, so the installer downloads it by version and checks its hash."""
+    return json.dumps(
+        {
+            stand_in.package: {
+                "version": VERSION,
+                "sha256": {arch: hashlib.sha256(agent.debs[name].read_bytes()).hexdigest()},
+            }
+            for name, stand_in in STAND_INS.items()
+        }
+    )
 
 
 def agent_packages(cache: Path, arch: str = "amd64") -> AgentPackages:

@@ -34,7 +34,7 @@ from simworld.alarm_check import Series
 from simworld.netns_rig import REPO, wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
-from simworld.twin.aws_agents import AgentPackages, agent_packages
+from simworld.twin.aws_agents import VERSION, AgentPackages, agent_packages, pins
 from simworld.twin.build import ARCH, Twin, build, cache_dir
 from simworld.twin.images import TWINS
 from simworld.twin.machine import BootError, Machine, descendants
@@ -172,8 +172,9 @@ class TwinBoot:
         aws += [f"--cert-name={name}" for name in net.AWS_NAMES]
         distro = self.image.os.partition("-")[0]  # os-release's ID
         for name, prefix in (
-            ("ssm", f"{SSM_BUCKET}/latest/debian_{ARCH}"),
-            ("cloudwatch", f"{CLOUDWATCH_BUCKET}/{distro}/{ARCH}/latest"),
+            # Where AWS keeps the pinned version (the payload pins the stand-ins'; see pins).
+            ("ssm", f"{SSM_BUCKET}/{VERSION}/debian_{ARCH}"),
+            ("cloudwatch", f"{CLOUDWATCH_BUCKET}/{distro}/{ARCH}/{VERSION}"),
         ):
             deb = agent.debs[name]
             aws += [f"--s3-object={prefix}/{deb.name}={deb}"]
@@ -197,7 +198,7 @@ class TwinBoot:
         assert self.agent is not None and self.aws is not None and self.aws.stdin is not None
         self.bundle = bundle = render_bundle(
             settings, self.secret_arn, ssm_agent_key=self.agent.public_key.read_text(),
-            cloudwatch_agent_fingerprint=self.agent.fingerprint,
+            cloudwatch_agent_fingerprint=self.agent.fingerprint, pins=pins(self.agent, ARCH),
         )  # fmt: skip
         for key, content in ((bundle.key, bundle.data), (POINTER_KEY, bundle.pointer.encode())):
             path = self.work / key.replace("/", "-")

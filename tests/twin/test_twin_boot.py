@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ from cmc_relay.userdata.metrics import DEFAULT_MONITORING, PERIOD_SECONDS
 from cmc_relay.userdata.render import MAIL_LOG, cloudwatch_agent_config, postfix_parameters
 from simworld.twin import scenario
 from simworld.twin import world as net
-from simworld.twin.aws_agents import agent_packages
+from simworld.twin.aws_agents import VERSION, agent_packages
 from simworld.twin.build import ARCH, cache_dir
 from simworld.twin.session import TwinBoot
 
@@ -114,19 +115,25 @@ def test_ssm_agent_installed_signed_and_running(findings: scenario.Findings) -> 
 def test_cloudwatch_agent_installed_signed_configured_and_running(
     findings: scenario.Findings,
 ) -> None:
-    """AWS's download path with the twin's stand-in: key, .sig and .deb from the twin's S3,
-    accepted for the pinned fingerprint, installed, started by fetch-config with the payload's
-    config (the relay's log group, the mail log); the metrics timer beside it."""
-    fingerprint = agent_packages(cache_dir()).fingerprint  # built before the boot, cached
-    package = f"amazoncloudwatch-agent-{net.REGION}.s3.{net.REGION}.amazonaws.com/debian/{ARCH}"
+    """AWS's download path with the twin's stand-in: key, .sig and .deb of the pinned version
+    from the twin's S3, its SHA-256 the pinned one, accepted for the pinned fingerprint,
+    installed, started by fetch-config with the payload's config (the relay's log group, the
+    mail log); the metrics timer beside it."""
+    packages = agent_packages(cache_dir())  # built before the boot, cached
+    fingerprint = packages.fingerprint
+    sha256 = hashlib.sha256(packages.debs["cloudwatch"].read_bytes()).hexdigest()
+    package = (
+        f"amazoncloudwatch-agent-{net.REGION}.s3.{net.REGION}.amazonaws.com/debian/{ARCH}/{VERSION}"
+    )
     for boot in (findings.first, findings.after_reboot):
         # SSM Agent's lines come first (the same test key signs it): from the key's download on.
         key = "downloaded https://amazoncloudwatch-agent.s3.amazonaws.com/assets/"
         start = next(n for n, line in enumerate(boot.agent_installs) if key in line)
         lines = [line.removeprefix("cmc-relay-install-agent: ") for line in boot.agent_installs]
+        assert lines[start - 1] == f"amazon-cloudwatch-agent {VERSION}, SHA-256 {sha256}"
         assert [line.split(" (")[0] for line in lines[start + 1 : start + 3]] == [
-            f"downloaded https://{package}/latest/amazon-cloudwatch-agent.deb.sig",
-            f"downloaded https://{package}/latest/amazon-cloudwatch-agent.deb",
+            f"downloaded https://{package}/amazon-cloudwatch-agent.deb.sig",
+            f"downloaded https://{package}/amazon-cloudwatch-agent.deb",
         ]
         assert lines[start + 3] == f"signature good, by {fingerprint}", lines[start:]
         assert lines[start + 4].startswith("installed amazon-cloudwatch-agent "), lines[start:]
