@@ -19,7 +19,7 @@ _INT_KEYS = {
     "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
     "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
 }  # fmt: skip
-_BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms"}
+_BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms", "keepReceivedHeaders"}
 _STRUCTURED_KEYS = {
     "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
     "tags", "rewriteDomains", "allowedSenderDomains",

@@ -66,6 +66,7 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "allowed_cidrs": "allowedCidrs",
     "max_connections": "maxConnections",
     "tls_level": "tlsLevel",
+    "keep_received_headers": "keepReceivedHeaders",
     "message_size_limit": "messageSizeLimit",
     "host_name": "hostName",
     "secret_refresh_minutes": "secretRefreshMinutes",
@@ -280,7 +281,7 @@ class RelaySettings:
     auth_mode: AuthMode = "sasl"
     os: OsName = DEFAULT_OS
     max_connections: int = 10
-    tls_level: TlsLevel = "may"
+    tls_level: TlsLevel = "secure"
     message_size_limit: int = 10_240_000
     host_name: str = "cmc-relay.internal"
     secret_refresh_minutes: int = 5
@@ -290,6 +291,7 @@ class RelaySettings:
     operator_email: str | None = None
     inbound_tls: InboundTls = "may"
     inbound_tls_secret_arn: str | None = None
+    keep_received_headers: bool = False
     relay_host: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -312,6 +314,18 @@ class RelaySettings:
         if self.auth_mode == "ip" and self.plan != "pro":
             raise ConfigError(
                 "auth_mode", f"'ip' (IP address authentication) needs plan pro; plan is {self.plan}"
+            )
+        if self.uses_sasl and self.tls_level != "secure":
+            raise ConfigError(
+                "tls_level",
+                f"{self.tls_level!r} with auth_mode sasl: the relay sends the API key only over "
+                "TLS with a verified certificate, which only 'secure' gives, so every message "
+                "would wait in the queue; remove the setting (default secure). "
+                "'encrypt' and 'may' apply to auth_mode ip",
+            )
+        if not isinstance(self.keep_received_headers, bool):
+            raise ConfigError(
+                "keep_received_headers", f"must be true or false; got {self.keep_received_headers!r}"
             )
         if self.smtp_host is not None and not is_dns_name(self.smtp_host):
             raise ConfigError("smtp_host", f"{self.smtp_host!r} is not a valid host name")
