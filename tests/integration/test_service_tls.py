@@ -10,13 +10,15 @@ the default ``tlsLevel: secure`` none of them gets the API key or a message, in 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cmc_relay.userdata.settings import AuthMode, RelaySettings
-from simworld.netns_rig import RELAY_IP, MakeRig, Rig, new_mail, relay_settings, wait_until
+from simworld.netns_rig import REPO, RELAY_IP, MakeRig, Rig, new_mail, relay_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +108,59 @@ def test_api_key_never_goes_over_unverified_tls(make_rig: MakeRig, tmp_path: Pat
     assert_nothing_handed_over(rig)
     # PLAIN and LOGIN ruled out on unverified TLS: Postfix defers rather than go on without.
     assert "cannot authenticate" in reason and "no mechanism available" in reason
+
+
+# The verifier's smtp-service check, run in the relay's namespace against the rig's Postfix
+# and whatever answers for the service there.
+VERIFY_CHECK = """
+import sys
+from tests.host_scripts import load_script
+verify = load_script("cmc-relay-verify")
+host, port, mode, verify.a.postfix_config_dir, verify.a.tls_ca = sys.argv[1:]
+verify.env.update(CMC_SMTP_HOST=host, CMC_SMTP_PORT=port, CMC_AUTH_MODE=mode)
+try:
+    print(verify.smtp_service())
+except verify.Fail as failure:
+    print(f"FAIL {failure}")
+"""
+
+
+def verifier_check(rig: Rig) -> str:
+    """The smtp-service check's detail (``FAIL …`` if it fails)."""
+    settings = rig.settings
+    command = rig.network.exec(
+        rig.network.relay, sys.executable, "-c", VERIFY_CHECK, settings.relay_host,
+        str(settings.smtp_port), settings.auth_mode, rig.postfix.config_dir, rig.trusted_ca,
+    )  # fmt: skip
+    return subprocess.run(
+        command, capture_output=True, text=True, check=True, cwd=REPO, timeout=60
+    ).stdout.strip()
+
+
+@pytest.mark.parametrize("auth_mode", ["sasl", "ip"])
+def test_verification_fails_on_a_certificate_for_another_name(
+    make_rig: MakeRig, auth_mode: AuthMode
+) -> None:
+    """The deployment's verification names what was presented and the way out."""
+    rig = make_rig(settings_for(auth_mode), standin={"cert_names": ["impostor.example"]})
+    detail = verifier_check(rig)
+
+    assert detail.startswith("FAIL "), detail
+    assert "does not verify for " + rig.settings.relay_host in detail
+    assert "impostor.example" in detail and "Testing CA" in detail  # subject/SAN, issuer
+    if auth_mode == "ip":
+        assert "set tlsLevel encrypt (or may)" in detail
+    else:
+        assert "sends the API key to a verified service only" in detail
+    assert "auth" not in {event["event"] for event in rig.standin.events()}
+
+
+def test_verification_with_encrypt_reports_the_unverified_certificate(
+    make_rig: MakeRig, tmp_path: Path
+) -> None:
+    """authMode ip, opted out with tlsLevel encrypt: the check passes and says so."""
+    settings = settings_for("ip", tls_level="encrypt")
+    rig = make_rig(settings, standin={**greedy("ip"), "tls_dir": str(tmp_path / "other-ca")})
+    detail = verifier_check(rig)
+
+    assert "STARTTLS not verified (tlsLevel encrypt)" in detail and "Testing CA" in detail
