@@ -99,6 +99,7 @@ def test_mail_without_helo_is_refused(rig: Rig) -> None:
     [
         ("app..client.example", False),  # an empty label
         ("app server", False),
+        (CLIENT_INSIDE, True),  # a bare address: not RFC 5321, but let through
         ("appserver", True),  # application servers often say their short name
         (f"[{CLIENT_INSIDE}]", True),
     ],
