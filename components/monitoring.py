@@ -208,6 +208,10 @@ DASHBOARD_ROWS: Final = (
         ("session.refused", "session.tls_failed", "session.auth_failed"),
     ),
     ("Oldest queued message (seconds)", ("queue.oldest_age",)),
+    (
+        "Sent without TLS, over unverified TLS (per minute)",
+        ("delivery.sent_without_tls", "delivery.sent_unverified_tls"),
+    ),
 )
 _WIDTH, _HEIGHT = 12, 6
 
