@@ -51,7 +51,6 @@ from cmc_relay.userdata.render import (
     render_template,
 )
 from cmc_relay.userdata.settings import RelaySettings
-from simworld.standin import tls as standin_tls
 from simworld.standin import (
     Event,
     MessageRecord,
@@ -61,6 +60,7 @@ from simworld.standin import (
     read_events,
     stats_from_events,
 )
+from simworld.standin import tls as standin_tls
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient

@@ -42,7 +42,9 @@ BAD_INPUTS = [
         "key only over TLS with a verified certificate",
         id="sasl-unverified-tls",
     ),
-    pytest.param(with_(tls_level="may"), "'encrypt' and 'may' apply to auth_mode ip", id="sasl-may"),
+    pytest.param(
+        with_(tls_level="may"), "'encrypt' and 'may' apply to auth_mode ip", id="sasl-may"
+    ),
     pytest.param(
         with_(keep_received_headers="no"),
         "keep_received_headers (config keepReceivedHeaders): must be true or false; got 'no'",

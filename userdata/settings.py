@@ -324,9 +324,8 @@ class RelaySettings:
                 "'encrypt' and 'may' apply to auth_mode ip",
             )
         if not isinstance(self.keep_received_headers, bool):
-            raise ConfigError(
-                "keep_received_headers", f"must be true or false; got {self.keep_received_headers!r}"
-            )
+            keep = self.keep_received_headers
+            raise ConfigError("keep_received_headers", f"must be true or false; got {keep!r}")
         if self.smtp_host is not None and not is_dns_name(self.smtp_host):
             raise ConfigError("smtp_host", f"{self.smtp_host!r} is not a valid host name")
         require_int("smtp_port", self.smtp_port, 1, 65535)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cmc_relay.userdata.settings import AuthMode, RelaySettings
-from simworld.netns_rig import REPO, RELAY_IP, MakeRig, Rig, new_mail, relay_settings, wait_until
+from simworld.netns_rig import RELAY_IP, REPO, MakeRig, Rig, new_mail, relay_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
