@@ -22,7 +22,13 @@ _INT_KEYS = {
     "alarmSentThreshold", "clientMessageRateLimit", "clientRecipientRateLimit",
     "clientConnectionLimit",
 }  # fmt: skip
-_BOOL_KEYS = {"ephemeral", "drainOnDelete", "alarms", "discardQueueOnDestroy"}
+_BOOL_KEYS = {
+    "ephemeral",
+    "drainOnDelete",
+    "alarms",
+    "discardQueueOnDestroy",
+    "keepReceivedHeaders",
+}
 _STRUCTURED_KEYS = {
     "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
     "tags", "rewriteDomains", "allowedSenderDomains",

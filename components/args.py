@@ -108,7 +108,9 @@ class RelayHostArgs(TypedDict, total=False):
     max_connections: int
     """Sessions to the service per sending IP (default 10; 1-10, up to 100 on pro) (G9)."""
     tls_level: str
-    """may (default, the guide's value), encrypt or secure (G11)."""
+    """TLS to the service (G11): secure (default: the certificate verified for the service's
+    name, TLS 1.2 or newer), or with auth_mode ip only encrypt (unverified) or may (TLS if
+    offered, else plain text), both weaker: see the README's security model."""
     message_size_limit: int
     """Largest message accepted, in bytes (default 10240000): the service's size limit."""
     host_name: str
@@ -164,6 +166,9 @@ class RelayHostArgs(TypedDict, total=False):
     sender_domain); without it, it stays in a mailbox on the host."""
     inbound_tls: str
     """STARTTLS offered to the applications: may (default), encrypt (required) or none."""
+    keep_received_headers: bool
+    """Pass the Received: headers on to the service (default false: they name internal hosts
+    and addresses, so the relay removes them on the way out)."""
     inbound_tls_secret_arn: str
     """A secret holding the PEM key and certificate chain to offer; by default the host
     generates a self-signed certificate at first boot."""
@@ -214,7 +219,7 @@ _SETTINGS_FIELDS: Final = (
     "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
     "sender_domain", "rewrite_domains", "allowed_sender_domains", "operator_email", "inbound_tls",
     "inbound_tls_secret_arn", "reboot_window", "client_message_rate_limit",
-    "client_recipient_rate_limit", "client_connection_limit",
+    "client_recipient_rate_limit", "client_connection_limit", "keep_received_headers",
 )  # fmt: skip
 _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
 # Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.

@@ -286,6 +286,10 @@ DASHBOARD_ROWS: Final = (
         "Queue file system free (%), reboot required (1)",
         ("host.queue_free_percent", "host.reboot_required"),
     ),
+    (
+        "Sent without TLS, over unverified TLS (per minute)",
+        ("delivery.sent_without_tls", "delivery.sent_unverified_tls"),
+    ),
 )
 _WIDTH, _HEIGHT = 12, 6
 

@@ -61,6 +61,7 @@ from simworld.standin import (
     read_events,
     stats_from_events,
 )
+from simworld.standin import tls as standin_tls
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -549,7 +550,7 @@ def write_postfix_config(
     - ``mail_spool_directory``: private, instead of /var/mail (local delivery is checked there).
     - ``maillog_file``: the rig's own file instead of the host's /var/log/cmc-relay/mail.log
       (``maillog_file_prefixes`` widened to allow it).
-    - ``smtp_tls_CAfile``: the stand-in's test CA instead of the OS bundle.
+    - ``smtp_tls_CAfile``: the rig's test CA instead of the OS bundle (``Rig.trusted_ca``).
 
     master.cf stays Debian's: smtpd listens on *:25, confined by the namespace; smtp runs
     chrooted, and ``Postfix.start`` syncs the chroot as Debian does.
@@ -700,6 +701,9 @@ class Rig:
     seen_as: str
     """The client address the stand-in sees for this relay: its sending address, or the
     delaying proxy's (``RigOptions.one_way_delay_ms``)."""
+    trusted_ca: Path
+    """The CA the relay trusts (its ``smtp_tls_CAfile``), as a host trusts the public CAs:
+    the stand-in's, unless ``RigOptions.standin`` gives it a ``tls_dir`` of its own."""
 
     def submit(
         self,
@@ -789,7 +793,9 @@ class RigOptions:
     """What a test may vary besides the relay settings."""
 
     standin: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """StandInConfig changes on top of the rig's defaults (hosts, port, name, user, TLS dir)."""
+    """StandInConfig changes on top of the rig's defaults (hosts, port, name, user, TLS dir).
+    Another ``tls_dir`` makes an impostor: its certificate is signed by a CA the relay does
+    not trust; other ``cert_names``, one for another name."""
     dns_ttl: int = 300
     dns_addresses: tuple[str, ...] = SERVICE_IPS
     """What DNS answers for the SMTP host (the stand-in listens on all three regardless)."""
@@ -897,6 +903,9 @@ def build_rig(
     )
     stack.callback(upstream.stop)
     api_key = uuid.uuid4().hex
+    # The CA the relay trusts, made before the stand-in, which uses it unless told otherwise.
+    trusted_ca = root / "tls" / standin_tls.CA_CERT_FILE
+    standin_tls.certificate_authority(trusted_ca.parent)
     standin_config = StandInConfig(
         hosts=SERVICE_IPS,
         port=settings.smtp_port,
@@ -916,8 +925,9 @@ def build_rig(
         proxy = delay_proxy(network, options.one_way_delay_ms, settings.smtp_port)
         stack.callback(stop_process, proxy)
     return _relay(
-        stack, root, network, settings, options, secrets, standin, upstream, api_key, seen_as
-    )
+        stack, root, network, settings, options, secrets, standin, upstream, api_key, seen_as,
+        trusted_ca,
+    )  # fmt: skip
 
 
 def add_relay(
@@ -931,7 +941,7 @@ def add_relay(
     root.mkdir(mode=0o755)
     return _relay(
         stack, root, network, rig.settings, rig.options, secrets, rig.standin, rig.upstream,
-        rig.api_key, network.relay_ip,
+        rig.api_key, network.relay_ip, rig.trusted_ca,
     )  # fmt: skip
 
 
@@ -946,6 +956,7 @@ def _relay(
     upstream: Dnsmasq,
     api_key: str,
     seen_as: str,
+    trusted_ca: Path,
 ) -> Rig:
     """The relay host's side of a rig: its DNS cache, credentials and Postfix."""
     cache = dns_cache(network, root, settings)
@@ -955,7 +966,7 @@ def _relay(
         postfix.queue_dir.mkdir()
         run("mount", "-t", "tmpfs", "-o", f"size={options.spool_size}", "tmpfs", postfix.queue_dir)
         stack.callback(run, "umount", postfix.queue_dir)  # once Postfix has stopped
-    write_postfix_config(postfix, settings, standin.ca_path, options.main_cf)
+    write_postfix_config(postfix, settings, trusted_ca, options.main_cf)
     credentials = None
     if settings.uses_sasl:
         arn = secrets.create(f"{network.relay}-smtp", options.api_key or api_key)
@@ -970,7 +981,7 @@ def _relay(
     postfix.start()
     return Rig(
         settings, network, upstream, cache, standin, postfix, api_key, credentials, options,
-        seen_as,
+        seen_as, trusted_ca,
     )  # fmt: skip
 
 

@@ -79,6 +79,8 @@ def test_counts_in_the_captured_mail_log() -> None:
         "delivery.sent": 7,
         "delivery.deferred": 5,
         "delivery.bounced": 2,
+        "delivery.sent_without_tls": 0,
+        "delivery.sent_unverified_tls": 7,  # tls_level encrypt: every session "Trusted"
         "session.refused": 4,  # as many as the stand-in refused
         "session.tls_failed": 3,  # one message, tried at each of the 3 addresses
         "session.auth_failed": 3,  # likewise
@@ -106,8 +108,9 @@ def test_an_unverified_certificate_is_tls_not_established() -> None:
         ("dsn=4.7.8, status=deferred (SASL", {"delivery.deferred", "session.auth_failed"}),
         ("ABAA320D127: to=<user@example.com>, relay=none", {"delivery.deferred"}),
         ("dsn=5.3.4, status=bounced", {"delivery.bounced"}),
+        # Sent, and no TLS session of its smtp process before it: in clear.
         ("2A13920D137: to=<user@example.com>, relay=sandbox.smtps.jp[203.0.113.11]:10025, delay",
-         {"delivery.sent"}),
+         {"delivery.sent", "delivery.sent_without_tls"}),
         ("01:32:09 cmc-relay postfix/smtp[15518]: Trusted TLS", set()),
         ("01:32:09 cmc-relay postfix/tlsproxy[15527]: CONNECT to [203.0.113.11]", set()),
     ],
@@ -116,6 +119,39 @@ def test_each_line_counts_once_where_it_belongs(text: str, counted: set[str]) ->
     counts = publisher.log_counts([log_line(text)])
     assert {key for key, n in counts.items() if n} == counted
     assert set(counts.values()) <= {0, 1}
+
+
+SESSION = "Dec 05 01:32:16 cmc-relay postfix/smtp[15677]: {} TLS connection {} to {}: TLSv1.3"
+SENT = (
+    "Dec 05 01:32:16 cmc-relay postfix/smtp[15677]: {}: to=<{}@example.com>, relay={}, "
+    "delay=0.14, delays=0.13/0/0.01/0, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued)"
+)
+SERVICE = "sandbox.smtps.jp[203.0.113.11]:10025"
+
+
+@pytest.mark.parametrize(
+    ("lines", "without_tls", "unverified"),
+    [
+        ([SESSION.format("Verified", "established", SERVICE), SENT.format("A1", "a", SERVICE),
+          SENT.format("A1", "b", SERVICE)], 0, 0),  # two recipients, one session
+        ([SESSION.format("Verified", "reused", SERVICE), SENT.format("A1", "a", SERVICE)], 0, 0),
+        ([SESSION.format("Trusted", "established", SERVICE), SENT.format("A1", "a", SERVICE)],
+         0, 1),
+        ([SESSION.format("Untrusted", "reused", SERVICE), SENT.format("A1", "a", SERVICE)], 0, 1),
+        # The process's next message came over a new session without TLS (none logged).
+        ([SESSION.format("Verified", "established", SERVICE), SENT.format("A1", "a", SERVICE),
+          SENT.format("B2", "a", SERVICE)], 1, 0),
+        # TLS with one address, then the message went in clear to another.
+        ([SESSION.format("Verified", "established", SERVICE),
+          SENT.format("A1", "a", SERVICE.replace(".11]", ".12]"))], 1, 0),
+    ],
+)  # fmt: skip
+def test_sent_without_tls_or_unverified_by_the_session_before(
+    lines: list[str], without_tls: int, unverified: int
+) -> None:
+    counts = publisher.log_counts(lines)
+    assert counts["delivery.sent_without_tls"] == without_tls
+    assert counts["delivery.sent_unverified_tls"] == unverified
 
 
 def test_lines_not_about_a_session_with_the_service_are_not_counted() -> None:

@@ -38,6 +38,10 @@ IN_PLACE: dict[str, Any] = {
     "smtpHost": "relay.example.net",
     "rewriteDomains": ["corp.internal"],
     "inboundTlsSecretArn": SECRET_ARN.replace("cmc/api", "cmc/cert"),
+    "clientMessageRateLimit": 200,
+    "clientRecipientRateLimit": 900,
+    "clientConnectionLimit": 5,
+    "keepReceivedHeaders": True,
 }
 # Settings of cloud resources only: the hosts are not touched, nothing runs on them.
 HOSTS_UNTOUCHED: dict[str, Any] = {
@@ -47,6 +51,9 @@ HOSTS_UNTOUCHED: dict[str, Any] = {
     "alarmRefusedThreshold": 99,
     "logRetentionDays": 7,
     "alarmEmail": "ops@example.com",
+    "alarmSentThreshold": 100,
+    "alarmQueueFreePercent": 40,
+    "alarmRebootRequiredDays": 1,
 }
 # A new machine: the image, the subnet, what the user data holds (the host's name, whether it
 # drains before deletion, an SSH key).
@@ -61,13 +68,17 @@ REPLACES: dict[str, Any] = {
 
 # What a key needs set in both stacks to be valid at all.
 NEEDS: dict[str, dict[str, Any]] = {
+    # The weaker levels are for IP authentication only (the API key goes to verified peers).
+    "tlsLevel": {"authMode": "ip", "plan": "pro", "subdomain": "acme"},
     "operatorEmail": {"senderDomain": "mail.example.com"},
     "rewriteDomains": {"senderDomain": "mail.example.com"},
 }
 
 
 def stacks(change: dict[str, Any]) -> tuple[Recorder, Recorder]:
-    base = {**BASE, **{k: v for key in change for k, v in NEEDS.get(key, {}).items()}}
+    needs = {k: v for key in change for k, v in NEEDS.get(key, {}).items()}
+    # IP authentication takes no credentials.
+    base = {**({} if needs.get("authMode") == "ip" else BASE), **needs}
     return run_stack(base), run_stack({**base, **change})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import io
 import ipaddress
@@ -377,15 +378,31 @@ def test_guide_settings_g1_to_g11_are_rendered() -> None:
     assert main_cf["default_destination_concurrency_limit"] == "10"  # G9
     assert (main_cf["queue_run_delay"], main_cf["minimal_backoff_time"]) == ("5s", "5s")  # G10
     assert main_cf["maximal_backoff_time"] == "10s"
-    assert main_cf["smtp_tls_security_level"] == "may"  # G11
+    # G11, verified rather than the guide's may (issue 22), against the OS's CA bundle.
+    assert main_cf["smtp_tls_security_level"] == "secure"
+    assert main_cf["smtp_tls_secure_cert_match"] == "nexthop"
+    assert main_cf["smtp_tls_CAfile"] == "/etc/ssl/certs/ca-certificates.crt"
     assert main_cf["smtp_tls_loglevel"] == "1"
 
 
-def test_credentials_never_travel_without_tls() -> None:
+def test_credentials_travel_only_over_verified_tls() -> None:
     main_cf = parse_main_cf(render_template("main.cf", variant("trial", "debian-12")))
-    assert "noplaintext" in main_cf["smtp_sasl_security_options"]
-    assert main_cf["smtp_sasl_tls_security_options"] == "noanonymous"
+    assert main_cf["smtp_sasl_security_options"] == "noanonymous, noplaintext"
+    assert main_cf["smtp_sasl_tls_security_options"] == "noanonymous, noplaintext"
+    assert main_cf["smtp_sasl_tls_verified_security_options"] == "noanonymous"
     assert main_cf["smtp_reply_filter"] == "regexp:/etc/postfix/cmc-relay-reply-filter"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_received_headers_are_removed_unless_kept(keep: bool) -> None:
+    settings = dataclasses.replace(variant("trial", "debian-12"), keep_received_headers=keep)
+    main_cf = parse_main_cf(render_template("main.cf", settings))
+    table = "cmc-relay-smtp-header-checks"
+    assert ("smtp_header_checks" in main_cf) is not keep
+    assert (table in postfix_tables(settings)) is not keep
+    if not keep:
+        assert main_cf["smtp_header_checks"] == f"regexp:/etc/postfix/{table}"
+        assert postfix_tables(settings)[table].splitlines()[-1] == "/^Received:/ IGNORE"
 
 
 @pytest.mark.parametrize(

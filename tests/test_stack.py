@@ -67,7 +67,8 @@ def test_every_config_key_reaches_the_component() -> None:
             "instanceType": "t3.medium",
             "amiId": "ami-0123456789abcdef0",
             "maxConnections": 40,
-            "tlsLevel": "encrypt",
+            "tlsLevel": "secure",  # with sasl the only level allowed (issue 22)
+            "keepReceivedHeaders": True,
             "messageSizeLimit": 20_000_000,
             "hostName": "relay.corp.example",
             "secretRefreshMinutes": 15,
@@ -86,13 +87,14 @@ def test_every_config_key_reaches_the_component() -> None:
         "CMC_NEXT_HOP=[acme.smtps.jp]:2525",
         "CMC_OS=ubuntu-24.04",
         "default_destination_concurrency_limit = 40",
-        "smtp_tls_security_level = encrypt",
+        "smtp_tls_security_level = secure",
         "message_size_limit = 20000000",
         "myhostname = relay.corp.example",
         "OnUnitActiveSec=15min",
         "mynetworks = 127.0.0.0/8 [::1]/128 10.20.0.0/24",
     ):
         assert expected in user_data
+    assert "smtp_header_checks" not in user_data  # keepReceivedHeaders
     policy = recorder.by_name("relay-read-credentials").inputs["policy"]
     assert "kms:Decrypt" in policy
     ingress = recorder.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")

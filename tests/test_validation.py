@@ -40,6 +40,20 @@ BAD_INPUTS = [
     pytest.param(
         with_(auth_mode="oauth"), "auth_mode (config authMode): got 'oauth'", id="auth-mode"
     ),
+    pytest.param(
+        with_(tls_level="encrypt"),
+        "tls_level (config tlsLevel): 'encrypt' with auth_mode sasl: the relay sends the API "
+        "key only over TLS with a verified certificate",
+        id="sasl-unverified-tls",
+    ),
+    pytest.param(
+        with_(tls_level="may"), "'encrypt' and 'may' apply to auth_mode ip", id="sasl-may"
+    ),
+    pytest.param(
+        with_(keep_received_headers="no"),
+        "keep_received_headers (config keepReceivedHeaders): must be true or false; got 'no'",
+        id="keep-received-headers",
+    ),
     pytest.param(with_(plan="pro"), "subdomain: is required with plan pro", id="pro-no-subdomain"),
     pytest.param(
         with_(plan="pro", subdomain="Acme_Corp"),
@@ -441,7 +455,8 @@ def test_defaults_follow_the_guide() -> None:
     settings, options = validate_args(BASE)
     assert (settings.plan, settings.auth_mode, settings.os) == ("trial", "sasl", "debian-13")
     assert settings.next_hop == "[sandbox.smtps.jp]:10025"
-    assert (settings.max_connections, settings.tls_level) == (10, "may")
+    # Not the guide's may: the service's certificate verified (issue 22).
+    assert (settings.max_connections, settings.tls_level) == (10, "secure")
     assert options.instance_type == "t3.small"
     assert options.architecture == "x86_64"
 
@@ -493,6 +508,14 @@ def test_pro_ip_mode_needs_no_credentials() -> None:
         with_(plan="pro", subdomain="acme", auth_mode="ip", credentials_secret_arn=None)
     )
     assert not settings.uses_sasl
+
+
+@pytest.mark.parametrize("level", ["secure", "encrypt", "may"])
+def test_ip_mode_may_opt_out_of_a_verified_service(level: str) -> None:
+    """Without AUTH there is no key to protect: the weaker levels stay a choice in ip mode."""
+    ip_mode = with_(plan="pro", subdomain="acme", auth_mode="ip", credentials_secret_arn=None)
+    settings, _ = validate_args({**ip_mode, "tls_level": level})
+    assert settings.tls_level == level
 
 
 def test_graviton_instance_types_get_arm64_images() -> None:

@@ -57,6 +57,21 @@ METRICS: Final = (
     ),
     Metric("delivery.bounced", "Bounced", "Count", "count", "messages returned undeliverable"),
     Metric(
+        "delivery.sent_without_tls",
+        "SentWithoutTls",
+        "Count",
+        "count",
+        "deliveries the service accepted over a session without TLS (only tlsLevel may allows it)",
+    ),
+    Metric(
+        "delivery.sent_unverified_tls",
+        "SentUnverifiedTls",
+        "Count",
+        "count",
+        "deliveries the service accepted over TLS whose certificate was not verified for its "
+        "name (tlsLevel encrypt or may)",
+    ),
+    Metric(
         "session.refused",
         "SessionsRefused",
         "Count",

@@ -266,6 +266,8 @@ def postfix_tables(settings: RelaySettings) -> dict[str, str]:
         templates["cmc-relay-sender-access"] = "sender-access"
     if settings.operator_email:
         templates["cmc-relay-operator"] = "operator"
+    if not settings.keep_received_headers:
+        templates["cmc-relay-smtp-header-checks"] = "smtp-header-checks"
     return {name: render_template(template, settings) for name, template in templates.items()}
 
 

@@ -90,6 +90,7 @@ CONFIG_KEYS: Final[dict[str, str]] = {
     "allowed_cidrs": "allowedCidrs",
     "max_connections": "maxConnections",
     "tls_level": "tlsLevel",
+    "keep_received_headers": "keepReceivedHeaders",
     "message_size_limit": "messageSizeLimit",
     "host_name": "hostName",
     "secret_refresh_minutes": "secretRefreshMinutes",
@@ -329,7 +330,7 @@ class RelaySettings:
     auth_mode: AuthMode = "sasl"
     os: OsName = DEFAULT_OS
     max_connections: int = 10
-    tls_level: TlsLevel = "may"
+    tls_level: TlsLevel = "secure"
     message_size_limit: int = 10_240_000
     host_name: str = "cmc-relay.internal"
     secret_refresh_minutes: int = 5
@@ -343,6 +344,7 @@ class RelaySettings:
     client_message_rate_limit: int = CLIENT_MESSAGE_RATE_LIMIT
     client_recipient_rate_limit: int = CLIENT_RECIPIENT_RATE_LIMIT
     client_connection_limit: int = CLIENT_CONNECTION_LIMIT
+    keep_received_headers: bool = False
     relay_host: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -366,6 +368,17 @@ class RelaySettings:
             raise ConfigError(
                 "auth_mode", f"'ip' (IP address authentication) needs plan pro; plan is {self.plan}"
             )
+        if self.uses_sasl and self.tls_level != "secure":
+            raise ConfigError(
+                "tls_level",
+                f"{self.tls_level!r} with auth_mode sasl: the relay sends the API key only over "
+                "TLS with a verified certificate, which only 'secure' gives, so every message "
+                "would wait in the queue; remove the setting (default secure). "
+                "'encrypt' and 'may' apply to auth_mode ip",
+            )
+        if not isinstance(self.keep_received_headers, bool):
+            keep = self.keep_received_headers
+            raise ConfigError("keep_received_headers", f"must be true or false; got {keep!r}")
         if self.smtp_host is not None and not is_dns_name(self.smtp_host):
             raise ConfigError("smtp_host", f"{self.smtp_host!r} is not a valid host name")
         require_int("smtp_port", self.smtp_port, 1, 65535)

@@ -56,8 +56,14 @@ def test_stripped_starttls_sends_no_password_and_defers(
     make_rig: MakeRig, auth_in_clear: bool
 ) -> None:
     """A downgraded session must not carry the API key, and the mail must wait, not bounce.
-    Without AUTH offered the service answers 530, which the reply filter makes a 454."""
-    rig = make_rig(standin={"offer_starttls": False, "auth_over_plaintext": auth_in_clear})
+    Without AUTH offered the service answers 530, which the reply filter makes a 454.
+    The default tlsLevel secure never gets this far ("TLS is required", see
+    test_service_tls.py); this is the SASL options' and the reply filter's own defence, with
+    the host's level lowered to may as an operator's edit would (the settings refuse it)."""
+    rig = make_rig(
+        standin={"offer_starttls": False, "auth_over_plaintext": auth_in_clear},
+        main_cf={"smtp_tls_security_level": "may"},
+    )
     mail = new_mail()
     rig.send([mail])
 
@@ -70,7 +76,11 @@ def test_stripped_starttls_sends_no_password_and_defers(
         assert stats.error_replies.get("530"), "the service was never asked"
         assert "454 4.7.0 Authentication required" in reason
 
+    # STARTTLS back, and the level: at may the session is not verified, so no AUTH either.
     rig.standin.reconfigure(offer_starttls=True)
+    conf = str(rig.postfix.config_dir)
+    rig.postfix.command("postconf", "-c", conf, "-e", "smtp_tls_security_level=secure")
+    rig.postfix.command("postfix", "-c", conf, "reload")
     rig.postfix.flush()
     [record] = rig.delivered_once([mail])
     assert record.tls and record.auth_user == API_USER
