@@ -13,9 +13,9 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import pulumi
 import pulumi_aws as aws
@@ -23,11 +23,12 @@ from pulumi_command import local, remote
 
 from cmc_relay.components import verification
 from cmc_relay.components.args import (
+    SECRET_ARGS,
     HostOptions,
     MonitoringOptions,
     RelayHostArgs,
+    check_args,
     checked_subnet_ids,
-    checked_topic_arn,
     validate_args,
 )
 from cmc_relay.components.monitoring import (
@@ -58,7 +59,7 @@ from cmc_relay.userdata.render import (
     render_bundle,
     render_user_data,
 )
-from cmc_relay.userdata.settings import RelaySettings, secret_region
+from cmc_relay.userdata.settings import ConfigError, RelaySettings, secret_region
 
 TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
 SMTP_PORT: Final = 25
@@ -68,6 +69,49 @@ _NOT_IN_BUCKET_NAME: Final = re.compile(r"[^a-z0-9-]+")
 
 
 _DEBIAN_ARCH_NAMES: Final = {"x86_64": "amd64", "arm64": "arm64"}
+# What the validation of values known only at deployment sees of a secret argument: it checks
+# their presence only, and their values would make everything derived from it secret.
+_SECRET_GIVEN: Final = "(secret)"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Every argument checked together, once all are known: plain values only (a dataclass:
+    Output.all would unpack a tuple)."""
+
+    settings: RelaySettings
+    options: HostOptions
+
+
+def checked_args(args: RelayHostArgs) -> pulumi.Output[Checked]:
+    """The arguments checked together once every value is known (at once when all are plain):
+    values of other resources get the same checks, with the same messages, as literals, and a
+    failed check fails the deployment. The resources take their values from here."""
+    values = {name: _SECRET_GIVEN if name in SECRET_ARGS else v for name, v in args.items()}
+    return pulumi.Output.all(**values).apply(lambda known: Checked(*validate_args(known)))
+
+
+def counted_networks(
+    checked: pulumi.Output[Checked], name: str, count: int
+) -> list[pulumi.Output[str]]:
+    """The ``count`` networks of ``allowed_cidrs`` or ``ssh_allowed_cidrs``, one rule each: as
+    many as were given, so they must stay as many, each different, once known."""
+
+    def network(index: int, values: Checked) -> str:
+        networks = plain_list(
+            values.settings.allowed_cidrs
+            if name == "allowed_cidrs"
+            else values.options.ssh_allowed_cidrs
+        )
+        if len(networks) != count:
+            raise ConfigError(
+                name,
+                f"lists the same network more than once ({count} given, {len(networks)} "
+                "different): each gets a security group rule of its own; list each once",
+            )
+        return str(networks[index])
+
+    return [checked.apply(functools.partial(network, index)) for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -108,8 +152,8 @@ class _Fleet:
     """What every host of one component shares."""
 
     args: RelayHostArgs
-    settings: RelaySettings
-    options: HostOptions
+    options: HostOptions  # what decides the resources; their values come from ``checked``
+    checked: pulumi.Output[Checked]
     ami: pulumi.Input[str]
     security_group: aws.ec2.SecurityGroup
     egress_rules: list[pulumi.Resource]
@@ -179,53 +223,55 @@ class RelayHost(pulumi.ComponentResource):
         self, name: str, args: RelayHostArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         # Validate first: bad input must fail before any resource, the component included.
-        settings, options = validate_args(args)
+        # Values known only at deployment are checked then, all together (``checked``).
+        _, options = check_args(args)
         super().__init__(TYPE_TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        tags = {"Name": name, **options.tags}
+        checked = checked_args(args)
+        tags = self._tags(checked, name)
         monitoring = relay_monitoring(
             options.monitoring.namespace, pulumi.get_project(), pulumi.get_stack(), name
         )
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-mail-log",
             name=monitoring.log_group,
-            retention_in_days=options.monitoring.log_retention_days,
-            kms_key_id=options.monitoring.log_kms_key_arn,
+            retention_in_days=checked.apply(lambda c: c.options.monitoring.log_retention_days),
+            kms_key_id=checked.apply(lambda c: c.options.monitoring.log_kms_key_arn),
             tags=tags,
             opts=child,
         )
 
-        secret_arn = self._credentials_secret(name, args, options, tags, child)
-        group, egress_rules = self._security_group(name, args, settings, options, tags, child)
-        public_key, drain = options.ssh_public_key, options.drain_on_delete
-        bucket, bundle_object = self._payload(name, render_bundle(settings, drain), tags, child)
+        secret_arn = self._credentials_secret(name, args, options, checked, tags, child)
+        group, egress_rules = self._security_group(name, args, options, checked, tags, child)
+        drain = options.drain_on_delete
+        bundle = checked.apply(lambda c: render_bundle(c.settings, drain))
+        bucket, bundle_object = self._payload(name, bundle, tags, child)
         profile, policies, payload_policy = self._instance_profile(
-            name,
-            secret_arn,
-            settings.inbound_tls_secret_arn,
-            bundle_object.arn,
-            options,
-            tags,
-            child,
+            name, secret_arn, bundle_object.arn, options, checked, tags, child
         )
         policies.append(self._monitoring_policy(name, profile, monitoring, log_group, child))
         region = self._region
         # The user data pins the bundle by hash: a new bundle is a new payload (replacement).
-        user_data = pulumi.Output.all(secret_arn, bucket.bucket).apply(
+        user_data = pulumi.Output.all(secret_arn, bucket.bucket, checked).apply(
             lambda values: render_user_data(
-                settings,
+                values[2].settings,
                 checked_secret_arn(values[0]) if values[0] is not None else None,
-                public_key,
+                values[2].options.ssh_public_key,
                 drain,
                 store=BundleStore(values[1], region),
                 monitoring=monitoring,
             )
         )
+        ami = (
+            self._image_id(options, checked)
+            if options.ami_id is None
+            else checked.apply(lambda c: str(c.options.ami_id))
+        )
         fleet = _Fleet(
             args,
-            settings,
             options,
-            options.ami_id or self._image_id(settings, options),
+            checked,
+            ami,
             group,
             egress_rules,
             profile,
@@ -257,15 +303,15 @@ class RelayHost(pulumi.ComponentResource):
         self.sending_ips = (
             pulumi.Output.all(*[host.elastic_ip.public_ip for host in hosts if host.elastic_ip])
             if options.egress == "eip"
-            else pulumi.Output.from_input(list(dict.fromkeys(options.nat_gateway_ips)))
+            else checked.apply(lambda c: list(dict.fromkeys(plain_list(c.options.nat_gateway_ips))))
         )
         self.security_group_id = group.id
-        self.smtp_relay_host = pulumi.Output.from_input(settings.next_hop)
+        self.smtp_relay_host = checked.apply(lambda c: c.settings.next_hop)
         self.secret_arn = pulumi.Output.from_input(secret_arn)
         self.verification_report = pulumi.Output.from_input(self._reports(hosts))
         self.log_group_name = log_group.name
         self.alarm_topic_arn = pulumi.Output.from_input(
-            self._alarms(name, hosts, balancer_alarm, options.monitoring, monitoring, tags)
+            self._alarms(name, hosts, balancer_alarm, options.monitoring, checked, monitoring, tags)
         )
         self.dashboard_url = self._dashboard(name, hosts, monitoring)
         self.register_outputs(
@@ -295,11 +341,11 @@ class RelayHost(pulumi.ComponentResource):
         """One relay host: the instance, its sending IP, its verification and its drain."""
         options = fleet.options
         child = pulumi.ResourceOptions(parent=self)
-        tags = {"Name": name, **options.tags}
+        tags = self._tags(fleet.checked, name)
         instance = aws.ec2.Instance(
             f"{name}-instance",
             ami=fleet.ami,
-            instance_type=options.instance_type,
+            instance_type=fleet.checked.apply(lambda c: c.options.instance_type),
             subnet_id=subnet_id,
             vpc_security_group_ids=[fleet.security_group.id],
             iam_instance_profile=fleet.profile.name,
@@ -361,7 +407,8 @@ class RelayHost(pulumi.ComponentResource):
         name: str,
         args: RelayHostArgs,
         options: HostOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> pulumi.Input[str] | None:
         """The given secret's ARN, or a new secret holding api_user/api_key; None for IP auth."""
@@ -372,9 +419,9 @@ class RelayHost(pulumi.ComponentResource):
         secret = aws.secretsmanager.Secret(
             f"{name}-credentials",
             description=f"SMTP AUTH credentials of the CMC relay host {name}",
-            kms_key_id=options.kms_key_arn,
+            kms_key_id=checked.apply(lambda c: c.options.kms_key_arn),
             # Throwaway stacks delete it at once instead of leaving it scheduled for 30 days.
-            recovery_window_in_days=0 if options.ephemeral else None,
+            recovery_window_in_days=checked.apply(lambda c: 0 if c.options.ephemeral else None),
             tags=tags,
             opts=child,
         )
@@ -382,7 +429,10 @@ class RelayHost(pulumi.ComponentResource):
             f"{name}-credentials",
             secret_id=secret.id,
             secret_string=pulumi.Output.json_dumps(
-                {"username": options.api_user, "password": pulumi.Output.secret(args["api_key"])}
+                {
+                    "username": checked.apply(lambda c: c.options.api_user),
+                    "password": pulumi.Output.secret(args["api_key"]),
+                }
             ),
             opts=child,
         )
@@ -393,9 +443,9 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         args: RelayHostArgs,
-        settings: RelaySettings,
         options: HostOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.ec2.SecurityGroup, list[pulumi.Resource]]:
         """SMTP in from the allowed clients only (SSH too, for ssh verification only); out only
@@ -410,18 +460,18 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        self._smtp_ingress(f"{name}-smtp-in", group, settings, args, child)
+        self._smtp_ingress(f"{name}-smtp-in", group, args, options, checked, child)
         self._cidr_ingress(
             f"{name}-ssh-in",
             group,
-            options.ssh_allowed_cidrs,
+            counted_networks(checked, "ssh_allowed_cidrs", len(options.ssh_allowed_cidrs)),
             SSH_PORT,
             "SSH for post-boot verification from",
             child,
         )
         egress = {
-            settings.smtp_port: "the service's SMTP relay port",
-            **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[settings.os]},
+            options.smtp_port: "the service's SMTP relay port",
+            **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[options.os]},
         }
         rules: list[pulumi.Resource] = [
             aws.vpc.SecurityGroupEgressRule(
@@ -442,23 +492,22 @@ class RelayHost(pulumi.ComponentResource):
     def _cidr_ingress(
         prefix: str,
         group: aws.ec2.SecurityGroup,
-        cidrs: Sequence[str],
+        cidrs: Sequence[pulumi.Output[str]],
         port: int,
         description: str,
         child: pulumi.ResourceOptions,
     ) -> None:
         """One rule per network (IPv4 or IPv6), named ``<prefix>-<index>``."""
         for index, cidr in enumerate(cidrs):
-            is_ipv6 = ":" in cidr
             aws.vpc.SecurityGroupIngressRule(
                 f"{prefix}-{index}",
                 security_group_id=group.id,
                 ip_protocol="tcp",
                 from_port=port,
                 to_port=port,
-                description=f"{description} {cidr}",
-                cidr_ipv4=None if is_ipv6 else cidr,
-                cidr_ipv6=cidr if is_ipv6 else None,
+                description=pulumi.Output.concat(description, " ", cidr),
+                cidr_ipv4=cidr.apply(lambda network: None if ":" in network else network),
+                cidr_ipv6=cidr.apply(lambda network: network if ":" in network else None),
                 opts=child,
             )
 
@@ -466,14 +515,14 @@ class RelayHost(pulumi.ComponentResource):
         self,
         prefix: str,
         group: aws.ec2.SecurityGroup,
-        settings: RelaySettings,
         args: RelayHostArgs,
+        options: HostOptions,
+        checked: pulumi.Output[Checked],
         child: pulumi.ResourceOptions,
     ) -> None:
         """Port 25 into ``group`` from the allowed client networks and security groups."""
-        self._cidr_ingress(
-            prefix, group, settings.allowed_cidrs, SMTP_PORT, "SMTP from allowed network", child
-        )
+        cidrs = counted_networks(checked, "allowed_cidrs", len(options.allowed_cidrs))
+        self._cidr_ingress(prefix, group, cidrs, SMTP_PORT, "SMTP from allowed network", child)
         for index, source_group in enumerate(args.get("allowed_security_group_ids", ())):
             aws.vpc.SecurityGroupIngressRule(
                 f"{prefix}-sg-{index}",
@@ -492,7 +541,7 @@ class RelayHost(pulumi.ComponentResource):
         fleet: _Fleet,
         subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]],
         hosts: list[_Host],
-        tags: dict[str, str],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.lb.LoadBalancer, aws.lb.TargetGroup]:
         """An internal Network Load Balancer passing port 25 through to the hosts, and its
@@ -511,7 +560,7 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        self._smtp_ingress(f"{name}-nlb-in", group, fleet.settings, fleet.args, child)
+        self._smtp_ingress(f"{name}-nlb-in", group, fleet.args, fleet.options, fleet.checked, child)
         aws.vpc.SecurityGroupEgressRule(
             f"{name}-nlb-out",
             security_group_id=group.id,
@@ -586,7 +635,11 @@ class RelayHost(pulumi.ComponentResource):
         return balancer, targets
 
     def _payload(
-        self, name: str, bundle: Bundle, tags: dict[str, str], child: pulumi.ResourceOptions
+        self,
+        name: str,
+        bundle: pulumi.Output[Bundle],
+        tags: pulumi.Input[Mapping[str, str]],
+        child: pulumi.ResourceOptions,
     ) -> tuple[aws.s3.Bucket, aws.s3.BucketObjectv2]:
         """A private bucket holding the bundle of on-host scripts, under its hash-named key."""
         bucket = aws.s3.Bucket(
@@ -614,8 +667,8 @@ class RelayHost(pulumi.ComponentResource):
         bundle_object = aws.s3.BucketObjectv2(
             f"{name}-payload",
             bucket=bucket.id,
-            key=bundle.key,
-            content_base64=base64.b64encode(bundle.data).decode(),
+            key=bundle.apply(lambda packed: packed.key),
+            content_base64=bundle.apply(lambda packed: base64.b64encode(packed.data).decode()),
             content_type="application/gzip",
             tags=tags,
             opts=child,
@@ -626,10 +679,10 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         secret_arn: pulumi.Input[str] | None,
-        certificate_arn: str | None,
         bundle_arn: pulumi.Output[str],
         options: HostOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.iam.InstanceProfile, list[pulumi.Resource], aws.iam.RolePolicy]:
         """The instance's profile, the policies it needs before the host can be verified
@@ -651,13 +704,17 @@ class RelayHost(pulumi.ComponentResource):
                 opts=child,
             )
         ]
-        if secret_arn is not None or certificate_arn is not None:
+        if secret_arn is not None or options.inbound_tls_secret_arn is not None:
             policy = aws.iam.RolePolicy(
                 f"{name}-read-credentials",
                 role=role.id,
-                policy=pulumi.Output.from_input(secret_arn).apply(
-                    lambda arn: json.dumps(
-                        secret_read_policy(arn, options.kms_key_arn, certificate_arn)
+                policy=pulumi.Output.all(secret_arn, checked).apply(
+                    lambda values: json.dumps(
+                        secret_read_policy(
+                            values[0],
+                            values[1].options.kms_key_arn,
+                            values[1].settings.inbound_tls_secret_arn,
+                        )
                     )
                 ),
                 opts=child,
@@ -709,7 +766,7 @@ class RelayHost(pulumi.ComponentResource):
             )
         connection = remote.ConnectionArgs(
             host=address,
-            user=OS_PROFILES[fleet.settings.os].login_user,
+            user=OS_PROFILES[options.os].login_user,
             private_key=pulumi.Output.secret(fleet.args["ssh_private_key"]),
             dial_error_limit=-1,  # until cloud-init has installed the key, or the timeout
         )
@@ -748,12 +805,12 @@ class RelayHost(pulumi.ComponentResource):
         options = fleet.options
         if not options.drain_on_delete:
             return None
-        region, timeout = self._region, options.drain_timeout_seconds
+        region = self._region
         return local.Command(
             f"{name}-drain",
-            delete=instance.id.apply(
-                lambda instance_id: verification.drain_driver_command(
-                    sys.executable, instance_id, region, timeout
+            delete=pulumi.Output.all(instance.id, fleet.checked).apply(
+                lambda values: verification.drain_driver_command(
+                    sys.executable, values[0], region, values[1].options.drain_timeout_seconds
                 )
             ),
             # Replaced with the instance, so the old host drains before it goes; not
@@ -799,14 +856,15 @@ class RelayHost(pulumi.ComponentResource):
         hosts: list[_Host],
         balancer_alarm: AlarmSpec | None,
         options: MonitoringOptions,
+        checked: pulumi.Output[Checked],
         monitoring: Monitoring,
-        tags: dict[str, str],
+        tags: pulumi.Input[Mapping[str, str]],
     ) -> pulumi.Input[str] | None:
         """Each host's alarms and recovery alarm, the balancer's; the topic they notify.
 
         With alarms false only the recovery alarms remain: they repair, they do not notify."""
         child = pulumi.ResourceOptions(parent=self)
-        topic_arn = self._alarm_topic(name, options, tags, child)
+        topic_arn = self._alarm_topic(name, options, checked, tags, child)
         notify = [] if topic_arn is None else [topic_arn]
         recover = recover_action(self._partition, self._region)
         # A host's alarms come once it works: its setup has published a first sample by then,
@@ -843,15 +901,15 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         options: MonitoringOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> pulumi.Input[str] | None:
         """alarm_topic_arn, or a new topic with alarm_email subscribed; None: nobody is told."""
         if not options.alarms:
             return None
         if options.alarm_topic_arn is not None:
-            # Checked again once known: an ARN from another resource cannot be checked before.
-            return pulumi.Output.from_input(options.alarm_topic_arn).apply(checked_topic_arn)
+            return checked.apply(lambda c: str(c.options.monitoring.alarm_topic_arn))
         if options.alarm_email is None:
             return None
         topic = aws.sns.Topic(f"{name}-alarms", tags=tags, opts=child)
@@ -860,7 +918,7 @@ class RelayHost(pulumi.ComponentResource):
             f"{name}-alarms-email",
             topic=topic.arn,
             protocol="email",
-            endpoint=options.alarm_email,
+            endpoint=checked.apply(lambda c: c.options.monitoring.alarm_email),
             opts=child,
         )
         return topic.arn
@@ -890,18 +948,34 @@ class RelayHost(pulumi.ComponentResource):
         """The provider's region, where the instances are: looked up once, when needed."""
         return aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
-    def _image_id(self, settings: RelaySettings, options: HostOptions) -> str:
-        image = IMAGES[settings.os]
-        return aws.ec2.get_ami(
+    def _image_id(
+        self, options: HostOptions, checked: pulumi.Output[Checked]
+    ) -> pulumi.Output[str]:
+        """The newest official image of the OS, for the instance type's architecture."""
+        image = IMAGES[options.os]
+        filters = checked.apply(
+            lambda c: [
+                aws.ec2.GetAmiFilterArgs(name="name", values=[image.name(c.options.architecture)]),
+                aws.ec2.GetAmiFilterArgs(name="architecture", values=[c.options.architecture]),
+                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
+            ]
+        )
+        return aws.ec2.get_ami_output(
             most_recent=True,
             owners=[image.owner],
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=[image.name(options.architecture)]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=[options.architecture]),
-                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
-            ],
+            filters=filters,
             opts=pulumi.InvokeOptions(parent=self),
         ).id
+
+    @staticmethod
+    def _tags(checked: pulumi.Output[Checked], name: str) -> pulumi.Output[Mapping[str, str]]:
+        """The tags of a resource of its own name (``Name``) and the caller's."""
+        return checked.apply(lambda c: {"Name": name, **cast(Mapping[str, str], c.options.tags)})
+
+
+def plain_list(values: pulumi.Input[Sequence[pulumi.Input[str]]]) -> list[str]:
+    """A list ``validate_args`` checked: plain strings, whatever its type allowed before."""
+    return [str(value) for value in cast(Sequence[str], values)]
 
 
 def checked_secret_arn(arn: str) -> str:

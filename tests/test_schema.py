@@ -19,8 +19,8 @@ from pulumi.provider.experimental.component import ComponentProvider
 
 from cmc_relay.components import TYPE_TOKEN, RelayHostArgs
 from cmc_relay.components.args import validate_args
+from cmc_relay.components.arguments import CONFIG_KEYS
 from cmc_relay.components.provider import COMPONENTS, PACKAGE_NAME, schema
-from cmc_relay.userdata.settings import CONFIG_KEYS
 
 ROOT = Path(__file__).parent.parent
 OUTPUTS = {

@@ -11,7 +11,7 @@ import pulumi
 import pytest
 import yaml
 
-from cmc_relay.userdata.settings import CONFIG_KEYS
+from cmc_relay.components.arguments import CONFIG_KEYS
 from tests.pulumi_harness import Recorder, run_program, run_stack, strings_in, user_data_of
 
 ROOT = Path(__file__).parent.parent
