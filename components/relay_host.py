@@ -412,7 +412,7 @@ class RelayHost(pulumi.ComponentResource):
         child: pulumi.ResourceOptions,
     ) -> pulumi.Input[str] | None:
         """The given secret's ARN, or a new secret holding api_user/api_key; None for IP auth."""
-        if "credentials_secret_arn" in args:
+        if args.get("credentials_secret_arn") is not None:
             return args["credentials_secret_arn"]
         if options.api_user is None:
             return None

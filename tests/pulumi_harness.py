@@ -28,6 +28,7 @@ ACCOUNT = "123456789012"
 REGION = "ap-northeast-1"
 CREATED_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:relay-credentials-AbCdEf"
 LOOKED_UP_AMI = "ami-0aaaaaaaaaaaaaaaa"
+KMS_KEY_ID = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"  # of every aws.kms.Key created
 ELB_ARN = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}"
 DEFAULT_VPC = {"id": "vpc-default", "cidr_block": "172.31.0.0/16"}
 SUBNETS = {
@@ -94,6 +95,7 @@ class Recorder(pulumi.runtime.Mocks):
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},
+            "aws:kms/key:Key": {"arn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{KMS_KEY_ID}"},
             "command:local:Command": {"stdout": VERIFIER_REPORT},
             "command:remote:Command": {"stdout": VERIFIER_REPORT},
         }
