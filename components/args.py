@@ -70,7 +70,20 @@ _SSH_PUBLIC_KEY = re.compile(
 
 
 class RelayHostArgs(TypedDict, total=False):
-    """Arguments of :class:`components.RelayHost`; defaults as in the README's config table."""
+    """Arguments of :class:`cmc_relay.RelayHost`; defaults as in the README's config table.
+
+    Every argument takes a ``pulumi.Input`` (a value, or an Output of another resource or a
+    StackReference, secret or not) except these plain ones, which decide which resources
+    exist, or name them, when the program runs: ``plan``, ``auth_mode``, ``os``,
+    ``smtp_port``, ``verification``, ``egress``, ``replicas``, ``drain_on_delete``,
+    ``alarms``, ``metrics_namespace`` and the four alarm thresholds
+    (``alarm_deferred_threshold``, ``alarm_oldest_message_minutes``,
+    ``alarm_bounced_threshold``, ``alarm_refused_threshold``). ``allowed_cidrs``,
+    ``allowed_security_group_ids``, ``ssh_allowed_cidrs`` and ``subnet_ids`` are plain lists
+    (one rule or host per element) whose elements may be Outputs. Values known only at
+    deployment are checked then, with the messages literals get before any resource.
+    ``components/arguments.py`` declares the rest of each argument: see there to add one.
+    """
 
     vpc_id: Required[pulumi.Input[str]]
     """VPC of the subnet; the security group is created in it."""
