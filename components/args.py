@@ -29,6 +29,7 @@ from cmc_relay.userdata.settings import (
     RelaySettings,
     Verification,
     check_session_budget,
+    parse_allowed_cidrs,
     parse_cidrs,
     parse_email,
     require_choice,
@@ -369,9 +370,7 @@ def check_args(args: Mapping[str, Any]) -> tuple[RelaySettings | None, HostOptio
         os=args.get("os", DEFAULT_OS),
         smtp_port=args.get("smtp_port", DEFAULT_SMTP_PORT),
         uses_sasl=uses_sasl,
-        allowed_cidrs=(
-            settings.allowed_cidrs if settings is not None else tuple(args["allowed_cidrs"])
-        ),
+        allowed_cidrs=allowed_networks(args["allowed_cidrs"], settings),
         inbound_tls_secret_arn=args.get("inbound_tls_secret_arn"),
         instance_type=instance_type,
         ami_id=ami_id,
@@ -390,6 +389,16 @@ def check_args(args: Mapping[str, Any]) -> tuple[RelaySettings | None, HostOptio
         monitoring=monitoring_options(args),
     )
     return settings, options
+
+
+def allowed_networks(
+    given: Sequence[pulumi.Input[str]], settings: RelaySettings | None
+) -> tuple[pulumi.Input[str], ...]:
+    """The client networks, one security group rule each: normalised and deduplicated when
+    known, else as given (their count must hold once they are known)."""
+    if settings is not None:
+        return settings.allowed_cidrs
+    return parse_allowed_cidrs(given) if known(given) else tuple(given)
 
 
 def require_plain_shapes(args: Mapping[str, Any]) -> None:

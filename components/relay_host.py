@@ -29,6 +29,7 @@ from cmc_relay.components.args import (
     RelayHostArgs,
     check_args,
     checked_subnet_ids,
+    known,
     validate_args,
 )
 from cmc_relay.components.monitoring import (
@@ -948,23 +949,32 @@ class RelayHost(pulumi.ComponentResource):
         """The provider's region, where the instances are: looked up once, when needed."""
         return aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
-    def _image_id(
-        self, options: HostOptions, checked: pulumi.Output[Checked]
-    ) -> pulumi.Output[str]:
-        """The newest official image of the OS, for the instance type's architecture."""
+    def _image_id(self, options: HostOptions, checked: pulumi.Output[Checked]) -> pulumi.Input[str]:
+        """The newest official image of the OS, for the instance type's architecture: looked up
+        at once for a known instance type (as always), else once the type is known."""
         image = IMAGES[options.os]
-        filters = checked.apply(
-            lambda c: [
-                aws.ec2.GetAmiFilterArgs(name="name", values=[image.name(c.options.architecture)]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=[c.options.architecture]),
+
+        def filters(architecture: str) -> list[aws.ec2.GetAmiFilterArgs]:
+            return [
+                aws.ec2.GetAmiFilterArgs(name="name", values=[image.name(architecture)]),
+                aws.ec2.GetAmiFilterArgs(name="architecture", values=[architecture]),
                 aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
             ]
-        )
+
+        invoke = pulumi.InvokeOptions(parent=self)
+        if known(options.instance_type):
+            found = aws.ec2.get_ami(
+                most_recent=True,
+                owners=[image.owner],
+                filters=filters(options.architecture),
+                opts=invoke,
+            )
+            return found.id
         return aws.ec2.get_ami_output(
             most_recent=True,
             owners=[image.owner],
-            filters=filters,
-            opts=pulumi.InvokeOptions(parent=self),
+            filters=checked.apply(lambda c: filters(c.options.architecture)),
+            opts=invoke,
         ).id
 
     @staticmethod

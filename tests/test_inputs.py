@@ -268,10 +268,18 @@ def bundle_of_revealed(recorder: Recorder) -> dict[str, str]:
 def config_error_of(error: BaseException) -> ConfigError:
     """The ConfigError a failed deployment wraps (Pulumi re-raises it around its inputs)."""
     seen: BaseException | None = error
-    while seen is not None and not isinstance(seen, ConfigError):
-        seen = seen.__cause__ or seen.__context__
-    assert isinstance(seen, ConfigError), repr(error)
-    return seen
+    found = None
+    while seen is not None:
+        if isinstance(seen, ConfigError) and found is None:
+            found = seen
+        # Cut the chain as it is walked: Pulumi wraps the error once per waiting resource, and
+        # freeing a chain that long at once upsets CPython 3.11's recursion accounting (a
+        # later ast.parse, pytest's, fails with "AST constructor recursion depth mismatch").
+        seen.__cause__, seen.__context__, seen.__traceback__, seen = (
+            None, None, None, seen.__cause__ or seen.__context__,
+        )  # fmt: skip
+    assert found is not None, repr(error)
+    return found
 
 
 # (changes as literals, the argument whose value comes late): each a bad value, or a bad
@@ -398,3 +406,15 @@ def test_a_counted_list_must_be_a_list_of_outputs_not_an_output_of_a_list() -> N
 
     with pytest.raises(ConfigError, match=r"allowed_cidrs .*not an Output of a list: one security"):
         run_program(program)
+
+
+def test_known_duplicate_networks_are_merged_while_other_values_are_outputs() -> None:
+    """As with literals only: the same network twice is one rule (not a failed deployment)."""
+
+    def program() -> None:
+        key = aws.kms.Key("relay")
+        relay({**BASE, "kms_key_arn": key.arn, "allowed_cidrs": ["10.20.0.0/16"] * 2})
+
+    recorder = run_program(program)
+    rules = [r for r in recorder.of_type(INGRESS) if r.inputs["fromPort"] == 25]
+    assert [r.inputs["cidrIpv4"] for r in rules] == ["10.20.0.0/16"]
