@@ -12,30 +12,7 @@ import pulumi_aws as aws
 
 from cmc_relay.components import RelayHost, RelayHostArgs
 from cmc_relay.components.args import check_subnet_placement
-from cmc_relay.userdata.settings import CONFIG_KEYS
-
-_INT_KEYS = {
-    "smtpPort", "maxConnections", "messageSizeLimit", "secretRefreshMinutes", "replicas",
-    "proMaxSessions", "drainTimeoutSeconds", "logRetentionDays", "alarmDeferredThreshold",
-    "alarmOldestMessageMinutes", "alarmBouncedThreshold", "alarmRefusedThreshold",
-    "queueVolumeGb", "alarmQueueFreePercent", "alarmRebootRequiredDays",
-    "alarmSentThreshold", "clientMessageRateLimit", "clientRecipientRateLimit",
-    "clientConnectionLimit",
-}  # fmt: skip
-_BOOL_KEYS = {
-    "ephemeral",
-    "drainOnDelete",
-    "alarms",
-    "discardQueueOnDestroy",
-    "keepReceivedHeaders",
-}
-_STRUCTURED_KEYS = {
-    "allowedCidrs", "allowedSecurityGroupIds", "sshAllowedCidrs", "subnetIds", "natGatewayIps",
-    "tags", "rewriteDomains", "allowedSenderDomains",
-}  # fmt: skip
-_SECRET_KEYS = {"apiKey", "sshPrivateKey"}
-_NETWORK_KEYS = {"subnetId", "allowedCidrs"}  # resolved by network(), from AWS if unset
-_ARG_NAMES = {key: name for name, key in CONFIG_KEYS.items()}
+from cmc_relay.components.arguments import ARGUMENTS, CONFIG_KEYS, Argument
 
 
 def unknown_config_keys(keys: Iterable[str], known: Iterable[str]) -> str | None:
@@ -70,24 +47,27 @@ def project_config_keys(project: str) -> list[str]:
 
 
 def read_config(config: pulumi.Config) -> dict[str, Any]:
-    """Every component argument set in stack config, under its argument name."""
+    """Every component argument set in stack config, under its argument name, read as its
+    declaration (``components/arguments.py``) says; ``network()`` resolves the network's."""
     args: dict[str, Any] = {}
-    for key, name in _ARG_NAMES.items():
-        if key in _NETWORK_KEYS:
-            continue
-        if key in _INT_KEYS:
-            value: Any = config.get_int(key)
-        elif key in _BOOL_KEYS:
-            value = config.get_bool(key)
-        elif key in _STRUCTURED_KEYS:
-            value = config.get_object(key)
-        elif key in _SECRET_KEYS:
-            value = config.get_secret(key)
-        else:
-            value = config.get(key)
-        if value is not None:
-            args[name] = value
+    for argument in ARGUMENTS:
+        if argument.config and not argument.network:
+            value = read_key(config, argument)
+            if value is not None:
+                args[argument.name] = value
     return args
+
+
+def read_key(config: pulumi.Config, argument: Argument) -> Any:
+    if argument.secret:
+        return config.get_secret(argument.key)
+    if argument.kind == "integer":
+        return config.get_int(argument.key)
+    if argument.kind == "boolean":
+        return config.get_bool(argument.key)
+    if argument.kind in ("array", "object"):
+        return config.get_object(argument.key)
+    return config.get(argument.key)
 
 
 def network(config: pulumi.Config) -> tuple[str, str, list[str]]:

@@ -4,26 +4,33 @@ No ``from __future__ import annotations`` here: Pulumi's schema analyzer (the co
 from other languages, ``components/provider.py``) reads these annotations as live types.
 """
 
+import inspect
 import ipaddress
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Required, TypedDict
 
 import pulumi
 
+from cmc_relay.components.arguments import ARGUMENTS, CONFIG_KEYS, COUNTED_LISTS, KNOWN_WHEN_RUN
 from cmc_relay.components.image import AMI_ID, check_image_refresh
 from cmc_relay.userdata.metrics import DEFAULT_NAMESPACE
 from cmc_relay.userdata.settings import (
+    DEFAULT_OS,
+    DEFAULT_SMTP_PORT,
     EGRESS_MODES,
     PRO_MAX_SESSIONS_LIMIT,
+    SETTING_CHECKS,
     VERIFICATION_MODES,
     ConfigError,
     Egress,
+    OsName,
     RelaySettings,
     Verification,
     check_session_budget,
+    parse_allowed_cidrs,
     parse_cidrs,
     parse_email,
     require_choice,
@@ -32,6 +39,9 @@ from cmc_relay.userdata.settings import (
 )
 
 DEFAULT_INSTANCE_TYPE: Final = "t3.small"
+# A valid network standing in for allowed_cidrs known only at deployment, for the checks of
+# the settings that are known before.
+_STAND_IN_CIDRS: Final = ("192.0.2.0/24",)
 # Hosts are replaced one after the other, each verified before the next: minutes per host.
 MAX_REPLICAS: Final = 10
 DEFAULT_DRAIN_TIMEOUT: Final = 600
@@ -67,21 +77,39 @@ _SSH_PUBLIC_KEY = re.compile(
 
 
 class RelayHostArgs(TypedDict, total=False):
-    """Arguments of :class:`components.RelayHost`; defaults as in the README's config table."""
+    """Arguments of :class:`cmc_relay.RelayHost`; defaults as in the README's config table.
+
+    Every argument takes a ``pulumi.Input`` (a value, or an Output of another resource or a
+    StackReference, secret or not) except these plain ones, which decide which resources
+    exist, or name them, when the program runs: ``plan``, ``auth_mode``, ``os``,
+    ``instance_type`` and ``image_refresh`` (the image pin's name), ``smtp_port``,
+    ``verification``, ``egress``, ``replicas``, ``drain_on_delete``, ``alarms``,
+    ``metrics_namespace`` and the alarm thresholds (``alarm_deferred_threshold``,
+    ``alarm_oldest_message_minutes``, ``alarm_bounced_threshold``,
+    ``alarm_refused_threshold``, ``alarm_queue_free_percent``,
+    ``alarm_reboot_required_days``, ``alarm_sent_threshold``); ``reboot_window`` (the hosts'
+    tags); and, plain as they were added, ``queue_volume_gb``, ``discard_queue_on_destroy``,
+    ``keep_received_headers``, ``client_message_rate_limit``, ``client_recipient_rate_limit``
+    and ``client_connection_limit``. ``allowed_cidrs``, ``allowed_security_group_ids``,
+    ``ssh_allowed_cidrs`` and ``subnet_ids`` are plain lists
+    (one rule or host per element) whose elements may be Outputs. Values known only at
+    deployment are checked then, with the messages literals get before any resource.
+    ``components/arguments.py`` declares the rest of each argument: see there to add one.
+    """
 
     vpc_id: Required[pulumi.Input[str]]
     """VPC of the subnet; the security group is created in it."""
     subnet_id: Required[pulumi.Input[str]]
     """Subnet for the instance: public (routed to an internet gateway) for the Elastic IP."""
-    allowed_cidrs: Required[Sequence[str]]
+    allowed_cidrs: Required[Sequence[pulumi.Input[str]]]
     """Client networks allowed to relay through the host (never 0.0.0.0/0)."""
     allowed_security_group_ids: Sequence[pulumi.Input[str]]
     """Security groups whose members may also connect to port 25."""
     plan: str
     """trial (default), standard or pro: chooses the SMTP host (G4)."""
-    subdomain: str
+    subdomain: pulumi.Input[str]
     """Pro plan only, required there: SUBDOMAIN of SUBDOMAIN.smtps.jp."""
-    smtp_host: str
+    smtp_host: pulumi.Input[str]
     """Overrides the plan's SMTP host."""
     smtp_port: int
     """Port of the service's relay endpoint (default 10025)."""
@@ -89,50 +117,50 @@ class RelayHostArgs(TypedDict, total=False):
     """sasl (default, SMTP AUTH with the API user) or ip (Pro IP address authentication)."""
     credentials_secret_arn: pulumi.Input[str]
     """sasl: an existing secret whose value is {"username": ..., "password": ...}."""
-    api_user: str
+    api_user: pulumi.Input[str]
     """sasl: API user, with api_key: the component creates the secret itself."""
     api_key: pulumi.Input[str]
     """sasl: API key (pass it as a Pulumi secret)."""
-    kms_key_arn: str
+    kms_key_arn: pulumi.Input[str]
     """Customer-managed KMS key that encrypts the secret, if any."""
     os: str
     """debian-13 (default), debian-12, al2023 or ubuntu-24.04."""
     instance_type: str
     """EC2 instance type (default t3.small); Graviton types get arm64 images."""
-    ami_id: str
+    ami_id: pulumi.Input[str]
     """The image, chosen by the user; by default the newest official image of ``os`` when the
     hosts are first created, kept until ``os``, the architecture or ``image_refresh`` changes."""
     image_refresh: str
     """Any token, such as a date: setting or changing it moves the hosts to the newest
     official image of ``os`` (they are replaced, one at a time)."""
-    max_connections: int
+    max_connections: pulumi.Input[int]
     """Sessions to the service per sending IP (default 10; 1-10, up to 100 on pro) (G9)."""
-    tls_level: str
+    tls_level: pulumi.Input[str]
     """TLS to the service (G11): secure (default: the certificate verified for the service's
     name, TLS 1.2 or newer), or with auth_mode ip only encrypt (unverified) or may (TLS if
     offered, else plain text), both weaker: see the README's security model."""
-    message_size_limit: int
+    message_size_limit: pulumi.Input[int]
     """Largest message accepted, in bytes (default 10240000): the service's size limit."""
-    host_name: str
+    host_name: pulumi.Input[str]
     """Fully qualified host name of the relay (default cmc-relay.internal) (G2); the name
     applications send to (see ``dns_zone``)."""
     dns_zone: pulumi.Input[str]
     """Where ``host_name`` is published: ``private`` (default: a Route 53 private hosted zone
     for it, associated with the VPC), the id of an existing hosted zone (a record in it), or
     ``none`` (no record; smtp_endpoint is then an address)."""
-    secret_refresh_minutes: int
+    secret_refresh_minutes: pulumi.Input[int]
     """How often the host re-reads the secret to pick up rotation (default 5)."""
-    tags: Mapping[str, str]
+    tags: pulumi.Input[Mapping[str, pulumi.Input[str]]]
     """Tags added to every resource that takes tags."""
     verification: str
     """Post-boot check that gates the deployment: ssm (default), ssh or none."""
-    ssh_public_key: str
+    ssh_public_key: pulumi.Input[str]
     """ssh verification: OpenSSH public key authorized for the OS's default user."""
     ssh_private_key: pulumi.Input[str]
     """ssh verification: the private key of that public key (pass it as a Pulumi secret)."""
-    ssh_allowed_cidrs: Sequence[str]
+    ssh_allowed_cidrs: Sequence[pulumi.Input[str]]
     """ssh verification, required there: networks allowed to port 22 (never 0.0.0.0/0)."""
-    ephemeral: bool
+    ephemeral: pulumi.Input[bool]
     """For throwaway stacks: the created secret is deleted at once, not after 30 days."""
     replicas: int
     """Number of relay hosts (default 1, at most 10); more than one sit behind a balancer."""
@@ -140,13 +168,13 @@ class RelayHostArgs(TypedDict, total=False):
     """With replicas > 1: one subnet per host, in order, starting with subnet_id (one per AZ)."""
     egress: str
     """eip (default: public subnets, an Elastic IP per host) or nat (private subnets)."""
-    nat_gateway_ips: Sequence[str]
+    nat_gateway_ips: pulumi.Input[Sequence[pulumi.Input[str]]]
     """egress nat: the NAT gateways' public IPs, one for all hosts or one per host in order."""
-    pro_max_sessions: int
+    pro_max_sessions: pulumi.Input[int]
     """Pro only: the console's max sessions (default 100), which all hosts together share."""
     drain_on_delete: bool
     """Drain each host's queue before deleting it (default: true with replicas > 1)."""
-    drain_timeout_seconds: int
+    drain_timeout_seconds: pulumi.Input[int]
     """drain_on_delete: how long a drain waits for the queue to empty (default 600)."""
     queue_volume_gb: int
     """Size in GiB of each host's queue volume, the EBS volume holding the Postfix queue that
@@ -154,22 +182,22 @@ class RelayHostArgs(TypedDict, total=False):
     discard_queue_on_destroy: bool
     """Let pulumi destroy (or a scale-in) delete a host whose queue still holds mail (default
     false: the deletion stops, naming how many messages are queued)."""
-    sender_domain: str
+    sender_domain: pulumi.Input[str]
     """Senders without a real domain (root@localhost, *.compute.internal, ...) become
     local-part@sender_domain, in the envelope and the From:/Sender: headers."""
-    rewrite_domains: Sequence[str]
+    rewrite_domains: pulumi.Input[Sequence[pulumi.Input[str]]]
     """With sender_domain: more domains (and their subdomains) to rewrite to it."""
-    allowed_sender_domains: Sequence[str]
+    allowed_sender_domains: pulumi.Input[Sequence[pulumi.Input[str]]]
     """When set, MAIL FROM outside these domains (after rewriting) is refused with 5.7.1."""
-    operator_email: str
+    operator_email: pulumi.Input[str]
     """Mail for the relay's own root, postmaster and other local users goes here (needs
     sender_domain); without it, it stays in a mailbox on the host."""
-    inbound_tls: str
+    inbound_tls: pulumi.Input[str]
     """STARTTLS offered to the applications: may (default), encrypt (required) or none."""
     keep_received_headers: bool
     """Pass the Received: headers on to the service (default false: they name internal hosts
     and addresses, so the relay removes them on the way out)."""
-    inbound_tls_secret_arn: str
+    inbound_tls_secret_arn: pulumi.Input[str]
     """A secret holding the PEM key and certificate chain to offer; by default the host
     generates a self-signed certificate at first boot."""
     reboot_window: str
@@ -186,16 +214,16 @@ class RelayHostArgs(TypedDict, total=False):
     limit); over it, 421."""
     metrics_namespace: str
     """CloudWatch namespace of the hosts' metrics (default CMCRelay; not AWS/...)."""
-    log_retention_days: int
+    log_retention_days: pulumi.Input[int]
     """Days CloudWatch Logs keeps the mail log (default 30; a value CloudWatch Logs accepts)."""
-    log_kms_key_arn: str
+    log_kms_key_arn: pulumi.Input[str]
     """Customer-managed KMS key that encrypts the mail log group, if any."""
     alarms: bool
     """Alarms on the hosts' metrics and the balancer (default true); false: only the hosts'
     recovery alarms, and no topic."""
     alarm_topic_arn: pulumi.Input[str]
     """SNS topic the alarms notify; without it and alarm_email they notify nobody."""
-    alarm_email: str
+    alarm_email: pulumi.Input[str]
     """Instead of alarm_topic_arn: the component creates a topic with this e-mail subscribed."""
     alarm_deferred_threshold: int
     """Alarm when a host's deferred queue holds more messages for 10 minutes (default 100)."""
@@ -214,16 +242,13 @@ class RelayHostArgs(TypedDict, total=False):
     """Alarm when a host sends more than this many messages in 5 minutes (default 5000)."""
 
 
-_SETTINGS_FIELDS: Final = (
-    "allowed_cidrs", "plan", "subdomain", "smtp_host", "smtp_port", "auth_mode", "os",
-    "max_connections", "tls_level", "message_size_limit", "host_name", "secret_refresh_minutes",
-    "sender_domain", "rewrite_domains", "allowed_sender_domains", "operator_email", "inbound_tls",
-    "inbound_tls_secret_arn", "reboot_window", "client_message_rate_limit",
-    "client_recipient_rate_limit", "client_connection_limit", "keep_received_headers",
-)  # fmt: skip
+_SETTINGS_FIELDS: Final = tuple(f.name for f in fields(RelaySettings) if f.init)
 _KNOWN_ARGS: Final = frozenset(RelayHostArgs.__annotations__)
 # Pulumi's wire format has only doubles: from another language, smtp_port arrives as 2525.0.
-_INT_ARGS: Final = frozenset(k for k, t in RelayHostArgs.__annotations__.items() if t is int)
+_INT_ARGS: Final = frozenset(a.name for a in ARGUMENTS if a.kind == "integer")
+# Secrets are checked for presence only: their values never enter the validation's Output,
+# which would make every value derived from it secret.
+SECRET_ARGS: Final = frozenset(a.name for a in ARGUMENTS if a.secret)
 _SSH_ARGS: Final = ("ssh_public_key", "ssh_private_key", "ssh_allowed_cidrs")
 
 
@@ -261,57 +286,101 @@ class MonitoringOptions:
     """The validated metrics, mail log and alarm arguments."""
 
     namespace: str = DEFAULT_NAMESPACE
-    log_retention_days: int = DEFAULT_LOG_RETENTION_DAYS
-    log_kms_key_arn: str | None = None
+    log_retention_days: pulumi.Input[int] = DEFAULT_LOG_RETENTION_DAYS
+    log_kms_key_arn: pulumi.Input[str] | None = None
     alarms: bool = True
     alarm_topic_arn: pulumi.Input[str] | None = None
-    alarm_email: str | None = None
+    alarm_email: pulumi.Input[str] | None = None
     thresholds: AlarmThresholds = field(default_factory=AlarmThresholds)
 
 
 @dataclass(frozen=True)
 class HostOptions:
-    """The validated arguments that shape AWS resources rather than files on the host."""
+    """The validated arguments that shape AWS resources rather than files on the host.
 
+    From ``check_args`` before the values are known, a field typed ``pulumi.Input`` may hold
+    an unchecked Output; from ``validate_args`` every field is a checked plain value. The
+    settings the resources need before (``os``, ``smtp_port``, ...) are plain either way.
+    """
+
+    os: OsName = DEFAULT_OS
+    smtp_port: int = DEFAULT_SMTP_PORT
+    uses_sasl: bool = True
+    allowed_cidrs: tuple[pulumi.Input[str], ...] = ()
+    inbound_tls_secret_arn: pulumi.Input[str] | None = None
     instance_type: str = DEFAULT_INSTANCE_TYPE
-    ami_id: str | None = None
+    ami_id: pulumi.Input[str] | None = None
+    kms_key_arn: pulumi.Input[str] | None = None
+    api_user: pulumi.Input[str] | None = None
+    tags: pulumi.Input[Mapping[str, pulumi.Input[str]]] = field(default_factory=dict)
     image_refresh: str | None = None
     dns_zone: pulumi.Input[str] = DNS_ZONE_PRIVATE
-    kms_key_arn: str | None = None
-    api_user: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
     verification: Verification = "ssm"
-    ssh_public_key: str | None = None
-    ssh_allowed_cidrs: tuple[str, ...] = ()
-    ephemeral: bool = False
+    ssh_public_key: pulumi.Input[str] | None = None
+    ssh_allowed_cidrs: tuple[pulumi.Input[str], ...] = ()
+    ephemeral: pulumi.Input[bool] = False
     replicas: int = 1
     egress: Egress = "eip"
-    nat_gateway_ips: tuple[str, ...] = ()
+    nat_gateway_ips: pulumi.Input[Sequence[pulumi.Input[str]]] = ()
     drain_on_delete: bool = False
-    drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT
+    drain_timeout_seconds: pulumi.Input[int] = DEFAULT_DRAIN_TIMEOUT
     queue_volume_gb: int = DEFAULT_QUEUE_VOLUME_GB
     discard_queue_on_destroy: bool = False
     monitoring: MonitoringOptions = field(default_factory=MonitoringOptions)
 
     @property
     def architecture(self) -> str:
+        """The image architecture of the instance type (checked by ``validate_args``)."""
+        assert isinstance(self.instance_type, str)
         return "arm64" if _ARM_INSTANCE_TYPE.match(self.instance_type) else "x86_64"
 
 
+def known(value: object) -> bool:
+    """A plain value through and through: no Output or awaitable, nor one in a list or map."""
+    if isinstance(value, pulumi.Output) or inspect.isawaitable(value):
+        return False
+    if isinstance(value, list | tuple):
+        return all(known(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(known(item) for item in value.values())
+    return True
+
+
 def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
-    """Refuse every invalid argument, naming it, before any resource is created."""
+    """Refuse every invalid argument, naming it; every value must be known (see check_args)."""
+    settings, options = check_args(args)
+    if settings is None:
+        pending = sorted(name for name, value in args.items() if not known(value))
+        raise ValueError(f"values known only at deployment: {', '.join(pending)}")
+    return settings, options
+
+
+def check_args(args: Mapping[str, Any]) -> tuple[RelaySettings | None, HostOptions]:
+    """Refuse every invalid argument, naming it, before any resource is created.
+
+    A value known only at deployment (an Output) is passed through to the options unchecked,
+    and the settings are None when one of theirs is such a value: the component checks them
+    all together once they are known (``validate_args`` in an ``apply``), with the same
+    messages. Every known value is checked here on its own, and with the others that are known.
+    """
     unknown = sorted(set(args) - _KNOWN_ARGS)
     if unknown:
-        raise ConfigError(unknown[0], f"unknown argument; known: {', '.join(sorted(_KNOWN_ARGS))}")
+        raise ConfigError(
+            unknown[0],
+            f"unknown argument; known: {', '.join(sorted(_KNOWN_ARGS))}",
+            has_config_key=False,
+        )
     for required in ("vpc_id", "subnet_id", "allowed_cidrs"):
         if args.get(required) is None:
-            raise ConfigError(required, "is required")
+            raise ConfigError(required, "is required", has_config_key=required in CONFIG_KEYS)
+    require_plain_shapes(args)
     args = {k: whole_number(v) if k in _INT_ARGS else v for k, v in args.items()}
-    settings = RelaySettings(**{k: args[k] for k in _SETTINGS_FIELDS if args.get(k) is not None})
+    settings = relay_settings(args)
+    plan, uses_sasl = args.get("plan", "trial"), args.get("auth_mode", "sasl") == "sasl"
 
     secret_arn = args.get("credentials_secret_arn")
     api_user, api_key = args.get("api_user"), args.get("api_key")
-    if settings.uses_sasl:
+    if uses_sasl:
         if secret_arn is None and (api_user is None or api_key is None):
             raise ConfigError(
                 "credentials_secret_arn",
@@ -322,22 +391,31 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
             raise ConfigError(
                 "credentials_secret_arn", "give either credentials_secret_arn or api_user/api_key"
             )
-        if api_user is not None and (
-            not api_user or ":" in api_user or api_user != api_user.strip()
+        if (
+            known(api_user)
+            and api_user is not None
+            and (
+                not isinstance(api_user, str)
+                or not api_user
+                or ":" in api_user
+                or api_user != api_user.strip()
+            )
         ):
             raise ConfigError("api_user", f"{api_user!r} is not a valid API user name")
     elif any(value is not None for value in (secret_arn, api_user, api_key)):
         raise ConfigError(
             "auth_mode", "is ip: SMTP AUTH credentials are not used; remove them or use sasl"
         )
-    if isinstance(secret_arn, str):
-        secret_region(secret_arn)  # an Output is checked when its value is known
+    if known(secret_arn) and secret_arn is not None:
+        secret_region(secret_arn)
 
     instance_type = args.get("instance_type", DEFAULT_INSTANCE_TYPE)
-    if not isinstance(instance_type, str) or not _INSTANCE_TYPE.match(instance_type):
+    if known(instance_type) and (
+        not isinstance(instance_type, str) or not _INSTANCE_TYPE.match(instance_type)
+    ):
         raise ConfigError("instance_type", f"{instance_type!r} is not an EC2 instance type")
     ami_id = args.get("ami_id")
-    if ami_id is not None and not AMI_ID.match(ami_id):
+    if known(ami_id) and ami_id is not None and not AMI_ID.match(str(ami_id)):
         raise ConfigError("ami_id", f"{ami_id!r} is not an AMI id (ami-...)")
     image_refresh = args.get("image_refresh")
     if image_refresh is not None:
@@ -346,25 +424,30 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
     if isinstance(dns_zone, str):
         checked_dns_zone(dns_zone)  # an Output is checked when its value is known
     kms_key_arn = args.get("kms_key_arn")
-    if kms_key_arn is not None and not _KMS_KEY_ARN.match(kms_key_arn):
+    if known(kms_key_arn) and kms_key_arn is not None and not _KMS_KEY_ARN.match(str(kms_key_arn)):
         raise ConfigError("kms_key_arn", f"{kms_key_arn!r} is not a KMS key ARN")
-    if kms_key_arn is not None and not settings.uses_sasl:
+    if kms_key_arn is not None and not uses_sasl:
         raise ConfigError("kms_key_arn", "only applies to auth_mode sasl (it encrypts the secret)")
     ephemeral = args.get("ephemeral", False)
-    if not isinstance(ephemeral, bool):
+    if known(ephemeral) and not isinstance(ephemeral, bool):
         raise ConfigError("ephemeral", f"must be true or false; got {ephemeral!r}")
     verification, ssh_public_key, ssh_allowed_cidrs = verification_options(args)
-    replicas, egress, nat_gateway_ips = fleet_options(args, settings)
+    replicas, egress, nat_gateway_ips = fleet_options(args, settings, plan)
     drain_on_delete, drain_timeout_seconds = drain_options(args, replicas)
     queue_volume_gb, discard_queue_on_destroy = queue_options(args)
     options = HostOptions(
+        os=args.get("os", DEFAULT_OS),
+        smtp_port=args.get("smtp_port", DEFAULT_SMTP_PORT),
+        uses_sasl=uses_sasl,
+        allowed_cidrs=allowed_networks(args["allowed_cidrs"], settings),
+        inbound_tls_secret_arn=args.get("inbound_tls_secret_arn"),
         instance_type=instance_type,
         ami_id=ami_id,
         image_refresh=image_refresh,
         dns_zone=dns_zone,
         kms_key_arn=kms_key_arn,
         api_user=api_user,
-        tags=dict(args.get("tags") or {}),
+        tags=args.get("tags") or {},
         verification=verification,
         ssh_public_key=ssh_public_key,
         ssh_allowed_cidrs=ssh_allowed_cidrs,
@@ -381,6 +464,56 @@ def validate_args(args: Mapping[str, Any]) -> tuple[RelaySettings, HostOptions]:
     return settings, options
 
 
+def allowed_networks(
+    given: Sequence[pulumi.Input[str]], settings: RelaySettings | None
+) -> tuple[pulumi.Input[str], ...]:
+    """The client networks, one security group rule each: normalised and deduplicated when
+    known, else as given (their count must hold once they are known)."""
+    if settings is not None:
+        return settings.allowed_cidrs
+    return parse_allowed_cidrs(given) if known(given) else tuple(given)
+
+
+def require_plain_shapes(args: Mapping[str, Any]) -> None:
+    """Arguments that decide which resources exist must be known when the program runs; so
+    must the length of a list that counts resources (its elements may be Outputs)."""
+    for name, why in KNOWN_WHEN_RUN.items():
+        if name in args and not known(args[name]):
+            raise ConfigError(
+                name, f"must be a plain value known when the program runs, not an Output: {why}"
+            )
+    for name, why in COUNTED_LISTS.items():
+        if isinstance(args.get(name), pulumi.Output) or inspect.isawaitable(args.get(name)):
+            raise ConfigError(
+                name,
+                "must be a list known when the program runs (its elements may be Outputs), "
+                f"not an Output of a list: {why}",
+            )
+
+
+def relay_settings(args: Mapping[str, Any]) -> RelaySettings | None:
+    """The host's settings once every one of them is known; until then None, after the checks
+    that known values allow: the plain ones together (a stand-in for the other required ones),
+    each other known value on its own. RelaySettings checks them all once all are known."""
+    given = {k: args[k] for k in _SETTINGS_FIELDS if args.get(k) is not None}
+    if known(given):
+        return RelaySettings(**given)
+    plain = {k: v for k, v in given.items() if k in KNOWN_WHEN_RUN}
+    if "subdomain" in given:
+        plain["subdomain"] = given["subdomain"] if known(given["subdomain"]) else "stand-in"
+    RelaySettings(allowed_cidrs=_STAND_IN_CIDRS, **plain)
+    plan = given.get("plan", "trial")
+    for name, value in given.items():
+        if name in plain or name not in SETTING_CHECKS:
+            continue
+        if known(value):
+            SETTING_CHECKS[name](value, plan)
+        elif isinstance(value, list | tuple):  # the known elements of a list of Outputs
+            for item in filter(known, value):
+                SETTING_CHECKS[name]([item], plan)
+    return None
+
+
 def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
     """Where the metrics and the mail log go, and which alarms notify whom."""
     namespace = args.get("metrics_namespace", DEFAULT_NAMESPACE)
@@ -392,13 +525,17 @@ def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
     if namespace.startswith("AWS/"):
         raise ConfigError("metrics_namespace", f"{namespace!r}: AWS/ is reserved for AWS services")
     retention = args.get("log_retention_days", DEFAULT_LOG_RETENTION_DAYS)
-    if isinstance(retention, bool) or retention not in LOG_RETENTION_DAYS:
+    if known(retention) and (isinstance(retention, bool) or retention not in LOG_RETENTION_DAYS):
         raise ConfigError(
             "log_retention_days",
             f"got {retention!r}; CloudWatch Logs accepts {', '.join(map(str, LOG_RETENTION_DAYS))}",
         )
     log_kms_key_arn = args.get("log_kms_key_arn")
-    if log_kms_key_arn is not None and not _KMS_KEY_ARN.match(str(log_kms_key_arn)):
+    if (
+        known(log_kms_key_arn)
+        and log_kms_key_arn is not None
+        and not _KMS_KEY_ARN.match(str(log_kms_key_arn))
+    ):
         raise ConfigError("log_kms_key_arn", f"{log_kms_key_arn!r} is not a KMS key ARN")
     alarms = args.get("alarms", True)
     if not isinstance(alarms, bool):
@@ -412,8 +549,8 @@ def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
         raise ConfigError(
             "alarm_email", "give either alarm_topic_arn or alarm_email (a topic is created for it)"
         )
-    if isinstance(topic_arn, str):
-        checked_topic_arn(topic_arn)  # an Output is checked when its value is known
+    if known(topic_arn) and topic_arn is not None:
+        checked_topic_arn(topic_arn)
     thresholds = AlarmThresholds(
         **{
             field_name: require_int(name, args[name], low, high)
@@ -427,16 +564,16 @@ def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
         log_kms_key_arn=log_kms_key_arn,
         alarms=alarms,
         alarm_topic_arn=topic_arn,
-        alarm_email=None if email is None else parse_email("alarm_email", email),
+        alarm_email=parse_email("alarm_email", email) if known(email) and email else email,
         thresholds=thresholds,
     )
 
 
-def checked_topic_arn(arn: str) -> str:
+def checked_topic_arn(arn: object) -> str:
     """An SNS topic's ARN, refused with the service it does name when it is another's."""
-    if _SNS_TOPIC_ARN.match(arn):
+    if isinstance(arn, str) and _SNS_TOPIC_ARN.match(arn):
         return arn
-    other = _ARN.match(arn)
+    other = _ARN.match(arn) if isinstance(arn, str) else None
     what = f"an ARN of {other['service']}, not of SNS" if other else "not an ARN"
     raise ConfigError(
         "alarm_topic_arn",
@@ -470,7 +607,7 @@ def checked_record_name(host_name: str, zone_name: str) -> str:
 
 def verification_options(
     args: Mapping[str, Any],
-) -> tuple[Verification, str | None, tuple[str, ...]]:
+) -> tuple[Verification, pulumi.Input[str] | None, tuple[pulumi.Input[str], ...]]:
     """The verification mode and, for ssh (only), its public key and allowed networks."""
     verification: Verification = args.get("verification", "ssm")
     require_choice("verification", verification, VERIFICATION_MODES)
@@ -483,21 +620,26 @@ def verification_options(
         if args.get(name) is None:
             raise ConfigError(name, "is required with verification ssh")
     public_key = args["ssh_public_key"]
-    if not isinstance(public_key, str) or not _SSH_PUBLIC_KEY.match(public_key.strip()):
-        raise ConfigError(
-            "ssh_public_key", "must be one OpenSSH public key line (ssh-ed25519 AAAA... comment)"
+    if known(public_key):
+        if not isinstance(public_key, str) or not _SSH_PUBLIC_KEY.match(public_key.strip()):
+            raise ConfigError(
+                "ssh_public_key",
+                "must be one OpenSSH public key line (ssh-ed25519 AAAA... comment)",
+            )
+        public_key = public_key.strip()
+    given = args["ssh_allowed_cidrs"]
+    for cidrs in [given] if known(given) else [[item] for item in given if known(item)]:
+        checked = parse_cidrs(
+            "ssh_allowed_cidrs",
+            cidrs,
+            "would open SSH to the whole internet; list the networks you deploy from instead",
         )
-    cidrs = parse_cidrs(
-        "ssh_allowed_cidrs",
-        args["ssh_allowed_cidrs"],
-        "would open SSH to the whole internet; list the networks you deploy from instead",
-    )
-    return verification, public_key.strip(), cidrs
+    return verification, public_key, checked if known(given) else tuple(given)
 
 
 def fleet_options(
-    args: Mapping[str, Any], settings: RelaySettings
-) -> tuple[int, Egress, tuple[str, ...]]:
+    args: Mapping[str, Any], settings: RelaySettings | None, plan: str
+) -> tuple[int, Egress, pulumi.Input[Sequence[pulumi.Input[str]]]]:
     """How many hosts, where they are and what they send from, within the session budget."""
     replicas = require_int("replicas", args.get("replicas", 1), 1, MAX_REPLICAS)
     subnet_ids = list(args.get("subnet_ids") or ())
@@ -517,15 +659,20 @@ def fleet_options(
             "is required with egress nat: the NAT gateways' public addresses, "
             "which the service sees as the sending IPs",
         )
-    addresses = parse_addresses("nat_gateway_ips", nat_gateway_ips or ())
     pro_max_sessions = args.get("pro_max_sessions")
     if pro_max_sessions is not None:
-        if settings.plan != "pro":
-            raise ConfigError(
-                "pro_max_sessions", f"only applies to plan pro; it is {settings.plan}"
-            )
-        require_int("pro_max_sessions", pro_max_sessions, 1, PRO_MAX_SESSIONS_LIMIT)
-    check_session_budget(settings, replicas, addresses, pro_max_sessions or PRO_MAX_SESSIONS_LIMIT)
+        if plan != "pro":
+            raise ConfigError("pro_max_sessions", f"only applies to plan pro; it is {plan}")
+        if known(pro_max_sessions):
+            require_int("pro_max_sessions", pro_max_sessions, 1, PRO_MAX_SESSIONS_LIMIT)
+    if not known(nat_gateway_ips):
+        if isinstance(nat_gateway_ips, list | tuple):
+            parse_addresses("nat_gateway_ips", [ip for ip in nat_gateway_ips if known(ip)])
+        return replicas, egress, nat_gateway_ips or ()
+    addresses = parse_addresses("nat_gateway_ips", nat_gateway_ips or ())
+    if settings is not None and known(pro_max_sessions):
+        budget = pro_max_sessions or PRO_MAX_SESSIONS_LIMIT
+        check_session_budget(settings, replicas, addresses, budget)
     return replicas, egress, addresses
 
 
@@ -587,7 +734,7 @@ def parse_addresses(name: str, values: object) -> tuple[str, ...]:
     return tuple(addresses)
 
 
-def drain_options(args: Mapping[str, Any], replicas: int) -> tuple[bool, int]:
+def drain_options(args: Mapping[str, Any], replicas: int) -> tuple[bool, pulumi.Input[int]]:
     """Whether hosts drain before deletion, and for how long at most."""
     drain_on_delete = args.get("drain_on_delete", replicas > 1)
     if not isinstance(drain_on_delete, bool):
@@ -597,6 +744,8 @@ def drain_options(args: Mapping[str, Any], replicas: int) -> tuple[bool, int]:
         return drain_on_delete, DEFAULT_DRAIN_TIMEOUT
     if not drain_on_delete:
         raise ConfigError("drain_timeout_seconds", "only applies with drain_on_delete")
+    if not known(timeout):
+        return drain_on_delete, timeout
     return drain_on_delete, require_int("drain_timeout_seconds", timeout, *DRAIN_TIMEOUT_RANGE)
 
 

@@ -13,9 +13,9 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import pulumi
 import pulumi_aws as aws
@@ -25,13 +25,14 @@ from cmc_relay.components import verification
 from cmc_relay.components.args import (
     DNS_ZONE_NONE,
     DNS_ZONE_PRIVATE,
+    SECRET_ARGS,
     HostOptions,
     MonitoringOptions,
     RelayHostArgs,
+    check_args,
     checked_dns_zone,
     checked_record_name,
     checked_subnet_ids,
-    checked_topic_arn,
     validate_args,
 )
 from cmc_relay.components.image import image_pin_name, pin_command, pinned_image
@@ -68,7 +69,12 @@ from cmc_relay.userdata.render import (
     render_bundle,
     render_user_data,
 )
-from cmc_relay.userdata.settings import RelaySettings, secret_region
+from cmc_relay.userdata.settings import (
+    DEFAULT_HOST_NAME,
+    ConfigError,
+    RelaySettings,
+    secret_region,
+)
 
 TYPE_TOKEN: Final = "cmc-relay:index:RelayHost"
 SMTP_PORT: Final = 25
@@ -84,6 +90,49 @@ HOST_INDEX_TAG: Final = "cmc-relay-host-index"
 
 
 _DEBIAN_ARCH_NAMES: Final = {"x86_64": "amd64", "arm64": "arm64"}
+# What the validation of values known only at deployment sees of a secret argument: it checks
+# their presence only, and their values would make everything derived from it secret.
+_SECRET_GIVEN: Final = "(secret)"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Every argument checked together, once all are known: plain values only (a dataclass:
+    Output.all would unpack a tuple)."""
+
+    settings: RelaySettings
+    options: HostOptions
+
+
+def checked_args(args: RelayHostArgs) -> pulumi.Output[Checked]:
+    """The arguments checked together once every value is known (at once when all are plain):
+    values of other resources get the same checks, with the same messages, as literals, and a
+    failed check fails the deployment. The resources take their values from here."""
+    values = {name: _SECRET_GIVEN if name in SECRET_ARGS else v for name, v in args.items()}
+    return pulumi.Output.all(**values).apply(lambda known: Checked(*validate_args(known)))
+
+
+def counted_networks(
+    checked: pulumi.Output[Checked], name: str, count: int
+) -> list[pulumi.Output[str]]:
+    """The ``count`` networks of ``allowed_cidrs`` or ``ssh_allowed_cidrs``, one rule each: as
+    many as were given, so they must stay as many, each different, once known."""
+
+    def network(index: int, values: Checked) -> str:
+        networks = plain_list(
+            values.settings.allowed_cidrs
+            if name == "allowed_cidrs"
+            else values.options.ssh_allowed_cidrs
+        )
+        if len(networks) != count:
+            raise ConfigError(
+                name,
+                f"lists the same network more than once ({count} given, {len(networks)} "
+                "different): each gets a security group rule of its own; list each once",
+            )
+        return str(networks[index])
+
+    return [checked.apply(functools.partial(network, index)) for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -124,8 +173,8 @@ class _Fleet:
     """What every host of one component shares."""
 
     args: RelayHostArgs
-    settings: RelaySettings
-    options: HostOptions
+    options: HostOptions  # what decides the resources; their values come from ``checked``
+    checked: pulumi.Output[Checked]
     ami: pulumi.Input[str]
     security_group: aws.ec2.SecurityGroup
     egress_rules: list[pulumi.Resource]
@@ -204,32 +253,36 @@ class RelayHost(pulumi.ComponentResource):
         self, name: str, args: RelayHostArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         # Validate first: bad input must fail before any resource, the component included.
-        settings, options = validate_args(args)
+        # Values known only at deployment are checked then, all together (``checked``).
+        _, options = check_args(args)
         super().__init__(TYPE_TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        # A host name outside the user's zone stops here, before any resource.
-        record_name = self._record_name(options.dns_zone, settings.host_name)
-        tags = {"Name": name, **options.tags}
+        checked = checked_args(args)
+        tags = self._tags(checked, name)
+        # A host name outside the user's zone stops here, before any resource, when both are
+        # known; else when they are.
+        host = args.get("host_name", DEFAULT_HOST_NAME)
+        record_name = self._record_name(options.dns_zone, host)
         monitoring = relay_monitoring(
             options.monitoring.namespace, pulumi.get_project(), pulumi.get_stack(), name
         )
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-mail-log",
             name=monitoring.log_group,
-            retention_in_days=options.monitoring.log_retention_days,
-            kms_key_id=options.monitoring.log_kms_key_arn,
+            retention_in_days=checked.apply(lambda c: c.options.monitoring.log_retention_days),
+            kms_key_id=checked.apply(lambda c: c.options.monitoring.log_kms_key_arn),
             tags=tags,
             opts=child,
         )
 
-        secret_arn = self._credentials_secret(name, args, options, tags, child)
-        group, egress_rules = self._security_group(name, args, settings, options, tags, child)
-        public_key, drain = options.ssh_public_key, options.drain_on_delete
+        secret_arn = self._credentials_secret(name, args, options, checked, tags, child)
+        group, egress_rules = self._security_group(name, args, options, checked, tags, child)
+        drain = options.drain_on_delete
         # Every file of the host; a change reaches running hosts in place (_apply).
-        bundle = pulumi.Output.from_input(secret_arn).apply(
-            lambda arn: render_bundle(
-                settings,
-                checked_secret_arn(arn) if arn is not None else None,
+        bundle = pulumi.Output.all(secret_arn, checked).apply(
+            lambda values: render_bundle(
+                values[1].settings,
+                checked_secret_arn(values[0]) if values[0] is not None else None,
                 drain,
                 monitoring=monitoring,
                 queue_device=QUEUE_DEVICE,
@@ -237,13 +290,7 @@ class RelayHost(pulumi.ComponentResource):
         )
         bucket, pointer = self._payload(name, bundle, tags, child)
         profile, policies, payload_policy = self._instance_profile(
-            name,
-            secret_arn,
-            settings.inbound_tls_secret_arn,
-            bucket.arn,
-            options,
-            tags,
-            child,
+            name, secret_arn, bucket.arn, options, checked, tags, child
         )
         policies.append(self._monitoring_policy(name, profile, monitoring, log_group, child))
         region = self._region
@@ -252,23 +299,24 @@ class RelayHost(pulumi.ComponentResource):
         # step reaching the hosts (verification none) it names the bundle too: a new one
         # replaces them.
         pinned = bundle.sha256 if options.verification == "none" else None
-        user_data = pulumi.Output.all(bucket.bucket, pinned).apply(
+        user_data = pulumi.Output.all(bucket.bucket, pinned, checked).apply(
             lambda values: render_user_data(
-                settings,
-                public_key,
+                values[2].settings,
+                values[2].options.ssh_public_key,
                 drain,
                 store=BundleStore(values[0], region),
                 pinned=values[1],
             )
         )
         # ami_id skips the lookup: it may be an image the official filter does not find.
-        seed = options.ami_id or self._latest_image(settings, options)
+        # ami_id skips the lookup: it may be an image the official filter does not find.
+        seed = options.ami_id or self._latest_image(options)
         latest_image = None if options.ami_id else seed
-        image = self._image_pin(name, settings, options, seed)
+        image = self._image_pin(name, options, checked, seed)
         fleet = _Fleet(
             args,
-            settings,
             options,
+            checked,
             options.ami_id or image,
             group,
             egress_rules,
@@ -296,7 +344,7 @@ class RelayHost(pulumi.ComponentResource):
             address = first.instance.private_ip
         record = self._endpoint_record(name, fleet, record_name, hosts, balancer, tags, child)
         if record is not None:  # the name, once it resolves
-            address = record.id.apply(lambda _: settings.host_name)
+            address = pulumi.Output.all(record.id, host).apply(lambda values: values[1])
         self.smtp_endpoint = address.apply(lambda host: f"{host}:{SMTP_PORT}")
         self.instance_id = first.instance.id
         self.private_ip = first.instance.private_ip
@@ -306,15 +354,15 @@ class RelayHost(pulumi.ComponentResource):
         self.sending_ips = (
             pulumi.Output.all(*[host.elastic_ip.public_ip for host in hosts if host.elastic_ip])
             if options.egress == "eip"
-            else pulumi.Output.from_input(list(dict.fromkeys(options.nat_gateway_ips)))
+            else checked.apply(lambda c: list(dict.fromkeys(plain_list(c.options.nat_gateway_ips))))
         )
         self.security_group_id = group.id
-        self.smtp_relay_host = pulumi.Output.from_input(settings.next_hop)
+        self.smtp_relay_host = checked.apply(lambda c: c.settings.next_hop)
         self.secret_arn = pulumi.Output.from_input(secret_arn)
         self.verification_report = pulumi.Output.from_input(self._reports(hosts))
         self.log_group_name = log_group.name
         self.alarm_topic_arn = pulumi.Output.from_input(
-            self._alarms(name, hosts, balancer_alarm, options.monitoring, monitoring, tags)
+            self._alarms(name, hosts, balancer_alarm, options.monitoring, checked, monitoring, tags)
         )
         self.dashboard_url = self._dashboard(name, hosts, monitoring)
         self.image_id = pulumi.Output.from_input(fleet.ami)
@@ -349,14 +397,14 @@ class RelayHost(pulumi.ComponentResource):
         """One relay host: the instance, its sending IP, its verification and its drain."""
         options = fleet.options
         child = pulumi.ResourceOptions(parent=self)
-        tags = {"Name": name, **options.tags}
+        tags = self._tags(fleet.checked, name)
         # With a maintenance window the host reads its index tag from instance metadata;
         # without one, nothing changes for existing hosts (both are in-place updates).
-        windowed = fleet.settings.reboot_window is not None
+        windowed = fleet.args.get("reboot_window") is not None
         instance = aws.ec2.Instance(
             f"{name}-instance",
             ami=fleet.ami,
-            instance_type=options.instance_type,
+            instance_type=fleet.checked.apply(lambda c: c.options.instance_type),
             subnet_id=subnet_id,
             vpc_security_group_ids=[fleet.security_group.id],
             iam_instance_profile=fleet.profile.name,
@@ -371,7 +419,7 @@ class RelayHost(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 volume_type="gp3", encrypted=True
             ),
-            tags={**tags, HOST_INDEX_TAG: str(index)} if windowed else tags,
+            tags=tags.apply(lambda t: {**t, HOST_INDEX_TAG: str(index)}) if windowed else tags,
             volume_tags=tags,
             # A draining host must be gone before its replacement takes its Elastic IP (the
             # drain delivers through it) or shares its NAT address's sessions. Otherwise left
@@ -421,7 +469,7 @@ class RelayHost(pulumi.ComponentResource):
         options: HostOptions,
         subnet_id: pulumi.Input[str],
         instance: aws.ec2.Instance,
-        tags: dict[str, str],
+        tags: pulumi.Output[Mapping[str, str]],
     ) -> aws.ec2.VolumeAttachment:
         """The host's Postfix queue on an EBS volume of its own, which outlives the instance:
         a replacement host gets the volume with the mail the old one had queued.
@@ -442,7 +490,7 @@ class RelayHost(pulumi.ComponentResource):
             size=options.queue_volume_gb,
             type="gp3",
             encrypted=True,  # with the account's EBS key, as the root volume
-            tags={**tags, "Name": f"{name}-queue"},
+            tags=tags.apply(lambda t: {**t, "Name": f"{name}-queue"}),
             opts=child,
         )
         return aws.ec2.VolumeAttachment(
@@ -491,20 +539,21 @@ class RelayHost(pulumi.ComponentResource):
         name: str,
         args: RelayHostArgs,
         options: HostOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> pulumi.Input[str] | None:
         """The given secret's ARN, or a new secret holding api_user/api_key; None for IP auth."""
-        if "credentials_secret_arn" in args:
+        if args.get("credentials_secret_arn") is not None:
             return args["credentials_secret_arn"]
         if options.api_user is None:
             return None
         secret = aws.secretsmanager.Secret(
             f"{name}-credentials",
             description=f"SMTP AUTH credentials of the CMC relay host {name}",
-            kms_key_id=options.kms_key_arn,
+            kms_key_id=checked.apply(lambda c: c.options.kms_key_arn),
             # Throwaway stacks delete it at once instead of leaving it scheduled for 30 days.
-            recovery_window_in_days=0 if options.ephemeral else None,
+            recovery_window_in_days=checked.apply(lambda c: 0 if c.options.ephemeral else None),
             tags=tags,
             opts=child,
         )
@@ -512,7 +561,10 @@ class RelayHost(pulumi.ComponentResource):
             f"{name}-credentials",
             secret_id=secret.id,
             secret_string=pulumi.Output.json_dumps(
-                {"username": options.api_user, "password": pulumi.Output.secret(args["api_key"])}
+                {
+                    "username": checked.apply(lambda c: c.options.api_user),
+                    "password": pulumi.Output.secret(args["api_key"]),
+                }
             ),
             opts=child,
         )
@@ -523,9 +575,9 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         args: RelayHostArgs,
-        settings: RelaySettings,
         options: HostOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.ec2.SecurityGroup, list[pulumi.Resource]]:
         """SMTP in from the allowed clients only (SSH too, for ssh verification only); out only
@@ -540,18 +592,18 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        self._smtp_ingress(f"{name}-smtp-in", group, settings, args, child)
+        self._smtp_ingress(f"{name}-smtp-in", group, args, options, checked, child)
         self._cidr_ingress(
             f"{name}-ssh-in",
             group,
-            options.ssh_allowed_cidrs,
+            counted_networks(checked, "ssh_allowed_cidrs", len(options.ssh_allowed_cidrs)),
             SSH_PORT,
             "SSH for post-boot verification from",
             child,
         )
         egress = {
-            settings.smtp_port: "the service's SMTP relay port",
-            **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[settings.os]},
+            options.smtp_port: "the service's SMTP relay port",
+            **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[options.os]},
         }
         rules: list[pulumi.Resource] = [
             aws.vpc.SecurityGroupEgressRule(
@@ -572,23 +624,22 @@ class RelayHost(pulumi.ComponentResource):
     def _cidr_ingress(
         prefix: str,
         group: aws.ec2.SecurityGroup,
-        cidrs: Sequence[str],
+        cidrs: Sequence[pulumi.Output[str]],
         port: int,
         description: str,
         child: pulumi.ResourceOptions,
     ) -> None:
         """One rule per network (IPv4 or IPv6), named ``<prefix>-<index>``."""
         for index, cidr in enumerate(cidrs):
-            is_ipv6 = ":" in cidr
             aws.vpc.SecurityGroupIngressRule(
                 f"{prefix}-{index}",
                 security_group_id=group.id,
                 ip_protocol="tcp",
                 from_port=port,
                 to_port=port,
-                description=f"{description} {cidr}",
-                cidr_ipv4=None if is_ipv6 else cidr,
-                cidr_ipv6=cidr if is_ipv6 else None,
+                description=pulumi.Output.concat(description, " ", cidr),
+                cidr_ipv4=cidr.apply(lambda network: None if ":" in network else network),
+                cidr_ipv6=cidr.apply(lambda network: network if ":" in network else None),
                 opts=child,
             )
 
@@ -596,14 +647,14 @@ class RelayHost(pulumi.ComponentResource):
         self,
         prefix: str,
         group: aws.ec2.SecurityGroup,
-        settings: RelaySettings,
         args: RelayHostArgs,
+        options: HostOptions,
+        checked: pulumi.Output[Checked],
         child: pulumi.ResourceOptions,
     ) -> None:
         """Port 25 into ``group`` from the allowed client networks and security groups."""
-        self._cidr_ingress(
-            prefix, group, settings.allowed_cidrs, SMTP_PORT, "SMTP from allowed network", child
-        )
+        cidrs = counted_networks(checked, "allowed_cidrs", len(options.allowed_cidrs))
+        self._cidr_ingress(prefix, group, cidrs, SMTP_PORT, "SMTP from allowed network", child)
         for index, source_group in enumerate(args.get("allowed_security_group_ids", ())):
             aws.vpc.SecurityGroupIngressRule(
                 f"{prefix}-sg-{index}",
@@ -622,7 +673,7 @@ class RelayHost(pulumi.ComponentResource):
         fleet: _Fleet,
         subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]],
         hosts: list[_Host],
-        tags: dict[str, str],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.lb.LoadBalancer, aws.lb.TargetGroup]:
         """An internal Network Load Balancer passing port 25 through to the hosts, and its
@@ -641,7 +692,7 @@ class RelayHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        self._smtp_ingress(f"{name}-nlb-in", group, fleet.settings, fleet.args, child)
+        self._smtp_ingress(f"{name}-nlb-in", group, fleet.args, fleet.options, fleet.checked, child)
         aws.vpc.SecurityGroupEgressRule(
             f"{name}-nlb-out",
             security_group_id=group.id,
@@ -717,18 +768,20 @@ class RelayHost(pulumi.ComponentResource):
             )
         return balancer, targets
 
-    def _record_name(self, zone: pulumi.Input[str], host: str) -> pulumi.Input[str]:
+    def _record_name(self, zone: pulumi.Input[str], host: pulumi.Input[str]) -> pulumi.Input[str]:
         """host_name, checked to be inside the user's zone (dns_zone an id) once it is looked
-        up: at once for a zone id given as text, at deployment for one from a resource."""
+        up: at once for a zone id and a host name given as text, at deployment for either from
+        a resource."""
         if zone in (DNS_ZONE_PRIVATE, DNS_ZONE_NONE):
             return host
         invoke = pulumi.InvokeOptions(parent=self)
-        if isinstance(zone, str):
+        if isinstance(zone, str) and isinstance(host, str):
             return checked_record_name(host, aws.route53.get_zone(zone_id=zone, opts=invoke).name)
-        given: pulumi.Input[str] = zone  # known at deployment
-        zone_id = pulumi.Output.from_input(given).apply(checked_dns_zone)
+        zone_id = pulumi.Output.from_input(zone).apply(checked_dns_zone)
         found = aws.route53.get_zone_output(zone_id=zone_id, opts=invoke)
-        return found.name.apply(lambda domain: checked_record_name(host, domain))
+        return pulumi.Output.all(host, found.name).apply(
+            lambda values: checked_record_name(values[0], values[1])
+        )
 
     def _endpoint_record(
         self,
@@ -737,7 +790,7 @@ class RelayHost(pulumi.ComponentResource):
         record_name: pulumi.Input[str],
         hosts: list[_Host],
         balancer: aws.lb.LoadBalancer | None,
-        tags: dict[str, str],
+        tags: pulumi.Output[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> aws.route53.Record | None:
         """host_name in DNS: an A record to the single host's private address, or an alias to
@@ -750,7 +803,7 @@ class RelayHost(pulumi.ComponentResource):
         if zone == DNS_ZONE_PRIVATE:
             zone_id = aws.route53.Zone(
                 f"{name}-dns-zone",
-                name=fleet.settings.host_name,
+                name=fleet.args.get("host_name", DEFAULT_HOST_NAME),
                 comment=f"CMC relay {name}: the name applications send to",
                 vpcs=[aws.route53.ZoneVpcArgs(vpc_id=fleet.args["vpc_id"])],
                 tags=tags,
@@ -786,7 +839,7 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         bundle: pulumi.Output[Bundle],
-        tags: dict[str, str],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.s3.Bucket, aws.s3.BucketObjectv2]:
         """A private, versioned bucket holding the bundle under its hash-named key, and the
@@ -850,10 +903,10 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         secret_arn: pulumi.Input[str] | None,
-        certificate_arn: str | None,
         bucket_arn: pulumi.Output[str],
         options: HostOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> tuple[aws.iam.InstanceProfile, list[pulumi.Resource], aws.iam.RolePolicy]:
         """The instance's profile, the policies it needs before the host can be verified
@@ -874,13 +927,17 @@ class RelayHost(pulumi.ComponentResource):
                 opts=child,
             )
         ]
-        if secret_arn is not None or certificate_arn is not None:
+        if secret_arn is not None or options.inbound_tls_secret_arn is not None:
             policy = aws.iam.RolePolicy(
                 f"{name}-read-credentials",
                 role=role.id,
-                policy=pulumi.Output.from_input(secret_arn).apply(
-                    lambda arn: json.dumps(
-                        secret_read_policy(arn, options.kms_key_arn, certificate_arn)
+                policy=pulumi.Output.all(secret_arn, checked).apply(
+                    lambda values: json.dumps(
+                        secret_read_policy(
+                            values[0],
+                            values[1].options.kms_key_arn,
+                            values[1].settings.inbound_tls_secret_arn,
+                        )
                     )
                 ),
                 opts=child,
@@ -903,7 +960,7 @@ class RelayHost(pulumi.ComponentResource):
             return None
         return remote.ConnectionArgs(
             host=address,
-            user=OS_PROFILES[fleet.settings.os].login_user,
+            user=OS_PROFILES[fleet.options.os].login_user,
             private_key=pulumi.Output.secret(fleet.args["ssh_private_key"]),
             dial_error_limit=-1,  # until cloud-init has installed the key, or the timeout
         )
@@ -1006,8 +1063,10 @@ class RelayHost(pulumi.ComponentResource):
         return remote.Command(
             f"{name}-verify",
             connection=connection,
-            create=verification.ssh_verify_script(
-                OS_PROFILES[fleet.settings.os].login_user, fleet.options.ssh_public_key or ""
+            create=fleet.checked.apply(
+                lambda c: verification.ssh_verify_script(
+                    OS_PROFILES[c.options.os].login_user, str(c.options.ssh_public_key or "")
+                )
             ),
             triggers=triggers,
             add_previous_output_in_env=False,
@@ -1027,12 +1086,12 @@ class RelayHost(pulumi.ComponentResource):
         options = fleet.options
         if not options.drain_on_delete:
             return None
-        region, timeout = self._region, options.drain_timeout_seconds
+        region = self._region
         return local.Command(
             f"{name}-drain",
-            delete=instance.id.apply(
-                lambda instance_id: verification.drain_driver_command(
-                    sys.executable, instance_id, region, timeout
+            delete=pulumi.Output.all(instance.id, fleet.checked).apply(
+                lambda values: verification.drain_driver_command(
+                    sys.executable, values[0], region, values[1].options.drain_timeout_seconds
                 )
             ),
             # Replaced with the instance, so the old host drains before it goes; not
@@ -1078,8 +1137,9 @@ class RelayHost(pulumi.ComponentResource):
         hosts: list[_Host],
         balancer_alarm: AlarmSpec | None,
         options: MonitoringOptions,
+        checked: pulumi.Output[Checked],
         monitoring: Monitoring,
-        tags: dict[str, str],
+        tags: pulumi.Input[Mapping[str, str]],
     ) -> pulumi.Input[str] | None:
         """Each host's alarms and its recovery and reboot alarms, the balancer's; the topic
         they notify.
@@ -1087,7 +1147,7 @@ class RelayHost(pulumi.ComponentResource):
         With alarms false only the recovery and reboot alarms remain: they repair, they do not
         notify."""
         child = pulumi.ResourceOptions(parent=self)
-        topic_arn = self._alarm_topic(name, options, tags, child)
+        topic_arn = self._alarm_topic(name, options, checked, tags, child)
         notify = [] if topic_arn is None else [topic_arn]
         recover = recover_action(self._partition, self._region)
         reboot = reboot_action(self._partition, self._region)
@@ -1126,15 +1186,15 @@ class RelayHost(pulumi.ComponentResource):
         self,
         name: str,
         options: MonitoringOptions,
-        tags: dict[str, str],
+        checked: pulumi.Output[Checked],
+        tags: pulumi.Input[Mapping[str, str]],
         child: pulumi.ResourceOptions,
     ) -> pulumi.Input[str] | None:
         """alarm_topic_arn, or a new topic with alarm_email subscribed; None: nobody is told."""
         if not options.alarms:
             return None
         if options.alarm_topic_arn is not None:
-            # Checked again once known: an ARN from another resource cannot be checked before.
-            return pulumi.Output.from_input(options.alarm_topic_arn).apply(checked_topic_arn)
+            return checked.apply(lambda c: str(c.options.monitoring.alarm_topic_arn))
         if options.alarm_email is None:
             return None
         # Encrypted with a key of its own: CloudWatch cannot publish with AWS's managed one.
@@ -1155,7 +1215,7 @@ class RelayHost(pulumi.ComponentResource):
             f"{name}-alarms-email",
             topic=topic.arn,
             protocol="email",
-            endpoint=options.alarm_email,
+            endpoint=checked.apply(lambda c: c.options.monitoring.alarm_email),
             opts=child,
         )
         return topic.arn
@@ -1190,7 +1250,11 @@ class RelayHost(pulumi.ComponentResource):
         return aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
 
     def _image_pin(
-        self, name: str, settings: RelaySettings, options: HostOptions, seed: str
+        self,
+        name: str,
+        options: HostOptions,
+        checked: pulumi.Output[Checked],
+        seed: pulumi.Input[str],
     ) -> pulumi.Output[str]:
         """The image the hosts run unless ami_id is given: ``seed`` when the pin is created
         (ami_id if set then, else the newest official image), then what the pin holds, until
@@ -1200,16 +1264,17 @@ class RelayHost(pulumi.ComponentResource):
         credentials and holds no secret, whatever the verification mode.
         """
         pin = local.Command(
-            image_pin_name(name, settings.os, options.architecture, options.image_refresh),
-            create=pin_command(seed),
+            image_pin_name(name, options.os, options.architecture, options.image_refresh),
+            # After the arguments' checks, as every resource: a bad one creates nothing.
+            create=pulumi.Output.all(seed, checked).apply(lambda values: pin_command(values[0])),
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["create"]),
         )
         # Read from its input as the state keeps it, not its stdout: known in a preview too.
         return pin.create.apply(lambda command: pinned_image(command or ""))
 
-    def _latest_image(self, settings: RelaySettings, options: HostOptions) -> str:
+    def _latest_image(self, options: HostOptions) -> str:
         """The newest official image of the OS for the architecture, as published now."""
-        image = IMAGES[settings.os]
+        image = IMAGES[options.os]
         return aws.ec2.get_ami(
             most_recent=True,
             owners=[image.owner],
@@ -1220,6 +1285,16 @@ class RelayHost(pulumi.ComponentResource):
             ],
             opts=pulumi.InvokeOptions(parent=self),
         ).id
+
+    @staticmethod
+    def _tags(checked: pulumi.Output[Checked], name: str) -> pulumi.Output[Mapping[str, str]]:
+        """The tags of a resource of its own name (``Name``) and the caller's."""
+        return checked.apply(lambda c: {"Name": name, **cast(Mapping[str, str], c.options.tags)})
+
+
+def plain_list(values: pulumi.Input[Sequence[pulumi.Input[str]]]) -> list[str]:
+    """A list ``validate_args`` checked: plain strings, whatever its type allowed before."""
+    return [str(value) for value in cast(Sequence[str], values)]
 
 
 def checked_secret_arn(arn: str) -> str:

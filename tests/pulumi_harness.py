@@ -15,6 +15,7 @@ import json
 import runpy
 import shlex
 import tarfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,14 @@ ACCOUNT = "123456789012"
 REGION = "ap-northeast-1"
 CREATED_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:relay-credentials-AbCdEf"
 LOOKED_UP_AMI = "ami-0aaaaaaaaaaaaaaaa"
+
+
+def kms_key_id(name: str) -> str:
+    """The key id of the aws.kms.Key of that name: a UUID, as AWS gives (ARN checks want it)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
+
+
+KMS_KEY_ID = kms_key_id("relay")  # of an aws.kms.Key named relay
 NEWER_AMI = "ami-0bbbbbbbbbbbbbbbb"  # published after LOOKED_UP_AMI
 HOSTED_ZONES = {"Z0123456789TEAMZONE": "team.example"}  # the user's zones: id -> domain
 PRIVATE_ZONE_ID = "Z0PRIVATE0RELAY0ZONE"  # what Route 53 gives the zone the stack creates
@@ -110,7 +119,9 @@ class Recorder(pulumi.runtime.Mocks):
             },
             "aws:sns/topic:Topic": {"arn": f"arn:aws:sns:{REGION}:{ACCOUNT}:{args.name}-1a2b3c"},
             "aws:secretsmanager/secret:Secret": {"arn": CREATED_SECRET_ARN},
-            "aws:kms/key:Key": {"arn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{args.name}-id"},
+            "aws:kms/key:Key": {
+                "arn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{kms_key_id(args.name)}"
+            },
             "aws:iam/role:Role": {"arn": f"arn:aws:iam::{ACCOUNT}:role/{args.name}"},
             "aws:ec2/vpc:Vpc": {"cidrBlock": args.inputs.get("cidrBlock")},
             "aws:route53/zone:Zone": {"zoneId": PRIVATE_ZONE_ID},

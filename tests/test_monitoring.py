@@ -33,6 +33,7 @@ from tests.pulumi_harness import (
     REGION,
     Recorder,
     bundle_of,
+    kms_key_id,
     run_program,
     run_stack,
     strings_in,
@@ -255,7 +256,8 @@ def test_alarm_email_creates_a_topic_with_the_address_subscribed() -> None:
     assert topic.name == "relay-alarms"
     # Encrypted with a key of its own that CloudWatch may use (not alias/aws/sns).
     key = recorder.one("aws:kms/key:Key")
-    assert topic.inputs["kmsMasterKeyId"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/relay-alarms-id"
+    alarms_key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{kms_key_id('relay-alarms')}"
+    assert topic.inputs["kmsMasterKeyId"] == alarms_key
     assert key.inputs["enableKeyRotation"] is True
     assert json.loads(key.inputs["policy"]) == alarm_topic_key_policy(
         "aws", ACCOUNT, REGION, "relay-"

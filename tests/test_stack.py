@@ -11,14 +11,8 @@ import pulumi
 import pytest
 import yaml
 
-from cmc_relay.userdata.settings import CONFIG_KEYS
-from tests.pulumi_harness import (
-    Recorder,
-    payload_of,
-    run_program,
-    run_stack,
-    strings_in,
-)
+from cmc_relay.components.arguments import CONFIG_KEYS
+from tests.pulumi_harness import Recorder, payload_of, run_program, run_stack, strings_in
 
 ROOT = Path(__file__).parent.parent
 INSTANCE = "aws:ec2/instance:Instance"

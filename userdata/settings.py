@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
@@ -27,6 +27,7 @@ AUTH_MODES: Final = get_args(AuthMode)
 OS_NAMES: Final = get_args(OsName)
 # The OS whose image twin CI boots end to end on every change (see the README).
 DEFAULT_OS: Final[OsName] = "debian-13"
+DEFAULT_SMTP_PORT: Final = 10025  # the service's relay port (G3)
 TLS_LEVELS: Final = get_args(TlsLevel)
 VERIFICATION_MODES: Final = get_args(Verification)
 EGRESS_MODES: Final = get_args(Egress)
@@ -70,6 +71,7 @@ _WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 # message_size_limit there; 2 x leaves room for one more largest message already past the check
 # (smtpd checks at MAIL FROM, then writes) and for the bounce and defer logs of what is queued.
 QUEUE_MINFREE_FACTOR: Final = 2
+DEFAULT_HOST_NAME: Final = "cmc-relay.internal"
 # rebootWindow: days (or "daily") and a time of day, on the host's clock (UTC on the images).
 WEEKDAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _REBOOT_WINDOW = re.compile(
@@ -79,77 +81,19 @@ _REBOOT_WINDOW = re.compile(
 # Host i reboots this many minutes after host i-1's turn: one host at a time is down.
 REBOOT_STAGGER_MINUTES: Final = 30
 
-# snake_case field -> camelCase stack config key, for error messages.
-CONFIG_KEYS: Final[dict[str, str]] = {
-    "plan": "plan",
-    "subdomain": "subdomain",
-    "smtp_host": "smtpHost",
-    "smtp_port": "smtpPort",
-    "auth_mode": "authMode",
-    "os": "os",
-    "allowed_cidrs": "allowedCidrs",
-    "max_connections": "maxConnections",
-    "tls_level": "tlsLevel",
-    "keep_received_headers": "keepReceivedHeaders",
-    "message_size_limit": "messageSizeLimit",
-    "host_name": "hostName",
-    "secret_refresh_minutes": "secretRefreshMinutes",
-    "credentials_secret_arn": "credentialsSecretArn",
-    "api_user": "apiUser",
-    "api_key": "apiKey",
-    "kms_key_arn": "kmsKeyArn",
-    "instance_type": "instanceType",
-    "ami_id": "amiId",
-    "image_refresh": "imageRefresh",
-    "dns_zone": "dnsZone",
-    "subnet_id": "subnetId",
-    "allowed_security_group_ids": "allowedSecurityGroupIds",
-    "tags": "tags",
-    "verification": "verification",
-    "ssh_public_key": "sshPublicKey",
-    "ssh_private_key": "sshPrivateKey",
-    "ssh_allowed_cidrs": "sshAllowedCidrs",
-    "ephemeral": "ephemeral",
-    "replicas": "replicas",
-    "subnet_ids": "subnetIds",
-    "egress": "egress",
-    "nat_gateway_ips": "natGatewayIps",
-    "pro_max_sessions": "proMaxSessions",
-    "drain_on_delete": "drainOnDelete",
-    "drain_timeout_seconds": "drainTimeoutSeconds",
-    "queue_volume_gb": "queueVolumeGb",
-    "discard_queue_on_destroy": "discardQueueOnDestroy",
-    "sender_domain": "senderDomain",
-    "rewrite_domains": "rewriteDomains",
-    "allowed_sender_domains": "allowedSenderDomains",
-    "operator_email": "operatorEmail",
-    "inbound_tls": "inboundTls",
-    "inbound_tls_secret_arn": "inboundTlsSecretArn",
-    "client_message_rate_limit": "clientMessageRateLimit",
-    "client_recipient_rate_limit": "clientRecipientRateLimit",
-    "client_connection_limit": "clientConnectionLimit",
-    "metrics_namespace": "metricsNamespace",
-    "log_retention_days": "logRetentionDays",
-    "log_kms_key_arn": "logKmsKeyArn",
-    "alarms": "alarms",
-    "alarm_topic_arn": "alarmTopicArn",
-    "alarm_email": "alarmEmail",
-    "alarm_deferred_threshold": "alarmDeferredThreshold",
-    "alarm_oldest_message_minutes": "alarmOldestMessageMinutes",
-    "alarm_bounced_threshold": "alarmBouncedThreshold",
-    "alarm_refused_threshold": "alarmRefusedThreshold",
-    "reboot_window": "rebootWindow",
-    "alarm_queue_free_percent": "alarmQueueFreePercent",
-    "alarm_reboot_required_days": "alarmRebootRequiredDays",
-    "alarm_sent_threshold": "alarmSentThreshold",
-}
+
+def config_key(name: str) -> str:
+    """An argument's stack config key: its name in camelCase (``smtp_port`` -> ``smtpPort``)."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 class ConfigError(ValueError):
-    """An invalid setting, named by its component argument and its stack config key."""
+    """An invalid setting, named by its component argument and its stack config key
+    (``has_config_key`` False: no stack config sets it, or it is no argument but a typo)."""
 
-    def __init__(self, name: str, problem: str) -> None:
-        key = CONFIG_KEYS.get(name, name)
+    def __init__(self, name: str, problem: str, *, has_config_key: bool = True) -> None:
+        key = config_key(name) if has_config_key else name
         label = name if key == name else f"{name} (config {key})"
         super().__init__(f"{label}: {problem}")
         self.name = name
@@ -175,7 +119,7 @@ def require_int(name: str, value: object, low: int, high: int, why: str = "") ->
     return value
 
 
-def secret_region(arn: str, name: str = "credentials_secret_arn") -> str:
+def secret_region(arn: object, name: str = "credentials_secret_arn") -> str:
     """The region of a Secrets Manager secret ARN; the host reads the secret there."""
     match = _SECRET_ARN.match(arn) if isinstance(arn, str) else None
     if match is None:
@@ -318,6 +262,60 @@ def _hosts_times(hosts: int, sessions: int) -> str:
     return f"{hosts} {noun} \N{MULTIPLICATION SIGN} maxConnections {sessions}"
 
 
+def check_subdomain(value: object) -> None:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        raise ConfigError(
+            "subdomain",
+            f"{value!r} is not a DNS label "
+            "(1-63 lower-case letters, digits or '-', not at either end)",
+        )
+
+
+def check_smtp_host(value: object) -> None:
+    if not isinstance(value, str) or not is_dns_name(value):
+        raise ConfigError("smtp_host", f"{value!r} is not a valid host name")
+
+
+def check_max_connections(value: object, plan: str) -> None:
+    limit = MAX_CONNECTIONS_LIMIT[plan]
+    require_int("max_connections", value, 1, limit, f"on plan {plan}")
+
+
+def check_message_size_limit(value: object) -> None:
+    # The service's size limit is set in KB; below 1 KB nothing useful gets through.
+    require_int("message_size_limit", value, 1024, 2**31 - 1, "bytes")
+
+
+def check_host_name(value: object) -> None:
+    if not isinstance(value, str) or "." not in value or not is_dns_name(value):
+        raise ConfigError("host_name", f"{value!r} must be a fully qualified lower-case host name")
+
+
+def check_secret_refresh_minutes(value: object) -> None:
+    require_int("secret_refresh_minutes", value, 1, 1440)
+
+
+# Each setting's check of its own value, as RelaySettings makes it (with the plan, which must
+# be known), for a value known before the others: the checks across settings wait for them.
+SETTING_CHECKS: Final[dict[str, Callable[[object, str], object]]] = {
+    "allowed_cidrs": lambda value, plan: parse_allowed_cidrs(value),
+    "subdomain": lambda value, plan: check_subdomain(value),
+    "smtp_host": lambda value, plan: check_smtp_host(value),
+    "smtp_port": lambda value, plan: require_int("smtp_port", value, 1, 65535),
+    "max_connections": check_max_connections,
+    "tls_level": lambda value, plan: require_choice("tls_level", value, TLS_LEVELS),
+    "message_size_limit": lambda value, plan: check_message_size_limit(value),
+    "host_name": lambda value, plan: check_host_name(value),
+    "secret_refresh_minutes": lambda value, plan: check_secret_refresh_minutes(value),
+    "sender_domain": lambda value, plan: parse_domain("sender_domain", value),
+    "rewrite_domains": lambda value, plan: parse_domains("rewrite_domains", value),
+    "allowed_sender_domains": lambda value, plan: parse_domains("allowed_sender_domains", value),
+    "operator_email": lambda value, plan: parse_email("operator_email", value),
+    "inbound_tls": lambda value, plan: require_choice("inbound_tls", value, INBOUND_TLS_LEVELS),
+    "inbound_tls_secret_arn": lambda value, plan: secret_region(value, "inbound_tls_secret_arn"),
+}
+
+
 @dataclass(frozen=True)
 class RelaySettings:
     """Validated, plain-value settings of one relay host (no secrets, no Pulumi outputs)."""
@@ -326,13 +324,13 @@ class RelaySettings:
     plan: Plan = "trial"
     subdomain: str | None = None
     smtp_host: str | None = None
-    smtp_port: int = 10025
+    smtp_port: int = DEFAULT_SMTP_PORT
     auth_mode: AuthMode = "sasl"
     os: OsName = DEFAULT_OS
     max_connections: int = 10
     tls_level: TlsLevel = "secure"
     message_size_limit: int = 10_240_000
-    host_name: str = "cmc-relay.internal"
+    host_name: str = DEFAULT_HOST_NAME
     secret_refresh_minutes: int = 5
     sender_domain: str | None = None
     rewrite_domains: tuple[str, ...] = ()
@@ -356,12 +354,7 @@ class RelaySettings:
         if self.plan == "pro":
             if not self.subdomain:
                 raise ConfigError("subdomain", "is required with plan pro (SUBDOMAIN.smtps.jp)")
-            if not _DNS_LABEL.match(self.subdomain):
-                raise ConfigError(
-                    "subdomain",
-                    f"{self.subdomain!r} is not a DNS label "
-                    "(1-63 lower-case letters, digits or '-', not at either end)",
-                )
+            check_subdomain(self.subdomain)
         elif self.subdomain is not None:
             raise ConfigError("subdomain", f"only applies to plan pro; plan is {self.plan}")
         if self.auth_mode == "ip" and self.plan != "pro":
@@ -379,18 +372,13 @@ class RelaySettings:
         if not isinstance(self.keep_received_headers, bool):
             keep = self.keep_received_headers
             raise ConfigError("keep_received_headers", f"must be true or false; got {keep!r}")
-        if self.smtp_host is not None and not is_dns_name(self.smtp_host):
-            raise ConfigError("smtp_host", f"{self.smtp_host!r} is not a valid host name")
+        if self.smtp_host is not None:
+            check_smtp_host(self.smtp_host)
         require_int("smtp_port", self.smtp_port, 1, 65535)
-        limit = MAX_CONNECTIONS_LIMIT[self.plan]
-        require_int("max_connections", self.max_connections, 1, limit, f"on plan {self.plan}")
-        # The service's size limit is set in KB; below 1 KB nothing useful gets through.
-        require_int("message_size_limit", self.message_size_limit, 1024, 2**31 - 1, "bytes")
-        if "." not in self.host_name or not is_dns_name(self.host_name):
-            raise ConfigError(
-                "host_name", f"{self.host_name!r} must be a fully qualified lower-case host name"
-            )
-        require_int("secret_refresh_minutes", self.secret_refresh_minutes, 1, 1440)
+        check_max_connections(self.max_connections, self.plan)
+        check_message_size_limit(self.message_size_limit)
+        check_host_name(self.host_name)
+        check_secret_refresh_minutes(self.secret_refresh_minutes)
         self._check_mail_policy()
         require_choice("inbound_tls", self.inbound_tls, INBOUND_TLS_LEVELS)
         if self.inbound_tls_secret_arn is not None:
