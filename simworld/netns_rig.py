@@ -764,6 +764,16 @@ class Rig:
         refused = [r for r in replies if not r.accepted]
         assert not refused, f"relay refused {len(refused)} of {len(replies)}: {refused[0]}"
 
+    def queue_deferred(self, mails: Sequence[Mail]) -> None:
+        """With the service down: submit, and wait until Postfix has tried and deferred each."""
+        self.standin.down()
+        self.send(mails)
+        wait_until(
+            lambda: [q["queue_name"] for q in self.postfix.queue()] == ["deferred"] * len(mails),
+            30,
+            f"{len(mails)} messages deferred",
+        )
+
     def delivered_once(self, mails: Sequence[Mail], timeout: float = 60) -> list[MessageRecord]:
         """Wait until Postfix's queue is empty, then check each mail reached the stand-in
         exactly once, intact. Nothing is left to retry then, so no duplicate can follow."""

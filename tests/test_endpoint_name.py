@@ -19,9 +19,9 @@ from tests.pulumi_harness import (
     BALANCER_ZONE_ID,
     PRIVATE_ZONE_ID,
     Recorder,
+    payload_of,
     run_program,
     run_stack,
-    user_data_of,
 )
 
 SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-AbCdEf"
@@ -140,8 +140,8 @@ def test_the_name_in_dns_is_the_name_the_certificate_is_made_for() -> None:
     """cmc-relay-inbound-cert makes the certificate for $CMC_HOST_NAME (tests/integration
     test_inbound_tls checks its subjectAltName)."""
     recorder = relay(host_name="relay.team.example", dns_zone=TEAM_ZONE)
-    user_data = user_data_of(recorder.one("aws:ec2/instance:Instance"))
-    assert "CMC_HOST_NAME=relay.team.example\n" in user_data
+    payload = payload_of(recorder, recorder.one("aws:ec2/instance:Instance"))
+    assert "CMC_HOST_NAME=relay.team.example\n" in payload
     assert recorder.one(RECORD).inputs["name"] == "relay.team.example"
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +102,8 @@ def metadata_with_index(index: str | None) -> Iterator[str]:
     tree = imds.instance_tree(facts)
     if index is not None:
         tree["meta-data"]["tags"] = {"instance": {"Name": "relay-2", INDEX_TAG: index}}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), imds.handler(imds.Metadata(tree, None)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with imds.on_loopback(tree) as url:
+        yield url
 
 
 def run_reboot(

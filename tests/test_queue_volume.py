@@ -144,8 +144,8 @@ def test_a_host_with_queued_mail_is_not_deleted_for_good(replicas: int) -> None:
         assert argv[argv.index("--purpose") + 1] == "queue check"
         assert QUEUE_KEPT in delete and "discardQueueOnDestroy" in QUEUE_KEPT
         # Deleted before the host, its queue, its address and its permissions.
-        for needed in ("instance", "queue-attachment", "eip-association", "ssm"):
-            owner = "relay" if needed == "ssm" else host
+        for needed in ("instance", "queue-attachment", "eip-association", "ssm-agent"):
+            owner = "relay" if needed == "ssm-agent" else host
             assert recorder.by_name(f"{owner}-{needed}").urn in guard.dependencies, needed
 
 

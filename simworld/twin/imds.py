@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import secrets
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
@@ -201,6 +202,18 @@ def handler(metadata: Metadata) -> type[BaseHTTPRequestHandler]:
             return lookup(metadata.tree, rest)
 
     return Handler
+
+
+@contextlib.contextmanager
+def on_loopback(tree: Tree) -> Iterator[str]:
+    """The IMDS stand-in serving ``tree`` on a free loopback port (IMDSv2 tokens); its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(Metadata(tree, None)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,11 @@ class Mocks(pulumi.runtime.Mocks):
             "aws:index/getPartition:getPartition": {"partition": "aws", "id": "aws"},
             "aws:index/getRegion:getRegion": {"region": REGION, "name": REGION, "id": REGION},
             "aws:ec2/getAmi:getAmi": {"id": "ami-0aaaaaaaaaaaaaaaa", "architecture": "x86_64"},
+            # The relay's queue volume is made in its subnet's zone.
+            "aws:ec2/getSubnet:getSubnet": {
+                "id": args.args.get("id", ""),
+                "availabilityZone": f"{REGION}a",
+            },
         }
         if args.token not in answers:
             raise AssertionError(f"unexpected invoke {args.token}")

@@ -14,7 +14,7 @@ from typing import Final
 
 import pytest
 
-from simworld.netns_rig import RELAY_IP, REPO, Mail, Rig, new_mails, wait_until
+from simworld.netns_rig import RELAY_IP, REPO, Rig, new_mails, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,20 +48,9 @@ def run_drain(rig: Rig, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
-def queue_deferred(rig: Rig, mails: list[Mail]) -> None:
-    """With the service down: submit, and wait until Postfix has tried and deferred each."""
-    rig.standin.down()
-    rig.send(mails)
-    wait_until(
-        lambda: [q["queue_name"] for q in rig.postfix.queue()] == ["deferred"] * len(mails),
-        30,
-        f"{len(mails)} messages deferred",
-    )
-
-
 def test_drain_refuses_new_mail_and_delivers_the_queue_exactly_once(rig: Rig) -> None:
     mails = new_mails(5)
-    queue_deferred(rig, mails)
+    rig.queue_deferred(mails)
     assert not port_25_refuses(rig)
 
     drain = subprocess.Popen(
@@ -86,7 +75,7 @@ def test_drain_refuses_new_mail_and_delivers_the_queue_exactly_once(rig: Rig) ->
 
 def test_drain_out_of_time_names_what_remains_and_keeps_it(rig: Rig) -> None:
     mails = new_mails(3)
-    queue_deferred(rig, mails)
+    rig.queue_deferred(mails)
 
     done = run_drain(rig, timeout=3)
 
@@ -102,7 +91,7 @@ def test_drain_out_of_time_names_what_remains_and_keeps_it(rig: Rig) -> None:
 def test_drain_starts_a_stopped_postfix_to_deliver_what_it_holds(rig: Rig) -> None:
     """Mail queued by a Postfix that has since stopped is delivered, still without port 25."""
     mails = new_mails(2)
-    queue_deferred(rig, mails)
+    rig.queue_deferred(mails)
     rig.postfix.stop()
     rig.standin.up()
 

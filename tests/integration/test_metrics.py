@@ -14,11 +14,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,15 +110,8 @@ class Publisher:
 @contextlib.contextmanager
 def metadata_service() -> Iterator[str]:
     """The IMDS stand-in on loopback (IMDSv2 tokens), as the publisher's metadata service."""
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), imds.handler(imds.Metadata(imds.instance_tree(FACTS), None))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with imds.on_loopback(imds.instance_tree(FACTS)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cmc_relay.components.verification import QUEUE_COUNT
-from simworld.netns_rig import Mail, Rig, Secrets, add_relay, new_mails, run, wait_until
+from simworld.netns_rig import Rig, Secrets, add_relay, new_mails, run
 from simworld.queue_volume import (
     QUEUE_LABEL,
     loop_device,
@@ -27,17 +27,6 @@ from simworld.queue_volume import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def queue_deferred(rig: Rig, mails: list[Mail]) -> None:
-    """With the service down: submit, and wait until Postfix has tried and deferred each."""
-    rig.standin.down()
-    rig.send(mails)
-    wait_until(
-        lambda: [q["queue_name"] for q in rig.postfix.queue()] == ["deferred"] * len(mails),
-        30,
-        f"{len(mails)} messages deferred",
-    )
 
 
 def queue_count(rig: Rig) -> tuple[int, str]:
@@ -59,7 +48,7 @@ def test_the_queue_moves_with_its_volume_and_every_message_is_delivered_once(
     rig: Rig, secrets: Secrets
 ) -> None:
     mails = new_mails(8)
-    queue_deferred(rig, mails)
+    rig.queue_deferred(mails)
     root = rig.postfix.config_dir.parent
     with contextlib.ExitStack() as stack, loop_device(root / "queue.img") as device:
         # The running host adopts its new, blank volume: its queue goes onto it.
