@@ -33,6 +33,7 @@ from cmc_relay.userdata.settings import (
     parse_allowed_cidrs,
     parse_cidrs,
     parse_email,
+    require_bool,
     require_choice,
     require_int,
     secret_region,
@@ -87,10 +88,8 @@ class RelayHostArgs(TypedDict, total=False):
     ``metrics_namespace`` and the alarm thresholds (``alarm_deferred_threshold``,
     ``alarm_oldest_message_minutes``, ``alarm_bounced_threshold``,
     ``alarm_refused_threshold``, ``alarm_queue_free_percent``,
-    ``alarm_reboot_required_days``, ``alarm_sent_threshold``); ``reboot_window`` (the hosts'
-    tags); and, plain as they were added, ``queue_volume_gb``, ``discard_queue_on_destroy``,
-    ``keep_received_headers``, ``client_message_rate_limit``, ``client_recipient_rate_limit``
-    and ``client_connection_limit``. ``allowed_cidrs``, ``allowed_security_group_ids``,
+    ``alarm_reboot_required_days``, ``alarm_sent_threshold``); and ``reboot_window`` (the hosts'
+    tags). ``allowed_cidrs``, ``allowed_security_group_ids``,
     ``ssh_allowed_cidrs`` and ``subnet_ids`` are plain lists
     (one rule or host per element) whose elements may be Outputs. Values known only at
     deployment are checked then, with the messages literals get before any resource.
@@ -176,10 +175,10 @@ class RelayHostArgs(TypedDict, total=False):
     """Drain each host's queue before deleting it (default: true with replicas > 1)."""
     drain_timeout_seconds: pulumi.Input[int]
     """drain_on_delete: how long a drain waits for the queue to empty (default 600)."""
-    queue_volume_gb: int
+    queue_volume_gb: pulumi.Input[int]
     """Size in GiB of each host's queue volume, the EBS volume holding the Postfix queue that
     moves to a replacement host (default 10, 1-1024; a change resizes it in place)."""
-    discard_queue_on_destroy: bool
+    discard_queue_on_destroy: pulumi.Input[bool]
     """Let pulumi destroy (or a scale-in) delete a host whose queue still holds mail (default
     false: the deletion stops, naming how many messages are queued)."""
     sender_domain: pulumi.Input[str]
@@ -194,7 +193,7 @@ class RelayHostArgs(TypedDict, total=False):
     sender_domain); without it, it stays in a mailbox on the host."""
     inbound_tls: pulumi.Input[str]
     """STARTTLS offered to the applications: may (default), encrypt (required) or none."""
-    keep_received_headers: bool
+    keep_received_headers: pulumi.Input[bool]
     """Pass the Received: headers on to the service (default false: they name internal hosts
     and addresses, so the relay removes them on the way out)."""
     inbound_tls_secret_arn: pulumi.Input[str]
@@ -204,12 +203,12 @@ class RelayHostArgs(TypedDict, total=False):
     """Maintenance window for reboots that installed updates require, "DAYS HH:MM" on the
     hosts' clock (UTC), e.g. "Sun 03:00"; host i reboots i x 30 minutes into it. Default:
     never reboot automatically (the RebootRequired alarm tells)."""
-    client_message_rate_limit: int
+    client_message_rate_limit: pulumi.Input[int]
     """Messages one client address may send per minute (default 1000; 0: no limit); over it,
     450 (try later). Loopback is exempt."""
-    client_recipient_rate_limit: int
+    client_recipient_rate_limit: pulumi.Input[int]
     """Recipients one client address may send to per minute (default 5000; 0: no limit)."""
-    client_connection_limit: int
+    client_connection_limit: pulumi.Input[int]
     """Connections one client address may hold at once (default 20, at most 100; 0: no
     limit); over it, 421."""
     metrics_namespace: str
@@ -324,8 +323,8 @@ class HostOptions:
     nat_gateway_ips: pulumi.Input[Sequence[pulumi.Input[str]]] = ()
     drain_on_delete: bool = False
     drain_timeout_seconds: pulumi.Input[int] = DEFAULT_DRAIN_TIMEOUT
-    queue_volume_gb: int = DEFAULT_QUEUE_VOLUME_GB
-    discard_queue_on_destroy: bool = False
+    queue_volume_gb: pulumi.Input[int] = DEFAULT_QUEUE_VOLUME_GB
+    discard_queue_on_destroy: pulumi.Input[bool] = False
     monitoring: MonitoringOptions = field(default_factory=MonitoringOptions)
 
     @property
@@ -429,8 +428,8 @@ def check_args(args: Mapping[str, Any]) -> tuple[RelaySettings | None, HostOptio
     if kms_key_arn is not None and not uses_sasl:
         raise ConfigError("kms_key_arn", "only applies to auth_mode sasl (it encrypts the secret)")
     ephemeral = args.get("ephemeral", False)
-    if known(ephemeral) and not isinstance(ephemeral, bool):
-        raise ConfigError("ephemeral", f"must be true or false; got {ephemeral!r}")
+    if known(ephemeral):
+        require_bool("ephemeral", ephemeral)
     verification, ssh_public_key, ssh_allowed_cidrs = verification_options(args)
     replicas, egress, nat_gateway_ips = fleet_options(args, settings, plan)
     drain_on_delete, drain_timeout_seconds = drain_options(args, replicas)
@@ -538,8 +537,7 @@ def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
     ):
         raise ConfigError("log_kms_key_arn", f"{log_kms_key_arn!r} is not a KMS key ARN")
     alarms = args.get("alarms", True)
-    if not isinstance(alarms, bool):
-        raise ConfigError("alarms", f"must be true or false; got {alarms!r}")
+    require_bool("alarms", alarms)
     if not alarms:
         given = [name for name in _ALARM_ARGS if args.get(name) is not None]
         if given:
@@ -737,8 +735,7 @@ def parse_addresses(name: str, values: object) -> tuple[str, ...]:
 def drain_options(args: Mapping[str, Any], replicas: int) -> tuple[bool, pulumi.Input[int]]:
     """Whether hosts drain before deletion, and for how long at most."""
     drain_on_delete = args.get("drain_on_delete", replicas > 1)
-    if not isinstance(drain_on_delete, bool):
-        raise ConfigError("drain_on_delete", f"must be true or false; got {drain_on_delete!r}")
+    require_bool("drain_on_delete", drain_on_delete)
     timeout = args.get("drain_timeout_seconds")
     if timeout is None:
         return drain_on_delete, DEFAULT_DRAIN_TIMEOUT
@@ -749,16 +746,14 @@ def drain_options(args: Mapping[str, Any], replicas: int) -> tuple[bool, pulumi.
     return drain_on_delete, require_int("drain_timeout_seconds", timeout, *DRAIN_TIMEOUT_RANGE)
 
 
-def queue_options(args: Mapping[str, Any]) -> tuple[int, bool]:
+def queue_options(args: Mapping[str, Any]) -> tuple[pulumi.Input[int], pulumi.Input[bool]]:
     """The queue volume's size, and whether a host may be deleted with mail still queued."""
-    size = require_int(
-        "queue_volume_gb",
-        args.get("queue_volume_gb", DEFAULT_QUEUE_VOLUME_GB),
-        *QUEUE_VOLUME_GB_RANGE,
-    )
+    size = args.get("queue_volume_gb", DEFAULT_QUEUE_VOLUME_GB)
+    if known(size):
+        size = require_int("queue_volume_gb", size, *QUEUE_VOLUME_GB_RANGE)
     discard = args.get("discard_queue_on_destroy", False)
-    if not isinstance(discard, bool):
-        raise ConfigError("discard_queue_on_destroy", f"must be true or false; got {discard!r}")
+    if known(discard):
+        require_bool("discard_queue_on_destroy", discard)
     return size, discard
 
 

@@ -75,8 +75,6 @@ _ALARM = "the alarms are defined when the program runs"
 _IMAGE_ARCH = "its architecture is part of the image pin's name"
 _IMAGE = "it names the image pin resource, which is replaced when it changes"
 _REBOOT = "it sets each host's reboot tags and metadata when the program runs"
-# Added on main in the old plain style; plain until their uses take an Output.
-_PORT = "ported in the plain style it had: its uses do not take an Output yet"
 
 ARGUMENTS: Final[tuple[Argument, ...]] = (
     Argument("vpc_id", "string", network=True, config=False),  # the subnet's VPC
@@ -122,19 +120,19 @@ ARGUMENTS: Final[tuple[Argument, ...]] = (
     # Its default depends on replicas.
     Argument("drain_on_delete", "boolean", known_when_run=_GRAPH),
     Argument("drain_timeout_seconds", "integer", 600, presence_matters=True),
-    Argument("queue_volume_gb", "integer", 10, known_when_run=_PORT),
-    Argument("discard_queue_on_destroy", "boolean", False, known_when_run=_PORT),
+    Argument("queue_volume_gb", "integer", 10),
+    Argument("discard_queue_on_destroy", "boolean", False),
     Argument("sender_domain", "string"),
     Argument("rewrite_domains", "array"),
     Argument("allowed_sender_domains", "array"),
     Argument("operator_email", "string"),
     Argument("inbound_tls", "string", "may", INBOUND_TLS_LEVELS),
-    Argument("keep_received_headers", "boolean", False, known_when_run=_PORT),
+    Argument("keep_received_headers", "boolean", False),
     Argument("inbound_tls_secret_arn", "string"),
     Argument("reboot_window", "string", known_when_run=_REBOOT),
-    Argument("client_message_rate_limit", "integer", 1000, known_when_run=_PORT),
-    Argument("client_recipient_rate_limit", "integer", 5000, known_when_run=_PORT),
-    Argument("client_connection_limit", "integer", 20, known_when_run=_PORT),
+    Argument("client_message_rate_limit", "integer", 1000),
+    Argument("client_recipient_rate_limit", "integer", 5000),
+    Argument("client_connection_limit", "integer", 20),
     Argument(
         "metrics_namespace",
         "string",

@@ -431,7 +431,7 @@ class RelayHost(pulumi.ComponentResource):
                 )
             ),
         )
-        queue = self._queue_volume(name, options, subnet_id, instance, tags)
+        queue = self._queue_volume(name, fleet.checked, subnet_id, instance, tags)
         elastic_ip = association = None
         if options.egress == "eip":
             # Separate from the instance, so the sending IP survives the instance's replacement.
@@ -466,7 +466,7 @@ class RelayHost(pulumi.ComponentResource):
     def _queue_volume(
         self,
         name: str,
-        options: HostOptions,
+        checked: pulumi.Output[Checked],
         subnet_id: pulumi.Input[str],
         instance: aws.ec2.Instance,
         tags: pulumi.Output[Mapping[str, str]],
@@ -487,7 +487,7 @@ class RelayHost(pulumi.ComponentResource):
         volume = aws.ebs.Volume(
             f"{name}-queue",
             availability_zone=subnet.availability_zone,  # an EBS volume never leaves its AZ
-            size=options.queue_volume_gb,
+            size=checked.apply(lambda c: c.options.queue_volume_gb),
             type="gp3",
             encrypted=True,  # with the account's EBS key, as the root volume
             tags=tags.apply(lambda t: {**t, "Name": f"{name}-queue"}),
@@ -509,12 +509,12 @@ class RelayHost(pulumi.ComponentResource):
         be empty, or discard_queue_on_destroy set: the deletion fails otherwise, naming the
         count. Never replaced (no triggers): a replacement host takes the volume with its
         mail, and the command's new delete names the new instance."""
-        region, discard = self._region, fleet.options.discard_queue_on_destroy
+        region = self._region
         return local.Command(
             f"{name}-queue-guard",
-            delete=instance.id.apply(
-                lambda instance_id: verification.queue_check_command(
-                    sys.executable, instance_id, region, discard
+            delete=pulumi.Output.all(instance.id, fleet.checked).apply(
+                lambda values: verification.queue_check_command(
+                    sys.executable, values[0], region, values[1].options.discard_queue_on_destroy
                 )
             ),
             add_previous_output_in_env=False,

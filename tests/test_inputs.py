@@ -10,6 +10,7 @@ takes; a preview's unknown values are not exercised.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any, cast
 
 import pulumi
@@ -18,6 +19,7 @@ import pytest
 
 from cmc_relay.components import TYPE_TOKEN, RelayHost, RelayHostArgs
 from cmc_relay.components.arguments import CONFIG_KEYS
+from cmc_relay.components.verification import QUEUE_DISCARDED
 from cmc_relay.userdata.settings import ConfigError
 from tests.pulumi_harness import (
     ACCOUNT,
@@ -132,10 +134,19 @@ def test_outputs_of_other_resources_reach_the_resources_and_the_payload() -> Non
                 "log_retention_days": later(vpc.id, 90),
                 "log_kms_key_arn": key.arn,
                 "alarm_email": later(vpc.id, "ops@example.net"),
+                "queue_volume_gb": later(vpc.id, 25),
+                "discard_queue_on_destroy": later(vpc.id, True),
+                "keep_received_headers": later(vpc.id, True),
+                "client_message_rate_limit": later(vpc.id, 321),
+                "client_recipient_rate_limit": later(vpc.id, 654),
+                "client_connection_limit": later(vpc.id, 17),
             },
         )
 
     recorder = run_program(program)
+    assert revealed(recorder.one("aws:ebs/volume:Volume").inputs)["size"] == 25
+    guard = revealed(recorder.by_name("relay-queue-guard").inputs)
+    assert guard["delete"] == f"echo {shlex.quote(QUEUE_DISCARDED)}"
     assert ingress_networks(recorder, 25) == {"10.30.0.0/16", "10.40.0.0/16"}
     assert ingress_networks(recorder, 22) == {"203.0.113.25/32"}
     referenced = [r.inputs.get("referencedSecurityGroupId") for r in recorder.of_type(INGRESS)]
@@ -173,8 +184,12 @@ def test_outputs_of_other_resources_reach_the_resources_and_the_payload() -> Non
         "ops@example.net",
         f"CMC_INBOUND_TLS_SECRET_ARN={CERT_ARN}",
         "OnUnitActiveSec=11min",
+        "smtpd_client_message_rate_limit = 321",
+        "smtpd_client_recipient_rate_limit = 654",
+        "smtpd_client_connection_count_limit = 17",
     ):
         assert expected in text, expected
+    assert "smtp_header_checks" not in text  # keep_received_headers
     assert API_KEY not in text and "private-key-marker" not in text
 
 
@@ -234,6 +249,8 @@ def test_a_secret_output_of_every_kind_keeps_its_secrecy() -> None:
                 "kms_key_arn": secret(KMS_KEY_ARN),
                 "max_connections": secret(6),
                 "ephemeral": secret(True),
+                "queue_volume_gb": secret(12),
+                "client_connection_limit": secret(9),
                 "rewrite_domains": secret(["corp.internal"]),
                 "sender_domain": secret("example.com"),
                 "tags": secret({"team": "mail"}),
@@ -252,6 +269,9 @@ def test_a_secret_output_of_every_kind_keeps_its_secrecy() -> None:
     )
     text = user_data(recorder)
     assert "default_destination_concurrency_limit = 6" in text
+    assert "smtpd_client_connection_count_limit = 9" in text
+    volume = recorder.one("aws:ebs/volume:Volume").inputs
+    assert is_secret(volume["size"]) and revealed(volume["size"]) == 12
     assert r"(.+\.)?corp\.internal)$/ ${1}@example.com" in text
     assert API_KEY not in text
     assert bundle_of_revealed(recorder)
@@ -304,6 +324,12 @@ BAD = [
     ({"alarm_topic_arn": "arn:aws:sqs:ap-northeast-1:123456789012:q"}, "alarm_topic_arn"),
     ({"credentials_secret_arn": "arn:aws:s3:::bucket/key"}, "credentials_secret_arn"),
     ({"inbound_tls": "none", "inbound_tls_secret_arn": CERT_ARN}, "inbound_tls"),
+    ({"queue_volume_gb": 0}, "queue_volume_gb"),
+    ({"discard_queue_on_destroy": "yes"}, "discard_queue_on_destroy"),
+    ({"keep_received_headers": "no"}, "keep_received_headers"),
+    ({"client_message_rate_limit": -1}, "client_message_rate_limit"),
+    ({"client_recipient_rate_limit": 10**9}, "client_recipient_rate_limit"),
+    ({"client_connection_limit": 500}, "client_connection_limit"),
 ]
 
 

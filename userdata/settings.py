@@ -109,6 +109,12 @@ def require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise ConfigError(name, f"got {value!r}; allowed: {', '.join(allowed)}")
 
 
+def require_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"must be true or false; got {value!r}")
+    return value
+
+
 def require_int(name: str, value: object, low: int, high: int, why: str = "") -> int:
     # bool is an int in Python; a config typo like `true` must not become 1.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -295,6 +301,20 @@ def check_secret_refresh_minutes(value: object) -> None:
     require_int("secret_refresh_minutes", value, 1, 1440)
 
 
+def check_client_rate_limit(name: str, value: object) -> None:
+    require_int(name, value, 0, CLIENT_RATE_LIMIT_MAX, "per minute")  # 0: off, as in Postfix
+
+
+def check_client_connection_limit(value: object) -> None:
+    require_int(
+        "client_connection_limit",
+        value,
+        0,
+        SMTPD_PROCESS_LIMIT,
+        "(smtpd runs at most 100 processes)",
+    )
+
+
 # Each setting's check of its own value, as RelaySettings makes it (with the plan, which must
 # be known), for a value known before the others: the checks across settings wait for them.
 SETTING_CHECKS: Final[dict[str, Callable[[object, str], object]]] = {
@@ -313,6 +333,14 @@ SETTING_CHECKS: Final[dict[str, Callable[[object, str], object]]] = {
     "operator_email": lambda value, plan: parse_email("operator_email", value),
     "inbound_tls": lambda value, plan: require_choice("inbound_tls", value, INBOUND_TLS_LEVELS),
     "inbound_tls_secret_arn": lambda value, plan: secret_region(value, "inbound_tls_secret_arn"),
+    "keep_received_headers": lambda value, plan: require_bool("keep_received_headers", value),
+    "client_message_rate_limit": lambda value, plan: check_client_rate_limit(
+        "client_message_rate_limit", value
+    ),
+    "client_recipient_rate_limit": lambda value, plan: check_client_rate_limit(
+        "client_recipient_rate_limit", value
+    ),
+    "client_connection_limit": lambda value, plan: check_client_connection_limit(value),
 }
 
 
@@ -369,9 +397,7 @@ class RelaySettings:
                 "would wait in the queue; remove the setting (default secure). "
                 "'encrypt' and 'may' apply to auth_mode ip",
             )
-        if not isinstance(self.keep_received_headers, bool):
-            keep = self.keep_received_headers
-            raise ConfigError("keep_received_headers", f"must be true or false; got {keep!r}")
+        require_bool("keep_received_headers", self.keep_received_headers)
         if self.smtp_host is not None:
             check_smtp_host(self.smtp_host)
         require_int("smtp_port", self.smtp_port, 1, 65535)
@@ -389,16 +415,9 @@ class RelaySettings:
             secret_region(self.inbound_tls_secret_arn, "inbound_tls_secret_arn")
         if self.reboot_window is not None:
             reboot_calendar(self.reboot_window)
-        # 0 turns a limit off, as in Postfix.
         for name in ("client_message_rate_limit", "client_recipient_rate_limit"):
-            require_int(name, getattr(self, name), 0, CLIENT_RATE_LIMIT_MAX, "per minute")
-        require_int(
-            "client_connection_limit",
-            self.client_connection_limit,
-            0,
-            SMTPD_PROCESS_LIMIT,
-            "(smtpd runs at most 100 processes)",
-        )
+            check_client_rate_limit(name, getattr(self, name))
+        check_client_connection_limit(self.client_connection_limit)
         host = self.smtp_host or PLAN_SMTP_HOSTS[self.plan].format(subdomain=self.subdomain)
         object.__setattr__(self, "relay_host", host)
 
