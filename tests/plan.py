@@ -110,19 +110,28 @@ REPLACE_INPUTS: Final[dict[str, frozenset[str]]] = {
         {"name", "namePrefix", "port", "protocol", "vpcId", "targetType"}
     ),
     "aws:lb/listener:Listener": frozenset({"loadBalancerArn"}),
-    # internal/service/ec2/ebs_volume.go: availability_zone, encrypted, kms_key_id,
-    # snapshot_id, outpost_arn ForceNew; size, type, iops, throughput update in place
+    # internal/service/ec2/ebs_volume.go (read at 0073593): availability_zone, encrypted,
+    # kms_key_id, multi_attach_enabled, snapshot_id, outpost_arn ForceNew; size, type, iops,
+    # throughput update in place (ModifyVolume)
     "aws:ebs/volume:Volume": frozenset(
-        {"availabilityZone", "encrypted", "kmsKeyId", "snapshotId", "outpostArn"}
+        {
+            "availabilityZone",
+            "encrypted",
+            "kmsKeyId",
+            "multiAttachEnabled",
+            "snapshotId",
+            "outpostArn",
+        }
     ),
     # internal/service/ec2/ec2_volume_attachment.go: device_name, instance_id, volume_id
-    # ForceNew (the detach options update in place)
+    # ForceNew, the attachment's identity (read at 00655c1: its update is a no-op, so the
+    # detach options change in state only)
     "aws:ec2/volumeAttachment:VolumeAttachment": frozenset(
         {"deviceName", "instanceId", "volumeId"}
     ),
     # internal/service/route53/zone.go: name, delegation_set_id ForceNew (the VPC association
-    # and the comment update in place); record.go: zone_id, name ForceNew (from the provider's
-    # source as read for issue 21, not re-read for this row)
+    # and the comment update in place); record.go (read at 00655c1): zone_id, name ForceNew;
+    # type, records, ttl and alias update in place (UPSERT)
     "aws:route53/zone:Zone": frozenset({"name", "delegationSetId"}),
     "aws:route53/record:Record": frozenset({"zoneId", "name"}),
     # internal/service/elbv2/target_group_attachment.go: every argument ForceNew
