@@ -58,6 +58,9 @@ BUNDLE_OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 LOCAL_COMMAND = "command:local:Command"
 # What a passing verifier prints; the mocks give it as every verification command's stdout.
 VERIFIER_REPORT = '{"ok": true, "checks": [{"name": "postfix", "ok": true, "detail": "active"}]}'
+# How the engine marks a secret value on the wire (pulumi.runtime.rpc's signature constants).
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 
 
 @dataclass
@@ -373,3 +376,19 @@ def driver_argv(command: str) -> list[str]:
     words = shlex.shlex(command.split('exec "$py" ', 1)[1], posix=True, punctuation_chars=";")
     words.whitespace_split = True
     return list(itertools.takewhile(lambda word: word != ";", words))
+
+
+def is_secret(value: Any) -> bool:
+    """A recorded property value the engine marks secret."""
+    return isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG
+
+
+def revealed(value: Any) -> Any:
+    """A recorded property value with the engine's secret wrappers removed."""
+    if is_secret(value):
+        return revealed(value["value"])
+    if isinstance(value, dict):
+        return {k: revealed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [revealed(v) for v in value]
+    return value

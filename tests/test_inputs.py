@@ -28,6 +28,8 @@ from tests.pulumi_harness import (
     Recorder,
     Registered,
     bundle_of,
+    is_secret,
+    revealed,
     run_program,
 )
 
@@ -36,8 +38,6 @@ CERT_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:cmc/inbound-tls-Gh
 KMS_KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{KMS_KEY_ID}"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVlcmlmaWNhdGlvbi10ZXN0LWtleQ deployer@ci"
 API_KEY = "api-key-marker-Zq81"  # distinctive, so a leak anywhere is found
-# How the engine marks a secret value on the wire (pulumi.runtime.rpc's signature constants).
-SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
 INSTANCE = "aws:ec2/instance:Instance"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 BASE: dict[str, Any] = {
@@ -50,21 +50,6 @@ BASE: dict[str, Any] = {
 
 def relay(args: dict[str, Any]) -> RelayHost:
     return RelayHost("relay", cast(RelayHostArgs, {k: v for k, v in args.items() if v is not None}))
-
-
-def revealed(value: Any) -> Any:
-    """A recorded property value with the engine's secret wrappers removed."""
-    if isinstance(value, dict) and SECRET_SIG_KEY in value:
-        return revealed(value["value"])
-    if isinstance(value, dict):
-        return {k: revealed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [revealed(v) for v in value]
-    return value
-
-
-def is_secret(value: Any) -> bool:
-    return isinstance(value, dict) and SECRET_SIG_KEY in value
 
 
 def user_data(recorder: Recorder) -> str:

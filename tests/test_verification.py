@@ -33,6 +33,7 @@ from tests.pulumi_harness import (
     Registered,
     driver_argv,
     host_commands,
+    is_secret,
     run_program,
     run_stack,
     stored_bundle,
@@ -45,9 +46,6 @@ SECRET_ARN = "arn:aws:secretsmanager:ap-northeast-1:123456789012:secret:cmc/api-
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVlcmlmaWNhdGlvbi10ZXN0LWtleQ deployer@ci"
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nprivate-marker-Kq7\n"
 DEPLOYERS = "198.51.100.0/24"
-# How the engine marks a secret value on the wire (pulumi.runtime.rpc's signature constants).
-SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 
 LOCAL = "command:local:Command"
 REMOTE = "command:remote:Command"
@@ -83,7 +81,7 @@ def user_data(recorder: Recorder) -> str:
 
 def secret_value(value: Any) -> Any:
     """The value inside the engine's secret wrapper; fails if the value is not marked secret."""
-    assert isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG, value
+    assert is_secret(value), value
     return value["value"]
 
 
