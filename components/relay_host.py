@@ -59,8 +59,8 @@ from cmc_relay.components.policies import (
     tls_only_bucket_policy,
 )
 from cmc_relay.userdata.metrics import Monitoring
+from cmc_relay.userdata.os_profiles import OS_PROFILES
 from cmc_relay.userdata.render import (
-    OS_PROFILES,
     POINTER_KEY,
     QUEUE_DEVICE,
     Bundle,
@@ -89,7 +89,6 @@ _NOT_IN_BUCKET_NAME: Final = re.compile(r"[^a-z0-9-]+")
 HOST_INDEX_TAG: Final = "cmc-relay-host-index"
 
 
-_DEBIAN_ARCH_NAMES: Final = {"x86_64": "amd64", "arm64": "arm64"}
 # What the validation of values known only at deployment sees of a secret argument: it checks
 # their presence only, and their values would make everything derived from it secret.
 _SECRET_GIVEN: Final = "(secret)"
@@ -133,39 +132,6 @@ def counted_networks(
         return str(networks[index])
 
     return [checked.apply(functools.partial(network, index)) for index in range(count)]
-
-
-@dataclass(frozen=True)
-class ImageFilter:
-    """Where the official image of an OS is published, and how its names spell architectures."""
-
-    owner: str
-    name_pattern: str
-    arch_names: dict[str, str]
-
-    def name(self, architecture: str) -> str:
-        return self.name_pattern.format(arch=self.arch_names[architecture])
-
-
-IMAGES: Final[dict[str, ImageFilter]] = {
-    "al2023": ImageFilter(
-        "amazon", "al2023-ami-2023.*-{arch}", {"x86_64": "x86_64", "arm64": "arm64"}
-    ),
-    "debian-12": ImageFilter("136693071363", "debian-12-{arch}-*", _DEBIAN_ARCH_NAMES),
-    "debian-13": ImageFilter("136693071363", "debian-13-{arch}-*", _DEBIAN_ARCH_NAMES),
-    "ubuntu-24.04": ImageFilter(
-        "099720109477",
-        "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*",
-        _DEBIAN_ARCH_NAMES,
-    ),
-}
-# Package mirrors: Amazon Linux's are HTTPS only; Debian's and Ubuntu's EC2 mirrors use HTTP.
-PACKAGE_PORTS: Final[dict[str, tuple[int, ...]]] = {
-    "al2023": (443,),
-    "debian-12": (80, 443),
-    "debian-13": (80, 443),
-    "ubuntu-24.04": (80, 443),
-}
 
 
 @dataclass(frozen=True)
@@ -603,7 +569,10 @@ class RelayHost(pulumi.ComponentResource):
         )
         egress = {
             options.smtp_port: "the service's SMTP relay port",
-            **{port: "HTTPS APIs and package mirrors" for port in PACKAGE_PORTS[options.os]},
+            **{
+                port: "HTTPS APIs and package mirrors"
+                for port in OS_PROFILES[options.os].package_ports
+            },
         }
         rules: list[pulumi.Resource] = [
             aws.vpc.SecurityGroupEgressRule(
@@ -1274,7 +1243,7 @@ class RelayHost(pulumi.ComponentResource):
 
     def _latest_image(self, options: HostOptions) -> str:
         """The newest official image of the OS for the architecture, as published now."""
-        image = IMAGES[options.os]
+        image = OS_PROFILES[options.os].image
         return aws.ec2.get_ami(
             most_recent=True,
             owners=[image.owner],

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cmc_relay.userdata.os_profiles import OS_PROFILES
 from cmc_relay.userdata.render import (
     MAIL_LOG,
-    OS_PROFILES,
     POINTER_KEY,
     BundleStore,
     pack_user_data,

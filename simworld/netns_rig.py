@@ -320,7 +320,7 @@ def upstream_dns(
 def dns_cache(network: Network, root: Path, settings: RelaySettings) -> Dnsmasq:
     """The relay's cache, run with exactly the rendered dnsmasq.conf (plus the query log)."""
     conf = root / "dnsmasq.conf"
-    conf.write_text(render_template("dnsmasq.conf", settings))
+    conf.write_text(render_template("/etc/dnsmasq.d/cmc-relay.conf", settings))
     return Dnsmasq(network, network.relay, root / "dnsmasq-cache.log", [f"--conf-file={conf}"])
 
 
@@ -983,7 +983,9 @@ def _relay(
         env_file = root / "relay.env"
         fingerprint = AWS_CLOUDWATCH_AGENT_FINGERPRINT  # named in relay.env; no agent here
         env_file.write_text(
-            render_template("relay.env", settings, arn, cloudwatch_agent_fingerprint=fingerprint)
+            render_template(
+                "/etc/cmc-relay/relay.env", settings, arn, cloudwatch_agent_fingerprint=fingerprint
+            )
         )
         credentials = Credentials(secrets, arn, env_file, postfix.config_dir)
         credentials.install()  # before the start, as cmc-relay-setup does

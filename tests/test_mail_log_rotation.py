@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cmc_relay.userdata.render import MAIL_LOG, render_template
+from cmc_relay.userdata.render import LOGROTATE_CONFIG_PATH, MAIL_LOG, render_template
 from cmc_relay.userdata.settings import RelaySettings
 
 LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(LOGROTATE), reason="logrotate
 def test_rotation_keeps_the_file_postlogd_writes_to(tmp_path: Path) -> None:
     """copytruncate: the log Postfix has open stays the same file (same inode), emptied; the
     lines it held are in mail.log.1 (compressed only from the next rotation on)."""
-    drop_in = render_template("logrotate", RelaySettings(allowed_cidrs=("10.0.0.0/16",)))
+    drop_in = render_template(LOGROTATE_CONFIG_PATH, RelaySettings(allowed_cidrs=("10.0.0.0/16",)))
     assert drop_in.count(MAIL_LOG) == 1
     log = tmp_path / "mail.log"
     log.write_text("Dec  5 01:00:00 relay postfix/smtp[1]: 4Q: status=sent\n")
@@ -42,7 +42,7 @@ def test_a_log_past_its_size_cap_rotates_at_once_and_at_most_7_are_kept(tmp_path
     """maxsize: a log over 100 MB rotates at the timer's next run (every 5 minutes), not only
     once a day; 7 rotated files are kept, all but the newest compressed. A long outage, whose
     every retry is logged, fills the log and not the disk."""
-    drop_in = render_template("logrotate", RelaySettings(allowed_cidrs=("10.0.0.0/16",)))
+    drop_in = render_template(LOGROTATE_CONFIG_PATH, RelaySettings(allowed_cidrs=("10.0.0.0/16",)))
     log = tmp_path / "mail.log"
     config = tmp_path / "cmc-relay"
     config.write_text(drop_in.replace(MAIL_LOG, str(log)))

@@ -18,9 +18,9 @@ import pytest
 
 from cmc_relay.components import RelayHost
 from cmc_relay.components.relay_host import HOST_INDEX_TAG
+from cmc_relay.userdata.os_profiles import OS_PROFILES
 from cmc_relay.userdata.render import (
     AUTO_UPGRADES_PATH,
-    OS_PROFILES,
     SCRIPT_DIR,
     UNIT_DIR,
     script,

@@ -21,13 +21,14 @@ from unittest.mock import ANY
 import pytest
 import yaml
 
+from cmc_relay.userdata.os_profiles import OS_PROFILES
 from cmc_relay.userdata.render import (
+    APPLIES,
     AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     BOOTSTRAP,
     BUNDLE_ENV_PATH,
     CLOUDWATCH_AGENT_CONFIG_PATH,
     MAIL_LOG,
-    OS_PROFILES,
     POINTER_KEY,
     SCRIPT_DIR,
     SSM_AGENT_KEY_PATH,
@@ -35,6 +36,7 @@ from cmc_relay.userdata.render import (
     Bundle,
     BundleStore,
     aws_ssm_agent_key,
+    bundle_path,
     dump_cloud_config,
     pack_user_data,
     parse_main_cf,
@@ -45,6 +47,7 @@ from cmc_relay.userdata.render import (
     render_template,
     render_user_data,
     script,
+    without_comments,
 )
 from cmc_relay.userdata.settings import OS_NAMES, PLANS, OsName, RelaySettings
 from tests.host_scripts import load_script
@@ -386,7 +389,7 @@ def test_guide_settings_g1_to_g11_are_rendered() -> None:
 
 
 def test_credentials_travel_only_over_verified_tls() -> None:
-    main_cf = parse_main_cf(render_template("main.cf", variant("trial", "debian-12")))
+    main_cf = postfix_parameters(variant("trial", "debian-12"))
     assert main_cf["smtp_sasl_security_options"] == "noanonymous, noplaintext"
     assert main_cf["smtp_sasl_tls_security_options"] == "noanonymous, noplaintext"
     assert main_cf["smtp_sasl_tls_verified_security_options"] == "noanonymous"
@@ -396,7 +399,7 @@ def test_credentials_travel_only_over_verified_tls() -> None:
 @pytest.mark.parametrize("keep", [False, True])
 def test_received_headers_are_removed_unless_kept(keep: bool) -> None:
     settings = dataclasses.replace(variant("trial", "debian-12"), keep_received_headers=keep)
-    main_cf = parse_main_cf(render_template("main.cf", settings))
+    main_cf = postfix_parameters(settings)
     table = "cmc-relay-smtp-header-checks"
     assert ("smtp_header_checks" in main_cf) is not keep
     assert (table in postfix_tables(settings)) is not keep
@@ -413,7 +416,7 @@ def test_tlsproxy_service_for_tls_connection_reuse(os_name: OsName, chroot: str)
     """smtp_tls_connection_reuse needs tlsproxy, which stock master.cf files leave out;
     chrooted like the OS's own services."""
     settings = variant("trial", os_name)
-    assert parse_main_cf(render_template("main.cf", settings))["smtp_tls_connection_reuse"] == "yes"
+    assert postfix_parameters(settings)["smtp_tls_connection_reuse"] == "yes"
     assert postfix_services(settings)["tlsproxy/unix"] == f"tlsproxy unix - - {chroot} - 0 tlsproxy"
 
 
@@ -526,7 +529,9 @@ def test_password_table_key_equals_the_next_hop() -> None:
 
 
 def test_dnsmasq_listens_on_loopback_only() -> None:
-    conf = render_template("dnsmasq.conf", variant("trial", "debian-12")).splitlines()
+    conf = render_template(
+        "/etc/dnsmasq.d/cmc-relay.conf", variant("trial", "debian-12")
+    ).splitlines()
     assert {"interface=lo", "bind-interfaces", "listen-address=127.0.0.1"} <= set(conf)  # G13
 
 
@@ -534,8 +539,8 @@ def test_dnsmasq_listens_on_loopback_only() -> None:
 def test_resolver_override_fits_the_os(os_name: str) -> None:
     files = host_files(variant("trial", os_name))
     assert "UseDNS=no" in files["/etc/cmc-relay/networkd-no-dns.conf"]
-    hook = "/etc/dhcp/dhclient-enter-hooks.d/cmc-relay"
-    assert (hook in files) is OS_PROFILES[os_name].dhclient  # type: ignore[index]
+    # No supported image runs dhclient (Debian's, Ubuntu's and AL2023's use systemd-networkd).
+    assert not any(path.startswith("/etc/dhcp/") for path in files)
     setup = files["/usr/local/sbin/cmc-relay-setup"]
     assert 'echo "nameserver 127.0.0.1"' in setup
     assert "PEERDNS=no" in setup
@@ -748,3 +753,28 @@ def test_per_client_limits_bind_every_client_but_loopback() -> None:
     assert main_cf["smtpd_client_message_rate_limit"] == "0"  # no limit
     assert main_cf["smtpd_client_recipient_rate_limit"] == "60"
     assert main_cf["smtpd_client_connection_count_limit"] == "5"
+
+
+def test_every_os_has_one_profile() -> None:
+    assert tuple(OS_PROFILES) == OS_NAMES
+
+
+def test_every_file_the_applies_table_names_is_one_a_host_can_get() -> None:
+    """A path in APPLIES that no template, script or generated file has (a typo, a file moved
+    in the tree) would leave its condition unused and the file on every host."""
+    everything = dataclasses.replace(POLICY, os="debian-13", reboot_window="Sat,Sun 04:30")
+    files = files_of(parsed(everything)) | bundle_files(bundle_for(everything, drain=True))
+    assert {bundle_path(path) for path in APPLIES} <= files.keys()
+
+
+def test_a_template_becomes_the_file_at_its_place_in_the_tree() -> None:
+    """templates/etc/dnsmasq.d/cmc-relay.conf.j2 is /etc/dnsmasq.d/cmc-relay.conf on the host;
+    Postfix's tables travel staged, for cmc-relay-setup to install under the same name."""
+    settings = variant("trial", "debian-13")
+    files = bundle_files(bundle_for(settings))
+    assert files["/etc/dnsmasq.d/cmc-relay.conf"] == without_comments(
+        render_template("/etc/dnsmasq.d/cmc-relay.conf", settings)
+    )
+    assert files["/etc/cmc-relay/postfix/transport"] == without_comments(
+        postfix_tables(settings)["transport"]
+    )

@@ -24,7 +24,8 @@ from cmc_relay.components.verification import (
     apply_script,
     verify_then_forget_key,
 )
-from cmc_relay.userdata.render import OS_PROFILES, BundleStore, cloud_config
+from cmc_relay.userdata.os_profiles import OS_PROFILES
+from cmc_relay.userdata.render import BundleStore, cloud_config
 from cmc_relay.userdata.settings import OS_NAMES, ConfigError, OsName, RelaySettings
 from tests.pulumi_harness import (
     REGION,

@@ -1,12 +1,16 @@
 """Render the relay host's cloud-init payload: pure functions from settings to files.
 
-Every file the host gets (configuration from templates laid out like the files they become,
-and the on-host scripts as they are) goes in the bundle: a tar.gz in S3, stored under its
-SHA-256, which a pointer object names. The user data, a ``#cloud-config`` document, holds only
-what the bootstrap needs to find the pointer and the OS's own settings, so a configuration
-change leaves it as it was (the host applies the new bundle in place, ``cmc-relay-apply``)
-and only a new bootstrap or OS setting replaces the host. Nothing secret is rendered: the host
-fetches its credentials by ARN at boot.
+Every file the host gets goes in the bundle: configuration from ``templates/``, a tree laid
+out like the host's file system (``templates/etc/dnsmasq.d/cmc-relay.conf.j2`` becomes
+``/etc/dnsmasq.d/cmc-relay.conf``; main.cf and master.cf are the fragments in
+``/etc/cmc-relay`` that cmc-relay-setup applies with ``postconf``), the on-host scripts as
+they are, and a few generated files; APPLIES says which of them a host of given settings
+gets. The bundle is a tar.gz in S3, stored under its SHA-256, which a pointer object names.
+The user data, a ``#cloud-config`` document, holds only what the bootstrap needs to find the
+pointer and the OS's own settings, so a configuration change leaves it as it was (the host
+applies the new bundle in place, ``cmc-relay-apply``) and only a new bootstrap or OS setting
+replaces the host. Nothing secret is rendered: the host fetches its credentials by ARN at
+boot.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import io
 import ipaddress
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -26,13 +31,16 @@ import jinja2
 import yaml
 
 from cmc_relay.userdata.metrics import DEFAULT_MONITORING, Monitoring
-from cmc_relay.userdata.settings import REBOOT_STAGGER_MINUTES, OsName, RelaySettings
+from cmc_relay.userdata.os_profiles import OS_PROFILES
+from cmc_relay.userdata.settings import REBOOT_STAGGER_MINUTES, RelaySettings
 
 USER_DATA_LIMIT: Final = 16 * 1024  # EC2 refuses user data above 16 KB (before base64)
 STAGE_DIR: Final = "/etc/cmc-relay"
 SCRIPT_DIR: Final = "/usr/local/sbin"
 UNIT_DIR: Final = "/etc/systemd/system"
-# Postfix's lookup tables, installed into /etc/postfix under the same names.
+# Postfix's lookup tables travel here, not into /etc/postfix, which the bundle may not write
+# (cmc-relay-bootstrap's ALLOWED_DIRS): cmc-relay-setup installs them there, same names.
+POSTFIX_DIR: Final = "/etc/postfix"
 POSTFIX_STAGE_DIR: Final = f"{STAGE_DIR}/postfix"
 # What the metrics publisher publishes, and where (userdata.metrics.publisher_config).
 METRICS_CONFIG_PATH: Final = f"{STAGE_DIR}/metrics.json"
@@ -57,76 +65,6 @@ _CONFIG_FILE: Final = {"owner": "root:root", "permissions": "0644"}
 QUEUE_DEVICE: Final = "/dev/sdf"
 
 
-@dataclass(frozen=True)
-class OsProfile:
-    """What differs between the supported operating systems."""
-
-    packages: tuple[str, ...]
-    ca_file: str
-    login_user: str
-    dhclient: bool  # the OS's DHCP client is dhclient (else systemd-networkd)
-    ssm_agent_preinstalled: bool  # the image ships SSM Agent; else the payload installs it
-    ssm_agent_unit: str  # the agent's systemd unit (after our install, where we install it)
-    # The OS's repositories carry the CloudWatch agent (a package above); else the payload
-    # downloads it from AWS.
-    cloudwatch_agent_packaged: bool
-    # Security updates by unattended-upgrades (Debian, Ubuntu; a package above); Amazon Linux
-    # 2023 locks its repositories to the image's release, so its updates come with a new image.
-    unattended_upgrades: bool = False
-
-    @property
-    def agent_downloads(self) -> tuple[str, ...]:
-        """The agents cmc-relay-install-agent fetches from AWS at first boot, by its names."""
-        missing = {
-            "ssm": not self.ssm_agent_preinstalled,
-            "cloudwatch": not self.cloudwatch_agent_packaged,
-        }
-        return tuple(name for name, download in missing.items() if download)
-
-
-# logrotate rotates the mail log; minimal images may lack it.
-_COMMON_PACKAGES = ("postfix", "dnsmasq", "ca-certificates", "python3-boto3", "logrotate")
-# Checks the agent packages' signatures; Debian 13's apt uses sqv, so gpgv may be absent.
-_AGENT_VERIFIER = "gpgv"
-# Debian's official EC2 images (bookworm and trixie) configure the network with netplan,
-# systemd-networkd and systemd-resolved; no dhclient. They ship no SSM Agent either (AWS
-# documents installing it by hand on Debian): cmc-relay-install-agent does, and the CloudWatch
-# agent, which no Debian or Ubuntu repository carries.
-_DEBIAN = OsProfile(
-    packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER, "unattended-upgrades"),
-    ca_file="/etc/ssl/certs/ca-certificates.crt",
-    login_user="admin",
-    dhclient=False,
-    ssm_agent_preinstalled=False,
-    ssm_agent_unit="amazon-ssm-agent",
-    cloudwatch_agent_packaged=False,
-    unattended_upgrades=True,
-)
-OS_PROFILES: Final[dict[OsName, OsProfile]] = {
-    "al2023": OsProfile(
-        packages=(*_COMMON_PACKAGES, "cyrus-sasl-plain", "amazon-cloudwatch-agent"),
-        ca_file="/etc/pki/tls/certs/ca-bundle.crt",
-        login_user="ec2-user",
-        dhclient=False,
-        ssm_agent_preinstalled=True,
-        ssm_agent_unit="amazon-ssm-agent",
-        cloudwatch_agent_packaged=True,
-    ),
-    "debian-12": _DEBIAN,
-    "debian-13": _DEBIAN,
-    "ubuntu-24.04": OsProfile(
-        packages=(*_COMMON_PACKAGES, "libsasl2-modules", _AGENT_VERIFIER, "unattended-upgrades"),
-        ca_file="/etc/ssl/certs/ca-certificates.crt",
-        login_user="ubuntu",
-        dhclient=False,
-        ssm_agent_preinstalled=True,  # as a snap
-        ssm_agent_unit="snap.amazon-ssm-agent.amazon-ssm-agent",
-        cloudwatch_agent_packaged=False,
-        unattended_upgrades=True,
-    ),
-}
-
-
 def postfix_network(cidr: str) -> str:
     """Postfix writes IPv6 networks as ``[addr]/len`` in mynetworks."""
     network = ipaddress.ip_network(cidr)
@@ -142,7 +80,11 @@ _templates = jinja2.Environment(
     autoescape=False,  # config files, not HTML
 )
 _templates.filters["postfix_network"] = postfix_network
-_templates.globals["mail_log"] = MAIL_LOG
+_templates.globals.update(
+    mail_log=MAIL_LOG,
+    logrotate_config=LOGROTATE_CONFIG_PATH,
+    stagger_minutes=REBOOT_STAGGER_MINUTES,
+)
 
 
 def regexp_literal(domain: str) -> str:
@@ -160,15 +102,27 @@ _templates.filters["regexp_domain"] = regexp_domain
 
 
 def render_template(
-    name: str, settings: RelaySettings, secret_arn: str | None = None, **extra: object
+    path: str, settings: RelaySettings, secret_arn: str | None = None, **extra: object
 ) -> str:
-    return _templates.get_template(f"{name}.j2").render(
+    """The file at ``path`` on the host (absolute) from its template, ``templates/<path>.j2``."""
+    return _templates.get_template(f"{path.lstrip('/')}.j2").render(
         s=settings, os=OS_PROFILES[settings.os], secret_arn=secret_arn, **extra
     )
 
 
+def template_paths() -> list[str]:
+    """Every template's file, by its absolute path on the host: the tree under templates/."""
+    return [f"/{name.removesuffix('.j2')}" for name in _templates.list_templates(["j2"])]
+
+
 def script(name: str) -> str:
     return resources.files("cmc_relay.userdata").joinpath("scripts", name).read_text()
+
+
+def script_names() -> list[str]:
+    """Every on-host script, by its file name in SCRIPT_DIR."""
+    scripts = resources.files("cmc_relay.userdata").joinpath("scripts")
+    return sorted(entry.name for entry in scripts.iterdir() if entry.is_file())
 
 
 SSM_AGENT_KEY_PATH: Final = f"{STAGE_DIR}/amazon-ssm-agent.asc"
@@ -241,6 +195,71 @@ def _script_file(name: str) -> dict[str, str]:
     }
 
 
+# Whether a file goes to the host, by its path there (settings, and whether the deployment
+# drains the host before deleting it); every other template, script and file always does.
+Applies = Callable[[RelaySettings, bool], bool]
+
+
+def _in_user_data(settings: RelaySettings, drain: bool) -> bool:
+    return False  # the bootstrap's own files: cloud_config writes them, not the bundle
+
+
+def _uses_secrets(settings: RelaySettings, drain: bool) -> bool:
+    return settings.uses_sasl or bool(settings.inbound_tls_secret_arn)
+
+
+def _reboots(settings: RelaySettings, drain: bool) -> bool:
+    return settings.reboot_window is not None  # in the maintenance window
+
+
+APPLIES: Final[dict[str, Applies]] = {
+    BUNDLE_ENV_PATH: _in_user_data,
+    BOOTSTRAP: _in_user_data,
+    f"{POSTFIX_DIR}/cmc-relay-sender-canonical": lambda s, _: bool(s.sender_domain),
+    f"{POSTFIX_DIR}/cmc-relay-sender-access": lambda s, _: bool(s.allowed_sender_domains),
+    f"{POSTFIX_DIR}/cmc-relay-operator": lambda s, _: bool(s.operator_email),
+    f"{POSTFIX_DIR}/cmc-relay-smtp-header-checks": lambda s, _: not s.keep_received_headers,
+    AUTO_UPGRADES_PATH: lambda s, _: OS_PROFILES[s.os].unattended_upgrades,
+    f"{SCRIPT_DIR}/cmc-relay-reboot": _reboots,
+    f"{UNIT_DIR}/cmc-relay-reboot.service": _reboots,
+    f"{UNIT_DIR}/cmc-relay-reboot.timer": _reboots,
+    # The self-signed certificate, where no certificate comes from Secrets Manager.
+    f"{SCRIPT_DIR}/cmc-relay-inbound-cert": (
+        lambda s, _: s.inbound_tls != "none" and s.inbound_tls_secret_arn is None
+    ),
+    f"{SCRIPT_DIR}/cmc-relay-fetch-secret": _uses_secrets,  # the secrets, kept current
+    f"{UNIT_DIR}/cmc-relay-fetch-secret.service": _uses_secrets,
+    f"{UNIT_DIR}/cmc-relay-fetch-secret.timer": _uses_secrets,
+    # The agents the image or the OS's repositories lack, and what their installer trusts.
+    SSM_AGENT_KEY_PATH: lambda s, _: "ssm" in OS_PROFILES[s.os].agent_downloads,
+    f"{SCRIPT_DIR}/cmc-relay-install-agent": lambda s, _: bool(OS_PROFILES[s.os].agent_downloads),
+    AGENT_PINS_PATH: lambda s, _: bool(OS_PROFILES[s.os].agent_downloads),
+    f"{SCRIPT_DIR}/cmc-relay-drain": lambda _, drain: drain,
+}
+
+
+def applies(path: str, settings: RelaySettings, drain: bool = False) -> bool:
+    """Whether the file at ``path`` on the host goes in the bundle (APPLIES)."""
+    return path not in APPLIES or APPLIES[path](settings, drain)
+
+
+def bundle_path(path: str) -> str:
+    """Where the bundle carries the file at ``path`` on the host: there, or for Postfix's
+    tables in POSTFIX_STAGE_DIR under the same name."""
+    if path.startswith(f"{POSTFIX_DIR}/"):
+        return f"{POSTFIX_STAGE_DIR}/{path.removeprefix(f'{POSTFIX_DIR}/')}"
+    return path
+
+
+def postfix_tables(settings: RelaySettings) -> dict[str, str]:
+    """The lookup tables main.cf names, by their file name in /etc/postfix: their content."""
+    return {
+        path.removeprefix(f"{POSTFIX_DIR}/"): render_template(path, settings)
+        for path in template_paths()
+        if path.startswith(f"{POSTFIX_DIR}/") and applies(path, settings)
+    }
+
+
 def parse_main_cf(text: str) -> dict[str, str]:
     """``name = value`` lines of a main.cf fragment (or of master.cf entries in ``postconf -M``
     form, ``name/type = entry``), in order; comments and blanks skipped."""
@@ -254,26 +273,12 @@ def parse_main_cf(text: str) -> dict[str, str]:
 
 def postfix_parameters(settings: RelaySettings) -> dict[str, str]:
     """The main.cf parameters the host applies: for tests and the on-host verifier alike."""
-    return parse_main_cf(render_template("main.cf", settings))
-
-
-def postfix_tables(settings: RelaySettings) -> dict[str, str]:
-    """The lookup tables main.cf names, by their file name in /etc/postfix: their content."""
-    templates = {"transport": "transport", "cmc-relay-reply-filter": "reply-filter"}
-    if settings.sender_domain:
-        templates["cmc-relay-sender-canonical"] = "sender-canonical"
-    if settings.allowed_sender_domains:
-        templates["cmc-relay-sender-access"] = "sender-access"
-    if settings.operator_email:
-        templates["cmc-relay-operator"] = "operator"
-    if not settings.keep_received_headers:
-        templates["cmc-relay-smtp-header-checks"] = "smtp-header-checks"
-    return {name: render_template(template, settings) for name, template in templates.items()}
+    return parse_main_cf(render_template(f"{STAGE_DIR}/main.cf", settings))
 
 
 def postfix_services(settings: RelaySettings) -> dict[str, str]:
     """The master.cf services the host adds with ``postconf -M``: entry by name/type."""
-    return parse_main_cf(render_template("master.cf", settings))
+    return parse_main_cf(render_template(f"{STAGE_DIR}/master.cf", settings))
 
 
 def without_comments(text: str) -> str:
@@ -294,7 +299,8 @@ def write_files(
     queue_device: str | None = None,
     pins: str | None = None,
 ) -> list[dict[str, str]]:
-    """Every file the bundle gives the host, in order; ``drain`` adds the script a
+    """Every file the bundle gives the host, by path: each template of the tree, each script
+    and the generated files, where APPLIES lets them; ``drain`` adds the script a
     deployment runs before deleting the host. Where the image lacks SSM Agent or the OS's
     repositories the CloudWatch agent, the installer and what it trusts: the public key it
     checks SSM Agent against (``ssm_agent_key``, ASCII armored; None: AWS's), and in relay.env
@@ -304,86 +310,39 @@ def write_files(
     mail log go. ``queue_device``: where the host's queue volume is attached, which Postfix's
     queue must be on before Postfix starts (None: the queue stays on the root disk, as in a
     twin or chroot)."""
-
-    def config_file(path: str, template: str, **extra: Any) -> dict[str, str]:
-        content = without_comments(render_template(template, settings, secret_arn, **extra))
-        return {"path": path, "content": content, **_CONFIG_FILE}
-
-    tables = [
+    metrics_config = json.dumps(monitoring.publisher_config(), separators=(",", ":"))
+    generated = {
+        METRICS_CONFIG_PATH: metrics_config + "\n",
+        CLOUDWATCH_AGENT_CONFIG_PATH: json.dumps(
+            cloudwatch_agent_config(monitoring), separators=(",", ":")
+        ),
+        SSM_AGENT_KEY_PATH: aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key,
+        AGENT_PINS_PATH: agent_pins() if pins is None else pins,
+    }
+    extra = {
+        "cloudwatch_agent_fingerprint": cloudwatch_agent_fingerprint,
+        "queue_device": queue_device,
+    }
+    files = [
         {
-            "path": f"{POSTFIX_STAGE_DIR}/{name}",
-            "content": without_comments(content),
+            "path": bundle_path(path),
+            "content": without_comments(render_template(path, settings, secret_arn, **extra)),
             **_CONFIG_FILE,
         }
-        for name, content in postfix_tables(settings).items()
+        for path in template_paths()
+        if applies(path, settings, drain)
     ]
-    files = [
-        config_file(
-            f"{STAGE_DIR}/relay.env",
-            "relay.env",
-            cloudwatch_agent_fingerprint=cloudwatch_agent_fingerprint,
-            queue_device=queue_device,
-        ),
-        config_file(f"{STAGE_DIR}/main.cf", "main.cf"),
-        config_file(f"{STAGE_DIR}/master.cf", "master.cf"),
-        *tables,
-        config_file(f"{STAGE_DIR}/networkd-no-dns.conf", "networkd-no-dns.conf"),
-        config_file("/etc/dnsmasq.d/cmc-relay.conf", "dnsmasq.conf"),
-        {
-            "path": METRICS_CONFIG_PATH,
-            "content": json.dumps(monitoring.publisher_config(), separators=(",", ":")) + "\n",
-            **_CONFIG_FILE,
-        },
-        config_file(LOGROTATE_CONFIG_PATH, "logrotate"),
-        config_file(
-            f"{UNIT_DIR}/cmc-relay-logrotate.service",
-            "logrotate.service",
-            logrotate_config=LOGROTATE_CONFIG_PATH,
-        ),
-        config_file(f"{UNIT_DIR}/cmc-relay-logrotate.timer", "logrotate.timer"),
-        {
-            "path": CLOUDWATCH_AGENT_CONFIG_PATH,
-            "content": json.dumps(cloudwatch_agent_config(monitoring), separators=(",", ":")),
-            **_CONFIG_FILE,
-        },
-        _script_file("cmc-relay-setup"),
-        _script_file("cmc-relay-apply"),
-        _script_file("cmc-relay-verify"),
-        _script_file("cmc-relay-metrics"),
-        _script_file("cmc-relay-queue-volume"),
-        config_file(f"{UNIT_DIR}/cmc-relay-metrics.service", "metrics.service"),
-        config_file(f"{UNIT_DIR}/cmc-relay-metrics.timer", "metrics.timer"),
+    files += [
+        _script_file(name)
+        for name in script_names()
+        if applies(f"{SCRIPT_DIR}/{name}", settings, drain)
     ]
-    if OS_PROFILES[settings.os].unattended_upgrades:
-        files.append(config_file(AUTO_UPGRADES_PATH, "auto-upgrades"))
-    if settings.reboot_window is not None:  # the maintenance window for reboots
-        stagger = {"stagger_minutes": REBOOT_STAGGER_MINUTES}
-        files += [
-            _script_file("cmc-relay-reboot"),
-            config_file(f"{UNIT_DIR}/cmc-relay-reboot.service", "reboot.service", **stagger),
-            config_file(f"{UNIT_DIR}/cmc-relay-reboot.timer", "reboot.timer"),
-        ]
-    if settings.inbound_tls != "none" and settings.inbound_tls_secret_arn is None:
-        files.append(_script_file("cmc-relay-inbound-cert"))  # the self-signed certificate
-    if OS_PROFILES[settings.os].dhclient:
-        files.append(config_file("/etc/dhcp/dhclient-enter-hooks.d/cmc-relay", "dhclient-hook"))
-    if settings.uses_sasl or settings.inbound_tls_secret_arn:  # the secrets, kept current
-        files += [
-            _script_file("cmc-relay-fetch-secret"),
-            config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.service", "fetch-secret.service"),
-            config_file(f"{UNIT_DIR}/cmc-relay-fetch-secret.timer", "fetch-secret.timer"),
-        ]
-    profile = OS_PROFILES[settings.os]
-    if "ssm" in profile.agent_downloads:
-        key = aws_ssm_agent_key() if ssm_agent_key is None else ssm_agent_key
-        files.append({"path": SSM_AGENT_KEY_PATH, "content": key, **_CONFIG_FILE})
-    if profile.agent_downloads:
-        files.append(_script_file("cmc-relay-install-agent"))
-        content = agent_pins() if pins is None else pins
-        files.append({"path": AGENT_PINS_PATH, "content": content, **_CONFIG_FILE})
-    if drain:
-        files.append(_script_file("cmc-relay-drain"))
-    return files
+    files += [
+        {"path": path, "content": content, **_CONFIG_FILE}
+        for path, content in generated.items()
+        if applies(path, settings, drain)
+    ]
+    return sorted(files, key=lambda entry: entry["path"])
 
 
 @dataclass(frozen=True)
@@ -474,7 +433,7 @@ def cloud_config(
     so switching it replaces the hosts. ``pinned``: a bundle's SHA-256 written down, so a new
     bundle replaces the host (where no deployment step can apply it in place)."""
     pin = render_template(
-        "bundle.env", settings, store=store, pointer=POINTER_KEY, drain=drain, pinned=pinned
+        BUNDLE_ENV_PATH, settings, store=store, pointer=POINTER_KEY, drain=drain, pinned=pinned
     )
     document: dict[str, Any] = {
         # The host's own name, which the transport table keeps local (G2), also in /etc/hosts

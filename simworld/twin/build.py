@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from cmc_relay.userdata.render import OS_PROFILES
+from cmc_relay.userdata.os_profiles import OS_PROFILES
 from simworld.twin.images import (
     ARCHIVE,
     BOOTSTRAP_PACKAGES,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from cmc_relay.userdata.os_profiles import OS_PROFILES
 from cmc_relay.userdata.settings import OsName
 
 ARCHIVE: Final = "http://deb.debian.org/debian"
@@ -81,7 +82,9 @@ class TwinImage:
         return "\n".join(stanzas)
 
 
+# Every OS whose profile names the Debian suite of its twin (userdata.os_profiles).
 TWINS: Final[dict[str, TwinImage]] = {
-    "debian-12": TwinImage(os="debian-12", suite="bookworm"),
-    "debian-13": TwinImage(os="debian-13", suite="trixie"),
+    name: TwinImage(os=name, suite=profile.twin_suite)
+    for name, profile in OS_PROFILES.items()
+    if profile.twin_suite is not None
 }

@@ -25,9 +25,10 @@ from simworld.twin import scenario
 from simworld.twin import world as net
 from simworld.twin.aws_agents import VERSION, agent_packages
 from simworld.twin.build import ARCH, cache_dir
+from simworld.twin.images import TWINS
 from simworld.twin.session import TwinBoot
 
-OSES = ("debian-12", "debian-13")
+OSES = tuple(TWINS)  # every OS with a twin (its profile names the suite)
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)"),
