@@ -26,11 +26,7 @@ import pulumi_aws as aws
 from pulumi_command import local
 
 from cmc_relay.components.alarms import monitoring_role_policy, relay_alarms, relay_dashboard
-from cmc_relay.components.args import (
-    HostOptions,
-    RelayHostArgs,
-    check_args,
-)
+from cmc_relay.components.args import HostOptions, RelayHostArgs, check_args
 from cmc_relay.components.fleet import (
     Checked,
     Fleet,
@@ -179,7 +175,7 @@ class RelayHost(pulumi.ComponentResource):
             self, name, args, options, checked, PACKAGE_PORTS[options.os], tags
         )
         drain = options.drain_on_delete
-        # Every file of the host; a change reaches running hosts in place (_apply).
+        # Every file of the host; a change reaches running hosts in place (host.py's apply).
         bundle = pulumi.Output.all(secret_arn, checked).apply(
             lambda values: render_bundle(
                 values[1].settings,
