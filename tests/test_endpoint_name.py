@@ -13,7 +13,7 @@ import pytest
 
 from cmc_relay.components import TYPE_TOKEN, RelayHost
 from cmc_relay.components.args import checked_dns_zone, checked_record_name
-from cmc_relay.components.relay_host import DNS_TTL
+from cmc_relay.components.network import DNS_TTL
 from cmc_relay.userdata.settings import ConfigError
 from tests.pulumi_harness import (
     BALANCER_ZONE_ID,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cmc_relay.components import RelayHost
-from cmc_relay.components.relay_host import HOST_INDEX_TAG
+from cmc_relay.components.host import HOST_INDEX_TAG
 from cmc_relay.userdata.os_profiles import OS_PROFILES
 from cmc_relay.userdata.render import (
     AUTO_UPGRADES_PATH,
