@@ -241,6 +241,11 @@ def _script_file(name: str) -> dict[str, str]:
     }
 
 
+# What the on-host Python scripts share, beside them: a script's own directory comes first on
+# its sys.path.
+SCRIPT_HELPER: Final = "cmc_relay_host.py"
+
+
 def parse_main_cf(text: str) -> dict[str, str]:
     """``name = value`` lines of a main.cf fragment (or of master.cf entries in ``postconf -M``
     form, ``name/type = entry``), in order; comments and blanks skipped."""
@@ -346,6 +351,7 @@ def write_files(
             "content": json.dumps(cloudwatch_agent_config(monitoring), separators=(",", ":")),
             **_CONFIG_FILE,
         },
+        {**_script_file(SCRIPT_HELPER), "permissions": "0644"},  # a module, not a command
         _script_file("cmc-relay-setup"),
         _script_file("cmc-relay-apply"),
         _script_file("cmc-relay-verify"),
