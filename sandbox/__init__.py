@@ -1,9 +1,8 @@
 """The relay host, booted locally without AWS: ``python -m sandbox`` (``make sandbox``), as root.
 
-It renders the Debian 12 payload with the same function ``pulumi up`` uses, boots it through
-real cloud-init in a throwaway root (private namespaces, an overlay of ``/`` on tmpfs), with a
-local Secrets Manager (moto), a stand-in for Customers Mail Cloud and a stand-in VPC resolver
-around it; relays a message, runs the on-host verifier and tears everything down. The real
-root file system and network are never changed. See ``session`` for the layout and
-``simworld.throwaway`` for the namespaces.
+It renders the default OS's payload with the same function ``pulumi up`` uses and boots it on
+a twin of that OS's EC2 image (``simworld.twin``: systemd as PID 1 in systemd-nspawn, real
+cloud-init), with moto as AWS, a stand-in for Customers Mail Cloud and a stand-in VPC resolver
+around it; relays a message, runs the on-host verifier, reboots and tears everything down. The
+machine's own root file system and network are never changed. See ``__main__`` for the steps.
 """

@@ -5,10 +5,10 @@
 - ``netns_rig``: the rendered relay on real Postfix and dnsmasq in network namespaces, against
   the stand-in (the integration tests' and the benchmarks' rig); ``smtp_client`` and
   ``wire_tap`` are the scripts it runs inside the relay's namespace.
-- ``throwaway``: the sandbox's throwaway machine (private namespaces, an overlay of ``/`` on
-  tmpfs).
-- ``agents``: the small programs the sandbox runs in its network namespace (``python -m
-  simworld.agents``): a local Secrets Manager (moto), syslog, an SMTP submit client.
+- ``twin``: the image twins, Debian roots built like AWS's EC2 images and booted with
+  systemd-nspawn (the sandbox's host and the twin tests'), with moto as AWS around them.
+- ``agents``: the small programs the twins' world runs in its network namespace (``python -m
+  simworld.agents``): moto as AWS's endpoints, an SMTP submit client, a metrics reader.
 
 Nothing here imports from ``tests``.
 """

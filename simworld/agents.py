@@ -1,8 +1,7 @@
-"""Small programs the sandbox runs inside its network namespace (outside the relay's chroot).
+"""Small programs the twins' world runs in its network namespace, beside the twin.
 
     python -m simworld.agents aws --host IP --port N --region R --name NAME \
         [--tls-dir DIR --cert-name NAME ...] [--s3-object BUCKET/KEY=FILE ...]  < secret.json
-    python -m simworld.agents syslog SOCKET LOGFILE
     python -m simworld.agents submit --source IP --server IP --port N --message-id ID ...
     python -m simworld.agents probe --source IP --server IP --stop-file PATH [--max-seconds S]
     python -m simworld.agents metrics --endpoint URL --ca FILE --region R --namespace NS --since T
@@ -15,8 +14,7 @@ bundle of the relay), answered ``PUT BUCKET/KEY``.
 With ``--tls-dir`` it serves HTTPS with a certificate for the ``--cert-name`` values from the
 stand-in's test CA in that directory, as AWS's regional endpoints do; ``--s3-object`` puts a
 file into a bucket of that region (public reads, as AWS's distribution buckets allow).
-``syslog`` stands in for the syslog daemon the sandbox does not have: it appends every datagram
-sent to ``/dev/log`` to a file. ``submit`` is a mail client of the relay; it prints one JSON
+``submit`` is a mail client of the relay; it prints one JSON
 line with the SMTP outcome. ``probe`` is a client that keeps connecting (greeting, EHLO, QUIT)
 until the stop file exists: one JSON line, how many sessions and how many were refused.
 ``metrics`` reads back what hosts published to (moto's) CloudWatch:
@@ -28,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import smtplib
-import socket
 import sys
 import threading
 import time
@@ -89,17 +86,6 @@ def put_s3_object(s3: Any, region: str, spec: str) -> str:
         s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
     s3.put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes(), ACL="public-read")
     return location
-
-
-def serve_syslog(socket_path: str, log_path: str) -> None:
-    with (
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
-        open(log_path, "ab", buffering=0) as log,
-    ):
-        sock.bind(socket_path)
-        print("READY", flush=True)
-        while True:
-            log.write(sock.recv(65536).rstrip(b"\0\n") + b"\n")
 
 
 def submit(args: argparse.Namespace) -> dict[str, object]:
@@ -187,9 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     aws.add_argument("--tls-dir", help="serve HTTPS with a certificate from this test CA")
     aws.add_argument("--cert-name", action="append", default=[], help="a name the cert covers")
     aws.add_argument("--s3-object", action="append", default=[], help="BUCKET/KEY=FILE")
-    syslog = commands.add_parser("syslog", help="append /dev/log datagrams to a file")
-    syslog.add_argument("socket")
-    syslog.add_argument("log")
     client = commands.add_parser("submit", help="send one message through the relay")
     for option in ("--source", "--server", "--mail-from", "--rcpt", "--message-id"):
         client.add_argument(option, required=True)
@@ -207,8 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "aws":
         serve_aws(args)
-    elif args.command == "syslog":
-        serve_syslog(args.socket, args.log)
     elif args.command == "metrics":
         print(json.dumps(read_metrics(args)), flush=True)
     elif args.command == "probe":

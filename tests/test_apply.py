@@ -154,7 +154,7 @@ def test_a_bundle_not_matching_its_hash_is_refused_before_anything_changes(
     claimed = hashlib.sha256(b"what the deployment rendered").hexdigest()
     s3.put_object(Bucket=BUCKET, Key=f"payload/{claimed}.tar.gz", Body=data)
     result = run_apply(tmp_path, moto_url, claimed)
-    assert result.returncode == apply.EXIT_NOT_APPLIED
+    assert result.returncode == apply.Exit.FAILED
     host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
     assert f"cmc-relay-apply: {host}: not applied" in result.stderr
     assert f"expected {claimed}" in result.stderr
@@ -164,6 +164,6 @@ def test_a_bundle_not_matching_its_hash_is_refused_before_anything_changes(
 def test_a_missing_bundle_is_not_applied(tmp_path: Path, moto_url: str, s3: Any) -> None:
     missing = hashlib.sha256(b"never stored").hexdigest()
     result = run_apply(tmp_path, moto_url, missing)
-    assert result.returncode == apply.EXIT_NOT_APPLIED
+    assert result.returncode == apply.Exit.FAILED
     assert "S3 answered NoSuchKey" in result.stderr
     assert not (tmp_path / "root").exists()

@@ -120,12 +120,13 @@ def test_installs_the_rendered_bundle_from_s3(tmp_path: Path, moto_url: str, s3:
     assert installed == [
         "cmc-relay-apply", "cmc-relay-drain", "cmc-relay-fetch-secret", "cmc-relay-inbound-cert",
         "cmc-relay-install-agent", "cmc-relay-metrics", "cmc-relay-queue-volume",
-        "cmc-relay-setup", "cmc-relay-verify",
+        "cmc-relay-setup", "cmc-relay-verify", "cmc_relay_host.py",
     ]  # fmt: skip
     for name in installed:
         path = root / SCRIPT_DIR.lstrip("/") / name
         assert path.read_text() == script(name)
-        assert path.stat().st_mode & 0o7777 == 0o755
+        # Commands, and beside them the module they share (not one).
+        assert path.stat().st_mode & 0o7777 == (0o644 if name.endswith(".py") else 0o755)
     key = root / "etc/cmc-relay/amazon-ssm-agent.asc"
     assert key.stat().st_mode & 0o7777 == 0o644
     # The configuration too, where the services read it, and the hash installed.

@@ -355,7 +355,7 @@ def test_the_script_refuses_a_package_with_a_bad_signature(
     key = tmp_path / "key.asc"
     key.write_text(signer["key"])
     result = run_script(world, package, key, fingerprint=signer["fpr"])
-    assert result.returncode == 6, result.stdout + result.stderr
+    assert result.returncode == 5, result.stdout + result.stderr
     assert f"REFUSED to install {world['base'].removesuffix('/ssm')}{path}: bad" in result.stdout
     assert "bad signature" in result.stdout and "BAD signature" in result.stdout
     assert World.requests[:2] == ["PUT /latest/api/token", "GET /latest/meta-data/placement/region"]
@@ -390,7 +390,7 @@ def test_the_cloudwatch_agent_is_installed_only_if_signed_by_the_pinned_key(
         assert f"signature good, by {signer['fpr']}" in result.stdout, result.stdout
         assert result.returncode == 7 and "dpkg -i failed" in result.stdout, result.stdout
     else:
-        assert result.returncode == 6, result.stdout + result.stderr
+        assert result.returncode == 5, result.stdout + result.stderr
         assert f"signed by key {signer['fpr']}, not by the pinned {fingerprint}" in result.stdout
         assert "signature good" not in result.stdout and "dpkg -i" not in result.stdout
 
@@ -422,7 +422,7 @@ def test_the_script_reports_a_missing_package(
     key = tmp_path / "key.asc"
     key.write_text(signer["key"])
     result = run_script(world, "cloudwatch", key, "", "5", fingerprint=signer["fpr"])
-    assert result.returncode == 5, result.stdout + result.stderr
+    assert result.returncode == 6, result.stdout + result.stderr
     assert "HTTP 404" in result.stdout
 
 
@@ -438,7 +438,7 @@ def test_the_script_does_nothing_off_ec2(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.returncode == 9, result.stdout + result.stderr
     assert "not an EC2 instance (cloud-init platform nocloud)" in result.stdout
 
 
@@ -535,7 +535,7 @@ def test_a_pinned_package_is_downloaded_by_version_and_refused_unless_its_hash_m
         assert f"signature good, by {signer['fpr']}" in result.stdout, result.stdout
         assert result.returncode == 7 and "dpkg -i failed" in result.stdout, result.stdout
     else:
-        assert result.returncode == 6, result.stdout
+        assert result.returncode == 5, result.stdout
         got = hashlib.sha256(deb).hexdigest()
         assert f"SHA-256 {got}, not the pinned {digest}" in result.stdout
         assert "signature good" not in result.stdout and "dpkg -i" not in result.stdout

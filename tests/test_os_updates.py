@@ -140,7 +140,7 @@ def test_without_its_index_a_host_does_not_reboot(tmp_path: Path) -> None:
     flag.write_text("*** System restart required ***\n")
     with metadata_with_index(None) as endpoint:
         refused = run_reboot(endpoint, flag, mark)
-    assert refused.returncode == 4
+    assert refused.returncode == 8
     assert f"no {INDEX_TAG} tag in instance metadata" in refused.stderr
     assert not mark.exists()
 

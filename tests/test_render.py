@@ -227,6 +227,7 @@ def test_the_bundle_holds_every_file_and_the_user_data_only_the_bootstrap(name: 
     bundled_files = bundle_files(bundle_for(settings))
     scripts = {path for path in bundled_files if path.startswith(SCRIPT_DIR)}
     expected = {"cmc-relay-setup", "cmc-relay-apply", "cmc-relay-verify", "cmc-relay-metrics"}
+    expected.add("cmc_relay_host.py")  # what the Python scripts share
     expected.add("cmc-relay-queue-volume")  # used where relay.env names a queue device
     expected.add("cmc-relay-inbound-cert")  # inboundTls may
     if settings.uses_sasl:
@@ -260,7 +261,8 @@ def test_bundle_members_are_root_owned_files_with_fixed_times_and_modes() -> Non
         assert member.isreg()
         assert (member.uid, member.gid, member.uname, member.gname) == (0, 0, "root", "root")
         assert member.mtime == 0
-        assert member.mode == (0o755 if path.startswith(f"{SCRIPT_DIR}/") else 0o644)
+        command = path.startswith(f"{SCRIPT_DIR}/") and not path.endswith(".py")
+        assert member.mode == (0o755 if command else 0o644)
     assert bundle_for(settings, drain=True).data[4:8] == b"\0\0\0\0"  # gzip's mtime
 
 

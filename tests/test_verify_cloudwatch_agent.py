@@ -1,6 +1,7 @@
-"""The verifier's cloudwatch-agent check: systemctl's answer stubbed (the sandbox has no
-systemd), the payload's config and the agent's running one as files. The image twins
-(tests/twin/test_twin_boot.py) run it on a booted host against the stand-in agent."""
+"""The verifier's cloudwatch-agent check: systemctl answering as told (this machine has no
+systemd), the payload's config and the agent's running one as files under a temporary root.
+The image twins (tests/twin/test_twin_boot.py) run it on a booted host against the stand-in
+agent."""
 
 from __future__ import annotations
 
@@ -13,38 +14,52 @@ import pytest
 from cmc_relay.userdata.metrics import Monitoring
 from cmc_relay.userdata.render import MAIL_LOG, cloudwatch_agent_config
 from tests.host_scripts import load_script
-from tests.test_verify_ssm_agent import with_systemd
+from tests.test_verify_ssm_agent import host, with_systemctl
 
 MONITORING = Monitoring(relay="mail-prod", log_group="/cmc-relay/mail-prod")
 UNIT = "amazon-cloudwatch-agent"
 
 
+AGENT_ETC = "opt/aws/amazon-cloudwatch-agent/etc"
+
+
 @pytest.fixture
-def verifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The payload's config staged in tmp_path, Postfix's maillog_file the payload's."""
-    module = load_script("cmc-relay-verify")
-    monkeypatch.setattr(module, "CLOUDWATCH_AGENT", str(tmp_path))
-    monkeypatch.setattr(module, "PC", {"maillog_file": MAIL_LOG})
-    staged = tmp_path / "amazon-cloudwatch-agent.json"
-    staged.write_text(json.dumps(cloudwatch_agent_config(MONITORING)))
-    return module
+def verifier() -> ModuleType:
+    return load_script("cmc-relay-verify")
 
 
-def running(tmp_path: Path, config: dict[str, object] | str) -> None:
+@pytest.fixture
+def agent_etc(tmp_path: Path) -> Path:
+    """The payload's config staged under the temporary root."""
+    etc = tmp_path / AGENT_ETC
+    etc.mkdir(parents=True)
+    (etc / "amazon-cloudwatch-agent.json").write_text(
+        json.dumps(cloudwatch_agent_config(MONITORING))
+    )
+    return etc
+
+
+def running(agent_etc: Path, config: dict[str, object] | str) -> None:
     """What fetch-config keeps: the config the agent runs."""
-    (tmp_path / "amazon-cloudwatch-agent.d").mkdir(exist_ok=True)
+    (agent_etc / "amazon-cloudwatch-agent.d").mkdir(exist_ok=True)
     text = config if isinstance(config, str) else json.dumps(config)
-    (tmp_path / "amazon-cloudwatch-agent.d" / "file_amazon-cloudwatch-agent.json").write_text(text)
+    (agent_etc / "amazon-cloudwatch-agent.d" / "file_amazon-cloudwatch-agent.json").write_text(text)
+
+
+def check(verifier: ModuleType, tmp_path: Path) -> str:
+    """The check on the host under tmp_path, Postfix's maillog_file the payload's."""
+    checked = host(verifier, tmp_path, {}, maillog_file=MAIL_LOG)
+    return str(verifier.cloudwatch_agent(checked))
 
 
 def test_the_agent_running_the_payloads_config_passes(
-    monkeypatch: pytest.MonkeyPatch, verifier: ModuleType, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, verifier: ModuleType, tmp_path: Path, agent_etc: Path
 ) -> None:
-    running(tmp_path, cloudwatch_agent_config(MONITORING))
-    calls = with_systemd(monkeypatch, verifier, True, "active")
+    running(agent_etc, cloudwatch_agent_config(MONITORING))
+    calls = with_systemctl(tmp_path, monkeypatch, "active")
     detail = f"{UNIT} active, shipping {MAIL_LOG} to /cmc-relay/mail-prod"
-    assert verifier.cloudwatch_agent() == detail
-    assert calls == [("systemctl", "is-active", UNIT)]
+    assert check(verifier, tmp_path) == detail
+    assert calls.read_text().splitlines() == [f"is-active {UNIT}"]
 
 
 @pytest.mark.parametrize(
@@ -60,36 +75,35 @@ def test_an_agent_not_shipping_the_mail_log_to_the_relays_group_fails(
     monkeypatch: pytest.MonkeyPatch,
     verifier: ModuleType,
     tmp_path: Path,
+    agent_etc: Path,
     config: dict[str, object] | str | None,
 ) -> None:
     if config is not None:
-        running(tmp_path, config)
-    with_systemd(monkeypatch, verifier, True, "active")
+        running(agent_etc, config)
+    with_systemctl(tmp_path, monkeypatch, "active")
     with pytest.raises(verifier.Fail, match=f"runs no config shipping {MAIL_LOG} to /cmc-relay/"):
-        verifier.cloudwatch_agent()
+        check(verifier, tmp_path)
 
 
 def test_a_payload_config_without_the_mail_log_fails(
-    monkeypatch: pytest.MonkeyPatch, verifier: ModuleType, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, verifier: ModuleType, tmp_path: Path, agent_etc: Path
 ) -> None:
-    (tmp_path / "amazon-cloudwatch-agent.json").write_text("{}")
-    running(tmp_path, cloudwatch_agent_config(MONITORING))
-    with_systemd(monkeypatch, verifier, True, "active")
+    (agent_etc / "amazon-cloudwatch-agent.json").write_text("{}")
+    running(agent_etc, cloudwatch_agent_config(MONITORING))
+    with_systemctl(tmp_path, monkeypatch, "active")
     with pytest.raises(verifier.Fail, match=f"the payload's agent config ships no {MAIL_LOG}"):
-        verifier.cloudwatch_agent()
+        check(verifier, tmp_path)
 
 
 @pytest.mark.parametrize("state", ["inactive", "failed", ""])
 def test_an_agent_not_running_fails(
-    monkeypatch: pytest.MonkeyPatch, verifier: ModuleType, tmp_path: Path, state: str
+    monkeypatch: pytest.MonkeyPatch,
+    verifier: ModuleType,
+    tmp_path: Path,
+    agent_etc: Path,
+    state: str,
 ) -> None:
-    running(tmp_path, cloudwatch_agent_config(MONITORING))
-    with_systemd(monkeypatch, verifier, True, state)
+    running(agent_etc, cloudwatch_agent_config(MONITORING))
+    with_systemctl(tmp_path, monkeypatch, state)
     with pytest.raises(verifier.Fail, match=f"{UNIT} is {state or 'unknown'}"):
-        verifier.cloudwatch_agent()
-
-
-def test_without_systemd_it_says_so(monkeypatch: pytest.MonkeyPatch, verifier: ModuleType) -> None:
-    calls = with_systemd(monkeypatch, verifier, False, "active")
-    assert verifier.cloudwatch_agent().startswith("not checked: systemd is not PID 1")
-    assert calls == []
+        check(verifier, tmp_path)

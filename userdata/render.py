@@ -185,13 +185,18 @@ def cloudwatch_agent_config(monitoring: Monitoring) -> dict[str, Any]:
     }
 
 
+# What the on-host Python scripts share, beside them: a script's own directory comes first on
+# its sys.path.
+SCRIPT_HELPER: Final = "cmc_relay_host.py"
+
+
 def _script_file(name: str) -> dict[str, str]:
-    """An on-host script, installed as a root-owned command."""
+    """An on-host script, installed as a root-owned command (the shared module, as a module)."""
     return {
         "path": f"{SCRIPT_DIR}/{name}",
         "content": script(name),
         "owner": "root:root",
-        "permissions": "0755",
+        "permissions": "0644" if name == SCRIPT_HELPER else "0755",
     }
 
 

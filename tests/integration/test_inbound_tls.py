@@ -41,9 +41,11 @@ VERIFY_CHECK = """
 import sys
 from tests.host_scripts import load_script
 verify = load_script("cmc-relay-verify")
-verify.env["CMC_INBOUND_TLS"], verify.a.postfix_config_dir = sys.argv[1:]
+level, config_dir = sys.argv[1:]
+host = verify.Host(verify.parse_arguments(["--postfix-config-dir", config_dir]),
+                   {"CMC_INBOUND_TLS": level})
 try:
-    print(verify.inbound_tls())
+    print(verify.inbound_tls(host))
 except verify.Fail as failure:
     print(f"FAIL {failure}")
 """
