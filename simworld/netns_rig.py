@@ -45,11 +45,11 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from cmc_relay.userdata.render import (
-    AWS_CLOUDWATCH_AGENT_FINGERPRINT,
-    postfix_parameters,
-    postfix_services,
-    postfix_tables,
+    SCRIPT_DIR,
+    STAGE_DIR,
+    parse_main_cf,
     render_template,
+    write_files,
 )
 from cmc_relay.userdata.settings import RelaySettings
 from simworld.standin import (
@@ -69,8 +69,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 REPO: Final = Path(__file__).resolve().parents[1]
-FETCH_SECRET: Final = REPO / "userdata" / "scripts" / "cmc-relay-fetch-secret"
-INBOUND_CERT: Final = REPO / "userdata" / "scripts" / "cmc-relay-inbound-cert"
+SCRIPTS: Final = REPO / "userdata" / "scripts"
+FETCH_SECRET: Final = SCRIPTS / "cmc-relay-fetch-secret"
+INBOUND_CERT: Final = SCRIPTS / "cmc-relay-inbound-cert"
+SETUP: Final = SCRIPTS / "cmc-relay-setup"
 SMTP_CLIENT: Final = Path(__file__).with_name("smtp_client.py")
 WIRE_TAP: Final = Path(__file__).with_name("wire_tap.py")
 DELAY_PROXY: Final = Path(__file__).with_name("delay_proxy.py")
@@ -440,6 +442,10 @@ class Postfix:
     def __init__(self, network: Network, root: Path) -> None:
         self.network = network
         self.config_dir = root / "postfix"
+        self.stage_dir = root / "stage"
+        """The payload's staged files, as in /etc/cmc-relay."""
+        self.script_dir = root / "sbin"
+        """The shipped scripts the payload has, as in /usr/local/sbin."""
         self.queue_dir = root / "spool"
         self.data_dir = root / "data"
         self.mail_spool = root / "mail"
@@ -523,25 +529,26 @@ class Postfix:
         )
 
 
-def write_postfix_config(
+def configure_postfix(
     postfix: Postfix,
     settings: RelaySettings,
+    secret_arn: str | None,
     ca_file: Path,
     main_cf: Mapping[str, str | None] | None = None,
 ) -> None:
     """Turn settings into the rig's Postfix config: the one path every test takes.
 
     As on the host: Debian's stock main.cf (main.cf.debian + main.cf.tls, plus what its postinst
-    adds for "Internet Site") and master.cf, then every parameter of the debian-12 rendering
-    applied with ``postconf -e``, the rendered master.cf services with ``postconf -M``, the
-    rendered lookup tables (transport, reply filter, sender policy) installed under the names
-    cmc-relay-setup gives them, ``postmap`` (G5), and the self-signed certificate for inbound
-    STARTTLS made by the real cmc-relay-inbound-cert (in the private config directory).
+    adds for "Internet Site") and master.cf, its aliases, then the payload staged as cloud-init
+    stages it (relay.env, main.cf, master.cf, the lookup tables; ``write_files``) and applied by
+    the shipped cmc-relay-setup's ``configure_postfix`` step, pointed at the rig's directories:
+    ``postconf -e``, ``postconf -M``, the tables installed, ``postmap`` (G5), and the inbound
+    STARTTLS certificate made by cmc-relay-inbound-cert when the payload ships it.
 
     ``main_cf`` changes the rendered parameters (benchmarks compare against Postfix's stock
     settings): a value replaces or adds one, None drops it so Postfix's default applies.
 
-    Rig overrides, and nothing else:
+    Rig overrides in the staged main.cf, and nothing else:
 
     - ``config_directory``, ``queue_directory``, ``data_directory``: private to this rig.
     - ``/etc/postfix/`` in rendered values (transport, relay_password, reply filter) ->
@@ -564,7 +571,12 @@ def write_postfix_config(
     postfix.mail_spool.chmod(0o1777)  # like /var/mail: local(8) creates mailboxes in it
     (conf / "main.cf").write_text("".join(p.read_text() for p in DEBIAN_MAIN_CF))
     shutil.copyfile(DEBIAN_MASTER_CF, conf / "master.cf")
-    changed = {**postfix_parameters(settings), **(main_cf or {})}
+    installer = (f"{name}={value}" for name, value in DEBIAN_INTERNET_SITE.items())
+    run("postconf", "-c", conf, "-e", *installer)
+    (conf / "aliases").write_text("postmaster: root\n")
+    run("postalias", "-c", conf, conf / "aliases")
+    payload = {file["path"]: file["content"] for file in write_files(settings, secret_arn)}
+    changed = {**parse_main_cf(payload[f"{STAGE_DIR}/main.cf"]), **(main_cf or {})}
     rendered = {
         name: value.replace("/etc/postfix/", f"{conf}/")
         for name, value in changed.items()
@@ -581,18 +593,26 @@ def write_postfix_config(
         "maillog_file_prefixes": f"/var, /dev/stdout, {root}",
         "smtp_tls_CAfile": str(ca_file),
     }
-    parameters = {**DEBIAN_INTERNET_SITE, **rendered, **overrides}
-    run("postconf", "-c", conf, "-e", *(f"{k}={v}" for k, v in parameters.items()))
-    services = postfix_services(settings)
-    run("postconf", "-c", conf, "-M", *(f"{name} = {entry}" for name, entry in services.items()))
-    for name, content in postfix_tables(settings).items():
-        (conf / name).write_text(content)
-    (conf / "aliases").write_text("postmaster: root\n")
-    run("postmap", "-c", conf, conf / "transport")
-    run("postalias", "-c", conf, conf / "aliases")
-    if settings.inbound_tls != "none" and settings.inbound_tls_secret_arn is None:
-        # As cmc-relay-setup does: the real script makes the certificate smtpd offers.
-        run(INBOUND_CERT, settings.host_name, conf)
+    payload[f"{STAGE_DIR}/main.cf"] = "".join(
+        f"{name} = {value}\n" for name, value in {**rendered, **overrides}.items()
+    )
+    postfix.script_dir.mkdir()
+    for path, content in payload.items():
+        folder, _, name = path.rpartition("/")
+        if path.startswith(f"{STAGE_DIR}/"):
+            staged = postfix.stage_dir / path.removeprefix(f"{STAGE_DIR}/")
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            staged.write_text(content)
+        elif folder == SCRIPT_DIR and (SCRIPTS / name).exists():
+            # Where the setup looks for the scripts it calls: those the payload ships.
+            (postfix.script_dir / name).symlink_to(SCRIPTS / name)
+    env = {
+        **os.environ,
+        "MAIL_CONFIG": str(conf),
+        "CMC_RELAY_STAGE_DIR": str(postfix.stage_dir),
+        "CMC_RELAY_SCRIPT_DIR": str(postfix.script_dir),
+    }
+    run("bash", SETUP, "configure_postfix", env=env)
     run("postfix", "-c", conf, "check")
 
 
@@ -812,7 +832,7 @@ class RigOptions:
     api_key: str | None = None
     """The key stored in the secret; None = the key the stand-in accepts."""
     main_cf: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
-    """Changes to the rendered main.cf parameters (see ``write_postfix_config``)."""
+    """Changes to the rendered main.cf parameters (see ``configure_postfix``)."""
     one_way_delay_ms: float | None = None
     """Set: the relay reaches the service through ``delay_proxy.py``, which delays each
     direction this long (DNS answers the proxy's addresses, PROXY_IPS)."""
@@ -976,15 +996,13 @@ def _relay(
         postfix.queue_dir.mkdir()
         run("mount", "-t", "tmpfs", "-o", f"size={options.spool_size}", "tmpfs", postfix.queue_dir)
         stack.callback(run, "umount", postfix.queue_dir)  # once Postfix has stopped
-    write_postfix_config(postfix, settings, trusted_ca, options.main_cf)
-    credentials = None
+    arn = None
     if settings.uses_sasl:
         arn = secrets.create(f"{network.relay}-smtp", options.api_key or api_key)
-        env_file = root / "relay.env"
-        fingerprint = AWS_CLOUDWATCH_AGENT_FINGERPRINT  # named in relay.env; no agent here
-        env_file.write_text(
-            render_template("relay.env", settings, arn, cloudwatch_agent_fingerprint=fingerprint)
-        )
+    configure_postfix(postfix, settings, arn, trusted_ca, options.main_cf)
+    credentials = None
+    if arn is not None:
+        env_file = postfix.stage_dir / "relay.env"
         credentials = Credentials(secrets, arn, env_file, postfix.config_dir)
         credentials.install()  # before the start, as cmc-relay-setup does
     stack.callback(postfix.stop)
