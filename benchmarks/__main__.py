@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from benchmarks import report, scenarios
+from benchmarks import chart, report, scenarios
 from benchmarks.machine import machine
 from benchmarks.measure import as_json
 from benchmarks.profiles import PROFILES, TUNED, TUNING, Profile, check_profiles, without
@@ -320,8 +320,8 @@ def run_all(
 def write_report(document: dict[str, Any], report_dir: Path, say: Progress) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "REPORT.md").write_text(report.report_markdown(document))
-    if report.can_chart():
-        report.write_chart(document, report_dir / "throughput.png")
+    if chart.can_chart():
+        chart.write_chart(document, report_dir / "throughput.png")
     else:
         say("no chart: matplotlib is not installed (pip install -e '.[bench]')")
     say(f"wrote {report_dir / 'REPORT.md'}")

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from simworld.netns_rig import REPO, Postfix, run
+from simworld.rig.postfix import Postfix
+from simworld.rig.process import REPO, run
 
 QUEUE_VOLUME_SCRIPT: Final = REPO / "userdata" / "scripts" / "cmc-relay-queue-volume"
 QUEUE_LABEL: Final = "cmc-relay-queue"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks import measure, report
+from benchmarks import measure, report, tables
+from benchmarks import verdicts as verdict
 from benchmarks.bounds import (
     busy_fraction,
     ideal_rate,
@@ -18,6 +19,7 @@ from benchmarks.bounds import (
     recovery_bound,
     throughput_bound,
 )
+from benchmarks.chart import write_chart
 from benchmarks.profiles import GUIDE_LIMITS, PROFILES, TUNING, check_profiles
 from simworld.netns_rig import relay_settings
 from simworld.standin import Event, MessageRecord
@@ -121,8 +123,8 @@ def test_a_cut_off_run_counts_only_what_it_delivered() -> None:
     assert run.window_s == pytest.approx(10.0)
     assert run.batch_ratio == pytest.approx(100 / 50 / 10)
     row = measure.as_json(run)
-    assert report._at_most(row) == ""
-    assert "cut off at 10 s, 100 still queued" in report.throughput_table([row])
+    assert tables._at_most(row) == ""
+    assert "cut off at 10 s, 100 still queued" in tables.throughput_table([row])
 
 
 def test_latency_findings_name_the_guides_cut_off_runs() -> None:
@@ -130,7 +132,7 @@ def test_latency_findings_name_the_guides_cut_off_runs() -> None:
         "refused_sessions": 300, "tcp_per_message": 3.5, "cut_off": True,
     }  # fmt: skip
     points = [{"rtt_ms": 10.0, "ideal_msg_s": 45.5, "ideal_ratio": 0.03, "run": run}]
-    [line] = report.latency_findings(points)
+    [line] = verdict.latency_findings(points)
     assert "300-300 sessions refused per run" in line
     assert "1 of 1 runs were cut off" in line
 
@@ -168,7 +170,7 @@ def test_report_tables_and_verdicts() -> None:
     text = report.report_markdown(doc)
     assert "| tuned | 200 ms | 50.0 |" in text
     assert "| tuned | outage | 50 | 0 | 4.0 s | 15 s | yes |" in text
-    verdicts = dict(report.verdicts(doc))
+    verdicts = dict(verdict.verdicts(doc))
     assert verdicts["zero refused sessions at cap 10, 200 ms (0)"]
     assert verdicts["recovery within the bound, outage"]
     assert any(t.startswith("achieved/bound ≥ 0.95 at 200 ms") and ok for t, ok in verdicts.items())
@@ -181,13 +183,13 @@ def test_a_run_below_the_target_says_where_it_lost_it() -> None:
     fast = measure.as_json(run_numbers(interval_ms=1000))
     doc = document(throughput=[slow, late, fast])
 
-    verdicts = report.verdicts(doc)
+    verdicts = verdict.verdicts(doc)
     assert [ok for text, ok in verdicts if text.startswith("achieved/bound")] == [
         False,
         False,
         True,
     ]
-    lines = report.findings(doc)
+    lines = verdict.findings(doc)
     (at_50,) = [line for line in lines if "Rendered settings, 50 ms" in line]
     assert "leaves 2.63 ms per message outside the receiving interval" in at_50
     assert "needed 4.00 ms (fastest tenth 4.00 ms): out of reach per message" in at_50
@@ -206,13 +208,13 @@ def test_repeated_runs_are_judged_on_their_median() -> None:
     ]
     doc = document(throughput=runs)
 
-    verdicts = report.verdicts(doc)
+    verdicts = verdict.verdicts(doc)
     assert (
         "achieved/bound ≥ 0.95 at 200 ms (median 0.971 of 0.995, 0.971, 0.885)",
         True,
     ) in verdicts
     assert ("zero refused sessions at cap 10, 200 ms (0 in 3 runs)", True) in verdicts
-    (line,) = [x for x in report.findings(doc) if x.startswith("Rendered settings")]
+    (line,) = [x for x in verdict.findings(doc) if x.startswith("Rendered settings")]
     assert line.startswith("Rendered settings, 200 ms (the median of 3 runs):")
     assert "0.971 of the bound" in line
 
@@ -222,7 +224,7 @@ def test_chart_draws_repeated_runs(tmp_path: Path) -> None:
     runs = [measure.as_json(run_numbers(released_at=start)) for start in (100.0, 99.5)]
     chart = tmp_path / "throughput.png"
 
-    report.write_chart(document(throughput=runs), chart)
+    write_chart(document(throughput=runs), chart)
 
     assert chart.read_bytes().startswith(b"\x89PNG")
 
@@ -248,8 +250,8 @@ def test_latency_run_against_the_ideal() -> None:
 
 
 def test_round_trips_are_the_slopes_over_the_rtt() -> None:
-    assert report.slope([(0, 1.0), (10, 21.0), (30, 61.0)]) == pytest.approx(2.0)
-    assert report.slope([(2, 1.0), (2, 3.0)]) is None
+    assert tables.slope([(0, 1.0), (10, 21.0), (30, 61.0)]) == pytest.approx(2.0)
+    assert tables.slope([(2, 1.0), (2, 3.0)]) is None
     points = []
     for rtt in (0, 10, 30):
         point = measure.as_json(measure.latency_run(run_numbers(interval_ms=200), rtt))
@@ -257,12 +259,12 @@ def test_round_trips_are_the_slopes_over_the_rtt() -> None:
         point["run"]["timing"] |= {"gap_ms": 1 + 2 * rtt, "transaction_ms": 1 + rtt,
                                    "outside_interval_ms": 2 + 3 * rtt}  # fmt: skip
         points.append(point)
-    parts = report.round_trips(points)[("tuned", 200)]
+    parts = tables.round_trips(points)[("tuned", 200)]
     assert parts == pytest.approx(
         {"transaction_ms": 1.0, "gap_ms": 2.0, "outside_interval_ms": 3.0}
     )
     doc = document(latency=points)
-    verdicts = dict(report.verdicts(doc))
+    verdicts = dict(verdict.verdicts(doc))
     assert [ok for text, ok in verdicts.items() if text.startswith("achieved/ideal")] == [
         True,  # RTT 0: 0.995 of the ideal
         True,  # the made-up timings do not change the ratios
@@ -284,8 +286,8 @@ def relays_run(relays: int, rate: float) -> dict[str, Any]:
 
 def test_several_relays_are_judged_against_n_times_one() -> None:
     doc = document(relays=[relays_run(1, 48.0), relays_run(2, 95.0), relays_run(3, 120.0)])
-    assert report.one_host_rates(doc["relays"]) == {200: 48.0}
-    verdicts = dict(report.verdicts(doc))
+    assert tables.one_host_rates(doc["relays"]) == {200: 48.0}
+    verdicts = dict(verdict.verdicts(doc))
     assert verdicts["2 relays at 200 ms: ≥ 0.95 x 2 x one relay (0.990)"]
     assert not verdicts["3 relays at 200 ms: ≥ 0.95 x 3 x one relay (0.833)"]
     assert verdicts["3 relays at 200 ms: at most 10 sessions per sending IP (peak 10), 0 refused"]
@@ -327,7 +329,7 @@ def test_soak_numbers_and_verdict() -> None:
     assert soak.drain_bound_s == pytest.approx(2 / 200 + 30)
     assert (soak.postfix_peak_rss_mb, soak.postfix_peak_pss_mb) == (200, 100)
     doc = document(soak=[measure.as_json(soak)])
-    (text, ok) = next(v for v in report.verdicts(doc) if v[0].startswith("soak"))
+    (text, ok) = next(v for v in verdict.verdicts(doc) if v[0].startswith("soak"))
     assert not ok and "(1; 1 duplicated, 0 lost, 0 damaged), 0 bounced" in text
     assert "| duplicated / lost / damaged / unexpected | 1 / 0 / 0 / 0 |" in (
         report.report_markdown(doc)

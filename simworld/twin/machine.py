@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from simworld.netns_rig import wait_until
+from simworld.rig.process import wait_until
 
 ROOT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REBOOT_EXIT: Final = 133  # nspawn's exit status when the container asked to reboot

@@ -18,7 +18,7 @@ from cmc_relay.components.monitoring import host_alarms
 from cmc_relay.userdata.metrics import DEFAULT_MONITORING, INSTANCE_DIMENSION, METRICS, metric
 from cmc_relay.userdata.settings import RelaySettings
 from simworld.alarm_check import Series, Verdict, evaluate_all
-from simworld.netns_rig import wait_until
+from simworld.rig.process import wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
 from simworld.twin.session import PAYLOAD_STORE, Submission, TwinBoot, clean_log_problems

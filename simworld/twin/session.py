@@ -31,7 +31,7 @@ from cmc_relay.userdata.render import (
 )
 from cmc_relay.userdata.settings import RelaySettings
 from simworld.alarm_check import Series
-from simworld.netns_rig import REPO, wait_until
+from simworld.rig.process import REPO, wait_until
 from simworld.standin import MessageRecord
 from simworld.twin import world as net
 from simworld.twin.aws_agents import VERSION, AgentPackages, agent_packages, pins

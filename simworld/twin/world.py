@@ -25,7 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from simworld.netns_rig import REPO, Dnsmasq, Network, StandInProcess, run, stop_process
+from simworld.rig.dns import Dnsmasq
+from simworld.rig.network import Network
+from simworld.rig.process import REPO, run, stop_process
+from simworld.rig.service import StandInProcess
 from simworld.standin.config import StandInConfig
 
 SUBNET_CIDR: Final = "10.0.1.0/24"
