@@ -2,12 +2,13 @@
 
 One rig serves the module: each test breaks one thing on the relay, runs the verifier in the
 relay's namespace, checks that exactly the right check fails, and restores what it broke. The
-staged configuration (what cloud-init leaves in /etc/cmc-relay) is the rendering, pointed at
-the rig's directories as ``write_postfix_config`` points Postfix; the host's other files the
-verifier reads (/etc/hosts, networkd's files, dnsmasq's pid file) are under a temporary root
-(``--root``). Nothing runs cloud-init, SSM Agent or the CloudWatch agent here: those checks
-are skipped (the twins run them, tests/twin/test_twin_boot.py). The SMTP password carries a
-marker that must never show up in the verifier's output. Layout: ``simworld/netns_rig.py``.
+staged configuration (what cloud-init leaves in /etc/cmc-relay) is the one the rig's
+``configure_postfix`` staged and applied with the shipped cmc-relay-setup; the host's other
+files the verifier reads (/etc/hosts, networkd's files, dnsmasq's pid file) are under a
+temporary root (``--root``). Nothing runs cloud-init, SSM Agent or the CloudWatch agent
+here: those checks are skipped (the twins run them, tests/twin/test_twin_boot.py). The SMTP
+password carries a marker that must never show up in the verifier's output. Layout:
+``simworld/rig/``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from pathlib import Path
 import pytest
 
 from cmc_relay.userdata.render import (
-    AWS_CLOUDWATCH_AGENT_FINGERPRINT,
     postfix_parameters,
     postfix_services,
-    postfix_tables,
     render_template,
 )
 from simworld.netns_rig import (
@@ -62,8 +61,6 @@ SETTINGS = relay_settings(
 )
 # What nothing on the rig runs (see the module's docstring).
 NOT_ON_THE_RIG = ("cloud-init", "ssm-agent", "cloudwatch-agent")
-# Parameters the rig sets to its own paths (write_postfix_config): staged as the rig set them.
-RIG_PATHS = ("maillog_file", "smtp_tls_CAfile")
 NETWORK_FILE = "run/systemd/network/10-cmc0.network"  # as netplan or networkd leaves one
 
 
@@ -121,27 +118,11 @@ def parameters(stage: Path) -> dict[str, str]:
     return dict(line.split(" = ", 1) for line in lines)
 
 
-def stage_configuration(rig: Rig, stage: Path) -> None:
-    """/etc/cmc-relay as cloud-init stages it, in the rig's paths."""
-    conf = rig.postfix.config_dir
-    assert rig.credentials is not None
-    (stage / "postfix").mkdir(parents=True)
-    fingerprint = AWS_CLOUDWATCH_AGENT_FINGERPRINT  # named in relay.env; no agent here
-    relay_env = render_template(
-        "relay.env", rig.settings, rig.credentials.arn, cloudwatch_agent_fingerprint=fingerprint
-    )
-    (stage / "relay.env").write_text(relay_env)
-    rendered = {
-        name: value.replace("/etc/postfix/", f"{conf}/")
-        for name, value in postfix_parameters(rig.settings).items()
-    }
-    for name in RIG_PATHS:
-        rendered[name] = run("postconf", "-c", conf, "-h", name).stdout.strip()
-    (stage / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in rendered.items()))
-    services = postfix_services(rig.settings)
-    (stage / "master.cf").write_text("".join(f"{k} = {v}\n" for k, v in services.items()))
-    for name, content in postfix_tables(rig.settings).items():
-        (stage / "postfix" / name).write_text(content)
+def staged_parameters(host: Host) -> list[str]:
+    """The parameters the verifier checks: the rendered ones, then the rig's own paths."""
+    staged = list(parameters(host.stage))
+    assert set(postfix_parameters(SETTINGS)) <= set(staged)
+    return staged
 
 
 def host_files(rig: Rig, host_root: Path) -> None:
@@ -154,7 +135,7 @@ def host_files(rig: Rig, host_root: Path) -> None:
     network.write_text("[Match]\nName=cmc0\n\n[Network]\nDHCP=yes\n")
     drop_in = host_root / f"etc/systemd/network/{network.name}.d/cmc-relay-dns.conf"
     drop_in.parent.mkdir(parents=True)
-    drop_in.write_text(render_template("networkd-no-dns.conf", rig.settings))
+    drop_in.write_text(render_template("/etc/cmc-relay/networkd-no-dns.conf", rig.settings))
     (host_root / "run/dnsmasq").mkdir(parents=True)
 
 
@@ -166,8 +147,7 @@ def host(
         root = stack.enter_context(rig_directory(tmp_path_factory.mktemp("verify")))
         options = RigOptions(api_key=PASSWORD, standin={"users": {API_USER: PASSWORD}})
         rig = build_rig(stack, root, SETTINGS, options, secrets)
-        found = Host(rig, root, root / "cmc-relay", root / "host", [])
-        stage_configuration(rig, found.stage)
+        found = Host(rig, root, rig.postfix.stage_dir, root / "host", [])
         host_files(rig, found.host_root)
         found.dnsmasq_started(rig.cache)
         yield found
@@ -213,7 +193,7 @@ def test_a_good_relay_passes_every_check(host: Host) -> None:
         "dnsmasq-running",
         "transport-table",
         "postfix-tables",
-        *(f"postconf:{name}" for name in postfix_parameters(SETTINGS)),
+        *(f"postconf:{name}" for name in staged_parameters(host)),
         *(f"master.cf:{name}" for name in postfix_services(SETTINGS)),
         "password-table",
         "password-table-mode",
@@ -401,7 +381,7 @@ def test_skip_marks_checks_as_skipped(host: Host) -> None:
     skipped = [c["name"] for c in report["checks"] if c["detail"] == "skipped"]
     assert skipped == [
         "cloud-init",
-        *(f"postconf:{n}" for n in postfix_parameters(SETTINGS)),
+        *(f"postconf:{n}" for n in staged_parameters(host)),
         *NOT_ON_THE_RIG[1:],
     ]
 
