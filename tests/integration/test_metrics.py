@@ -210,7 +210,7 @@ def test_a_failed_publish_leaves_its_lines_to_the_next_and_no_mail_log_counts_ze
     rig.delivered_once([mail])
     working = publisher.env
     publisher.env = {**working, "AWS_ENDPOINT_URL_CLOUDWATCH": "http://127.0.0.1:9"}
-    failed = r"exited 1\ncmc-relay-metrics: cannot use CloudWatch: EndpointConnectionError\n$"
+    failed = r"exited 6\ncmc-relay-metrics: cannot use CloudWatch: EndpointConnectionError\n$"
     with pytest.raises(RuntimeError, match=failed):  # one line, on stderr
         publisher.run("unreachable")
     assert not publisher.state.exists()

@@ -116,10 +116,11 @@ VERIFY_CHECK = """
 import sys
 from tests.host_scripts import load_script
 verify = load_script("cmc-relay-verify")
-host, port, mode, verify.a.postfix_config_dir, verify.a.tls_ca = sys.argv[1:]
-verify.env.update(CMC_SMTP_HOST=host, CMC_SMTP_PORT=port, CMC_AUTH_MODE=mode)
+name, port, mode, config_dir, ca = sys.argv[1:]
+options = verify.parse_arguments(["--postfix-config-dir", config_dir, "--tls-ca", ca])
+env = {"CMC_SMTP_HOST": name, "CMC_SMTP_PORT": port, "CMC_AUTH_MODE": mode}
 try:
-    print(verify.smtp_service())
+    print(verify.smtp_service(verify.Host(options, env)))
 except verify.Fail as failure:
     print(f"FAIL {failure}")
 """
