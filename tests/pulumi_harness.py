@@ -90,6 +90,7 @@ class Recorder(pulumi.runtime.Mocks):
     resources: list[Registered] = field(default_factory=list)
     calls: list[MockCallArgs] = field(default_factory=list)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by URN
+    answered: dict[str, dict[str, Any]] = field(default_factory=dict)  # new_resource's, by name
     stack_outputs: dict[str, Any] = field(default_factory=dict)  # what pulumi.export got
     created: Counter[str] = field(default_factory=Counter)  # by type, to number addresses
     latest_ami: str = LOOKED_UP_AMI  # what the image lookup finds
@@ -140,6 +141,7 @@ class Recorder(pulumi.runtime.Mocks):
             outputs["arn"] = f"arn:aws:s3:::{args.inputs['bucket']}/{args.inputs['key']}"
         if args.typ.startswith("aws:iam/"):
             outputs.setdefault("name", f"{args.name}-7f3a2c1")  # Pulumi's auto-naming
+        self.answered[args.name] = outputs
         return f"{args.name}-id", outputs
 
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
