@@ -132,7 +132,11 @@ class Recorder(pulumi.runtime.Mocks):
             "command:local:Command": {"stdout": VERIFIER_REPORT},
             "command:remote:Command": {"stdout": VERIFIER_REPORT},
         }
-        outputs.update(computed.get(args.typ, {}))
+        provided = computed.get(args.typ, {})
+        previous = self.state.answered.get(args.name) if self.state else None
+        if previous is not None:  # as the engine does: what the provider made stays as made
+            provided = {key: previous.get(key, value) for key, value in provided.items()}
+        outputs.update(provided)
         if args.typ == "aws:s3/bucket:Bucket":  # S3's auto-naming; a bucket's id is its name
             outputs["bucket"] = args.inputs.get("bucketPrefix", f"{args.name}-") + "0a1b2c3"
             outputs["arn"] = f"arn:aws:s3:::{outputs['bucket']}"

@@ -91,6 +91,9 @@ def test_ctrl_c_during_the_boot_tears_everything_down(password_file: Path) -> No
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as on a terminal: a shell without job control starts background jobs with
+        # SIGINT ignored, and Python keeps an inherited SIG_IGN.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     lines = []
