@@ -72,10 +72,13 @@ def test_sandbox_boots_relays_reboots_verifies_and_cleans_up(password_file: Path
         "CloudWatch (moto), CMCRelay, InstanceId=i-0",  # the twin's publisher reached moto
         "  DeferredMessages = 0 Count",
         "  silent: OK",
+        "in-place change, allowedCidrs + 10.0.9.0/24: cmc-relay-apply",
+        "same boot True, same Postfix master True, network live True",
         "teardown: twin powered off",
     ):
         assert step in output
-    assert output.count("checks passed") == 2  # first boot and after the reboot
+    # First boot, after the reboot, and the verification of the change in place.
+    assert output.count("checks passed") == 3
     assert "time: " in output and "target " in output
     assert result.stdout.rstrip().endswith("PASS")
     assert MARK not in output

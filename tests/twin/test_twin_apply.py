@@ -26,6 +26,7 @@ import pytest
 
 from simworld.netns_rig import REPO, wait_until
 from simworld.twin import world as net
+from simworld.twin.scenario import ADDED_NETWORK, apply_change, boot_id, postfix_master
 from simworld.twin.session import TwinBoot
 
 pytestmark = [
@@ -33,7 +34,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)"),
 ]
 BACKLOG = tuple(f"<backlog-{i}@twin.test>" for i in range(3))
-ADDED_NETWORK = "10.0.9.0/24"
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,6 @@ def message_ids(boot: TwinBoot) -> set[str]:
         found |= {line.split(":", 1)[1].strip() for line in text.splitlines()
                   if line.lower().startswith("message-id:")}  # fmt: skip
     return found
-
-
-def boot_id(boot: TwinBoot) -> str:
-    return boot.run("cat", "/proc/sys/kernel/random/boot_id", check=True).stdout.strip()
 
 
 def postconf(boot: TwinBoot, name: str) -> str:
@@ -105,7 +101,7 @@ def test_a_config_change_is_applied_in_place_without_refusing_a_session(
     for message_id in BACKLOG:
         assert boot.submit(net.CLIENT_IP, message_id).accepted
     wait_until(lambda: set(BACKLOG) <= message_ids(boot), 60, "the backlog queued", interval=1)
-    machine, master = boot_id(boot), boot.run("cat", "/var/spool/postfix/pid/master.pid").stdout
+    machine, master = boot_id(boot), postfix_master(boot)
     assert ADDED_NETWORK not in postconf(boot, "mynetworks")
 
     changed = dataclasses.replace(
@@ -113,26 +109,23 @@ def test_a_config_change_is_applied_in_place_without_refusing_a_session(
         allowed_cidrs=(*boot.settings.allowed_cidrs, ADDED_NETWORK),
         message_size_limit=20_480_000,
     )
-    published = time.monotonic()
-    bundle = boot.publish(changed)  # what `pulumi up` stores before the hosts' apply steps
     prober = Prober(boot, tmp_path)
-    time.sleep(1)  # sessions before the apply too
-    started = time.monotonic()
-    applied = boot.run("/usr/local/sbin/cmc-relay-apply", bundle.sha256, timeout=300)
-    took = time.monotonic() - started
+    time.sleep(1)  # sessions before the change too
+    change = apply_change(boot, changed)  # the bundle stored, as `pulumi up` does, then applied
+    applied = change.result
     time.sleep(1)
     probed = prober.stop()
     print(
-        f"in-place change: cmc-relay-apply {took:.1f}s ({time.monotonic() - published:.1f}s "
-        f"with storing the bundle; target 30s); {probed['sessions']} client sessions during it, "
-        f"{probed['refused']} refused"
+        f"in-place change: cmc-relay-apply {change.seconds:.1f}s ({change.with_store_seconds:.1f}s"
+        f" with storing the bundle; target 30s); {probed['sessions']} client sessions during it,"
+        f" {probed['refused']} refused"
     )
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert json.loads(applied.stdout)["ok"] is True  # the verifier's report
-    assert f"applied bundle {bundle.sha256}" in applied.stderr
+    assert f"applied bundle {change.sha256}" in applied.stderr
     # The same machine and Postfix master (a reload, not a restart), the new settings live.
     assert boot_id(boot) == machine
-    assert boot.run("cat", "/var/spool/postfix/pid/master.pid").stdout == master
+    assert postfix_master(boot) == master
     assert ADDED_NETWORK in postconf(boot, "mynetworks")
     assert postconf(boot, "message_size_limit") == "20480000"
     # The backlog still queued, every client session answered.
@@ -153,9 +146,9 @@ def test_a_change_the_verifier_rejects_leaves_the_previous_configuration(
     wrong_port = dataclasses.replace(
         boot.settings, smtp_port=2525, allowed_cidrs=(*boot.settings.allowed_cidrs, "10.0.8.0/24")
     )
-    bundle = boot.publish(wrong_port)
     prober = Prober(boot, tmp_path)
-    applied = boot.run("/usr/local/sbin/cmc-relay-apply", bundle.sha256, timeout=300)
+    change = apply_change(boot, wrong_port)
+    applied = change.result
     probed = prober.stop()
     print(f"failed apply: {applied.stderr.strip().splitlines()[-1]}")
     assert applied.returncode == 1, applied.stdout + applied.stderr
@@ -167,7 +160,7 @@ def test_a_change_the_verifier_rejects_leaves_the_previous_configuration(
         transport
     )
     assert "10.0.8.0/24" not in boot.run("cat", "/etc/cmc-relay/main.cf").stdout
-    assert bundle.sha256 not in boot.run("cat", "/etc/cmc-relay/bundle.sha256").stdout
+    assert change.sha256 not in boot.run("cat", "/etc/cmc-relay/bundle.sha256").stdout
     assert set(BACKLOG) <= message_ids(boot)
     assert probed["refused"] == 0, probed["reasons"]
     code, report = boot.verify()
