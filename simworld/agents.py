@@ -2,7 +2,8 @@
 
     python -m simworld.agents aws --host IP --port N --region R --name NAME \
         [--tls-dir DIR --cert-name NAME ...] [--s3-object BUCKET/KEY=FILE ...]  < secret.json
-    python -m simworld.agents submit --source IP --server IP --port N --message-id ID ...
+    python -m simworld.agents submit --source IP --server IP --port N --message-id ID \
+        [--body TEXT] ...
     python -m simworld.agents probe --source IP --server IP --stop-file PATH [--max-seconds S]
     python -m simworld.agents metrics --endpoint URL --ca FILE --region R --namespace NS --since T
 
@@ -16,7 +17,8 @@ stand-in's test CA in that directory, as AWS's regional endpoints do; ``--s3-obj
 file into a bucket of that region (public reads, as AWS's distribution buckets allow).
 ``submit`` is a mail client of the relay; it prints one JSON
 line with the SMTP outcome. ``probe`` is a client that keeps connecting (greeting, EHLO, QUIT)
-until the stop file exists: one JSON line, how many sessions and how many were refused.
+until the stop file exists: one JSON line, how many sessions and how many were refused, and
+each session's start (epoch seconds) and outcome.
 ``metrics`` reads back what hosts published to (moto's) CloudWatch:
 one JSON line, every metric of the namespace with its dimensions and its statistics per minute.
 """
@@ -24,6 +26,7 @@ one JSON line, every metric of the namespace with its dimensions and its statist
 from __future__ import annotations
 
 import argparse
+import email.policy
 import json
 import smtplib
 import sys
@@ -93,7 +96,7 @@ def submit(args: argparse.Namespace) -> dict[str, object]:
     message = EmailMessage()
     message["From"], message["To"] = args.mail_from, args.rcpt
     message["Subject"], message["Message-ID"] = "cmc-relay sandbox", args.message_id
-    message.set_content("Relayed by the local sandbox.\n")
+    message.set_content(args.body)
     code, reply = 0, b""
     try:
         with smtplib.SMTP(args.server, args.port, timeout=30, source_address=(args.source, 0)) as s:
@@ -101,7 +104,8 @@ def submit(args: argparse.Namespace) -> dict[str, object]:
             for step in (
                 lambda: s.mail(args.mail_from),
                 lambda: s.rcpt(args.rcpt),
-                lambda: s.data(message.as_bytes()),
+                # CRLF line ends, as SMTP has them (smtplib sends bytes as they are).
+                lambda: s.data(message.as_bytes(policy=email.policy.SMTP)),
             ):
                 code, reply = step()
                 if code >= 400:
@@ -114,23 +118,28 @@ def submit(args: argparse.Namespace) -> dict[str, object]:
 def probe(args: argparse.Namespace) -> dict[str, object]:
     """Sessions one after the other until ``--stop-file`` exists (or ``--max-seconds`` or
     ``--max-sessions`` pass): a session is refused when it gets no 220 greeting and 250 to
-    EHLO (a refused or reset connection, a timeout, a 4xx or 5xx greeting)."""
+    EHLO (a refused or reset connection, a timeout, a 4xx or 5xx greeting). ``outcomes``: each
+    session's start (epoch seconds) and whether it was answered."""
     sessions, refused, reasons = 0, 0, []
+    outcomes: list[tuple[float, bool]] = []
     deadline = time.monotonic() + args.max_seconds
     while not Path(args.stop_file).exists() and time.monotonic() < deadline:
         if sessions >= args.max_sessions:
             break
         sessions += 1
+        started = time.time()
         try:
             with smtplib.SMTP(args.server, 25, timeout=10, source_address=(args.source, 0)) as s:
                 code, reply = s.ehlo()
                 if code != 250:
                     raise smtplib.SMTPResponseException(code, reply)
+            outcomes.append((round(started, 3), True))
         except (OSError, smtplib.SMTPException) as error:
             refused += 1
             reasons.append(f"{type(error).__name__}: {error}"[:200])
+            outcomes.append((round(started, 3), False))
         time.sleep(args.interval)
-    return {"sessions": sessions, "refused": refused, "reasons": reasons[:5]}
+    return {"sessions": sessions, "refused": refused, "reasons": reasons[:5], "outcomes": outcomes}
 
 
 # What a minute of samples adds up to: enough to roll minutes up to any alarm's period.
@@ -177,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for option in ("--source", "--server", "--mail-from", "--rcpt", "--message-id"):
         client.add_argument(option, required=True)
     client.add_argument("--port", type=int, default=25)
+    client.add_argument("--body", default="Relayed by the local sandbox.\n")
     prober = commands.add_parser("probe", help="connect again and again, count refusals")
     for option in ("--source", "--server", "--stop-file"):
         prober.add_argument(option, required=True)

@@ -181,11 +181,20 @@ class Machine:
             raise BootError(f"systemd-nspawn exited {code} on reboot, not {REBOOT_EXIT}")
         self.boot()
 
-    def stop(self, timeout: float = 60) -> None:
-        """An orderly power-off (SIGRTMIN+4 to the twin's systemd), SIGKILL if it hangs."""
+    def attach_device(self, device: Path, path: str) -> None:
+        """A block device of this machine (a loop device) appears in the running twin as
+        ``path``, as an attached EBS volume appears on an instance: a device node made in the
+        twin's /dev (nspawn's own tmpfs; no udev runs there to make it)."""
+        rdev = os.stat(device).st_rdev
+        major, minor = str(os.major(rdev)), str(os.minor(rdev))
+        self.run(["mknod", "-m", "0660", path, "b", major, minor])
+
+    def stop(self, timeout: float = 60) -> bool:
+        """An orderly power-off (SIGRTMIN+4 to the twin's systemd), SIGKILL if it hangs; True
+        if it powered off by itself (or was not running)."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
-            return
+            return True
         pid = systemd_below(process.pid)
         if pid is not None:
             os.kill(pid, signal.SIGRTMIN + 4)
@@ -197,6 +206,8 @@ class Machine:
                     os.kill(child, signal.SIGKILL)
             process.kill()
             process.wait()
+            return False
+        return pid is not None
 
     def close(self) -> None:
         self.stop()

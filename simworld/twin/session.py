@@ -2,7 +2,9 @@
 
 ``TwinBoot`` is what the sandbox, the twin tests and the benchmarks use. Each step is a method,
 so a caller can show stages as they happen; ``close`` (or leaving the ``with`` block) always
-stops the twin and the world and removes the overlay, also after a failure.
+stops the twin and the world and removes the overlay, also after a failure. A stack's host can
+be replaced: ``stop`` it (EC2's stop), ``next_instance``, then ``prepare`` and boot again: a new
+instance of the same stack (same payload and pointer) with its own id, MAC and address.
 """
 
 from __future__ import annotations
@@ -63,11 +65,11 @@ datasource:
 disable_network_activation: true
 """
 # netplan matches the NIC by PermanentMACAddress, which a veth does not have.
-NIC_MATCH: Final = f"""\
+NIC_MATCH: Final = """\
 # cmc-relay image twin: a veth has no permanent MAC address; match netplan's NIC by its MAC.
 [Match]
 PermanentMACAddress=
-MACAddress={net.MAC}
+MACAddress={mac}
 """
 # udev does not run in a container; cloud-init and netplan ask it to reload and re-trigger.
 UDEVADM: Final = """\
@@ -123,8 +125,18 @@ CLIENT_SENDER: Final = "app@example.test"
 class TwinBoot:
     """The twin of ``os_name`` in its world, booted from the payload ``settings`` render."""
 
-    def __init__(self, os_name: str, password: str, refresh_minutes: int = 1) -> None:
+    def __init__(
+        self,
+        os_name: str,
+        password: str,
+        refresh_minutes: int = 1,
+        queue_device: str | None = None,
+    ) -> None:
+        """``queue_device``: the bundle's queue volume device (``QUEUE_DEVICE``, as the
+        component renders it), which the test then attaches (``attach_volume``); None keeps
+        the queue on the root disk."""
         self.image = TWINS[os_name]
+        self.queue_device = queue_device
         self.password = password
         self.settings = RelaySettings(
             allowed_cidrs=(net.SUBNET_CIDR,),
@@ -140,6 +152,8 @@ class TwinBoot:
         self.twin: Twin | None = None
         self.world: net.World | None = None
         self.machine: Machine | None = None
+        self.instance = 0  # which of the stack's instances (net.INSTANCE_IPS) runs now
+        self.retired: list[Machine] = []  # the instances before it, stopped
         self.aws: subprocess.Popen[str] | None = None
         self.agent: AgentPackages | None = None
         self.secret_arn = ""
@@ -199,6 +213,7 @@ class TwinBoot:
         self.bundle = bundle = render_bundle(
             settings, self.secret_arn, ssm_agent_key=self.agent.public_key.read_text(),
             cloudwatch_agent_fingerprint=self.agent.fingerprint, pins=pins(self.agent, ARCH),
+            queue_device=self.queue_device,
         )  # fmt: skip
         for key, content in ((bundle.key, bundle.data), (POINTER_KEY, bundle.pointer.encode())):
             path = self.work / key.replace("/", "-")
@@ -236,19 +251,28 @@ class TwinBoot:
 
     @property
     def instance_id(self) -> str:
-        return f"i-0{self.tag[-6:]}{'0' * 10}"  # made up, in EC2's format
+        return f"i-0{self.tag[-6:]}{self.instance:010d}"  # made up, in EC2's format
+
+    @property
+    def address(self) -> str:
+        """The running instance's private address (its ENI's, from DHCP)."""
+        return net.INSTANCE_IPS[self.instance]
+
+    @property
+    def mac(self) -> str:
+        return net.INSTANCE_MACS[self.instance]
 
     def imds_facts(self) -> dict[str, Any]:
         return {
-            "mac": net.MAC,
+            "mac": self.mac,
             "region": net.REGION,
             "role": ROLE,
             "account_id": ACCOUNT_ID,
             "ami_id": "ami-0c2e7e10000000001",  # made up, in EC2's format
             "instance_id": self.instance_id,
             "instance_type": "t3.small",
-            "local_ipv4": net.TWIN_IP,
-            "local_hostname": f"ip-{net.TWIN_IP.replace('.', '-')}.{net.DOMAIN}",
+            "local_ipv4": self.address,
+            "local_hostname": f"ip-{self.address.replace('.', '-')}.{net.DOMAIN}",
             "subnet_cidr": net.SUBNET_CIDR,
             "vpc_cidr": net.VPC_CIDR,
             "user_data_base64": base64.b64encode(self.user_data).decode(),
@@ -258,17 +282,21 @@ class TwinBoot:
         """The overlay and the changes DEVIATIONS lists; the metadata service with the payload."""
         assert self.twin is not None and self.world is not None
         self.world.start_imds(self.imds_facts())
-        self.machine = machine = Machine(
-            self.tag, self.twin.root, self.work / "twin", self.world.network.relay
-        )
+        work = self.work / ("twin" if self.instance == 0 else f"twin-{self.instance}")
+        self.machine = machine = Machine(self.tag, self.twin.root, work, self.world.network.relay)
         machine.write("/etc/cloud/cloud.cfg.d/90-cmc-twin.cfg", CLOUD_CFG)
         machine.write(
             f"/etc/systemd/network/10-netplan-{net.NIC}.network.d/90-cmc-twin-veth.conf",
-            NIC_MATCH,
+            NIC_MATCH.format(mac=self.mac),
         )
         machine.write("/usr/local/sbin/udevadm", UDEVADM, mode=0o755)
         machine.write(f"/usr/local/share/ca-certificates/{CA_NAME}", self.world.ca_path.read_text())
         machine.offline(["update-ca-certificates"])
+
+    def start(self) -> None:
+        """Power the instance on; returns once its systemd runs (``boot`` waits for the rest)."""
+        assert self.machine is not None
+        self.machine.boot()
 
     def boot(self, timeout: float = 600) -> str:
         """Boot (or, after ``reboot``, boot again) and wait for start-up to end: systemd's state."""
@@ -276,6 +304,29 @@ class TwinBoot:
         if self.machine.process is None:
             self.machine.boot()
         return self.machine.wait_booted(timeout)
+
+    def attach_volume(self, device: Path) -> None:
+        """The queue volume (a loop device of this machine) attached to the running instance
+        as ``queue_device``, as EC2 attaches it once the instance runs."""
+        assert self.machine is not None and self.queue_device is not None
+        self.machine.attach_device(device, self.queue_device)
+
+    def stop(self, timeout: float = 120) -> bool:
+        """EC2's stop: a clean power-off (systemd stops Postfix, unmounts the file systems);
+        True if it powered off by itself within ``timeout``."""
+        assert self.machine is not None
+        return self.machine.stop(timeout)
+
+    def next_instance(self) -> None:
+        """The stopped instance retired, and its replacement's identity: the next instance id,
+        MAC and address (the NIC becomes its ENI). ``prepare`` and ``start`` or ``boot`` then
+        bring it up from the same user data, which names the same pointer."""
+        assert self.machine is not None and self.machine.process is None, "stop it first"
+        assert self.world is not None
+        self.retired.append(self.machine)
+        self.machine = None
+        self.instance += 1
+        self.world.network.new_interface(self.mac)
 
     def reboot(self, timeout: float = 600) -> str:
         assert self.machine is not None
@@ -299,16 +350,30 @@ class TwinBoot:
         out = self.run("systemctl", "--failed", "--plain", "--no-legend").stdout
         return [line.split()[0] for line in out.splitlines() if line.strip()]
 
-    def submit(self, source: str, message_id: str) -> Submission:
+    def submit(self, source: str, message_id: str, body: str | None = None) -> Submission:
+        """One message to the running instance's address (``body``: the agent's default)."""
         assert self.world is not None
         client = [sys.executable, "-m", "simworld.agents", "submit", "--source", source]
-        client += ["--server", net.TWIN_IP, "--mail-from", CLIENT_SENDER]
+        client += ["--server", self.address, "--mail-from", CLIENT_SENDER]
         client += ["--rcpt", "someone@example.com", "--message-id", message_id]
+        client += [] if body is None else ["--body", body]
         out = subprocess.run(
             self.world.exec(*client), capture_output=True, text=True, check=True,
             cwd=REPO, env=net.WORLD_ENV, timeout=60,
         ).stdout  # fmt: skip
         return Submission(**json.loads(out))
+
+    def queued_message_ids(self) -> set[str]:
+        """The Message-IDs of the mail in Postfix's queue (postcat reads each queue file's
+        headers)."""
+        found = set()
+        for line in self.run("postqueue", "-j", check=True).stdout.splitlines():
+            if line.strip():
+                queue_id = json.loads(line)["queue_id"]
+                text = self.run("postcat", "-hq", queue_id).stdout
+                found |= {line.split(":", 1)[1].strip() for line in text.splitlines()
+                          if line.lower().startswith("message-id:")}  # fmt: skip
+        return found
 
     def messages(self, message_id: str) -> list[MessageRecord]:
         assert self.world is not None and self.world.standin is not None
@@ -378,8 +443,8 @@ class TwinBoot:
             teardown.callback(shutil.rmtree, self.work, ignore_errors=True)
             if self.world is not None:
                 teardown.callback(self.world.close)
-            if self.machine is not None:
-                teardown.callback(self.machine.close)
+            for machine in [*self.retired, *([self.machine] if self.machine else [])]:
+                teardown.callback(machine.close)
             if keep is not None:
                 self.keep_logs(keep)
 
@@ -391,8 +456,50 @@ class TwinBoot:
             logs += (self.machine.upper / "var/log").glob("cloud-init*.log")
         for log in logs:
             shutil.copy(log, keep / log.name)
+        for number, machine in enumerate(self.retired):  # the instances replaced, by number
+            for log in [*machine.work.glob("console-*.log"),
+                        *(machine.upper / "var/log").glob("cloud-init*.log")]:  # fmt: skip
+                shutil.copy(log, keep / f"instance-{number}-{log.name}")
         with contextlib.suppress(BootError):  # a twin that is not running has no journal
             (keep / "journal.log").write_text(self.journal())
+
+
+class Prober:
+    """``simworld.agents probe`` from the application network while something happens: a client
+    that connects to ``server`` (the running instance's address by default) again and again;
+    ``stop`` returns its sessions, refusals and each session's start and outcome."""
+
+    def __init__(
+        self,
+        boot: TwinBoot,
+        work: Path,
+        server: str | None = None,
+        interval: float = 0.1,
+        max_seconds: float = 300,  # bounded even if the test never stops it
+    ) -> None:
+        assert boot.world is not None
+        self.server = server = server or boot.address
+        self.stop_file = work / f"probe-{server}.stop"
+        self.stop_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "simworld.agents", "probe", "--source", net.CLIENT_IP]
+        command += ["--server", server, "--stop-file", str(self.stop_file)]
+        command += ["--interval", str(interval), "--max-seconds", str(max_seconds)]
+        self.process = subprocess.Popen(
+            boot.world.exec(*command), stdout=subprocess.PIPE, text=True, cwd=REPO,
+            env=net.WORLD_ENV,
+        )  # fmt: skip
+
+    def stop(self) -> dict[str, Any]:
+        self.stop_file.touch()
+        out, _ = self.process.communicate(timeout=60)
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def kill(self) -> None:
+        """For a teardown after a failure: this probe's process, by its PID."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def clean_log_problems(log: str) -> list[str]:

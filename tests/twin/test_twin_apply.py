@@ -15,19 +15,16 @@ import dataclasses
 import json
 import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from simworld.netns_rig import REPO, wait_until
+from simworld.netns_rig import wait_until
 from simworld.twin import world as net
 from simworld.twin.scenario import ADDED_NETWORK, apply_change, boot_id, postfix_master
-from simworld.twin.session import TwinBoot
+from simworld.twin.session import Prober, TwinBoot
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,45 +48,8 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwinBoot]:
         boot.close(keep=tmp_path_factory.mktemp("twin-apply"))
 
 
-def queue(boot: TwinBoot) -> list[dict[str, Any]]:
-    out = boot.run("postqueue", "-j", check=True).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def message_ids(boot: TwinBoot) -> set[str]:
-    """The Message-IDs of the queued mail (postcat reads each queue file's headers)."""
-    found = set()
-    for entry in queue(boot):
-        text = boot.run("postcat", "-hq", entry["queue_id"]).stdout
-        found |= {line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.lower().startswith("message-id:")}  # fmt: skip
-    return found
-
-
 def postconf(boot: TwinBoot, name: str) -> str:
     return boot.run("postconf", "-h", name, check=True).stdout.strip()
-
-
-class Prober:
-    """``simworld.agents probe`` from the application network while something happens."""
-
-    def __init__(self, boot: TwinBoot, work: Path) -> None:
-        assert boot.world is not None
-        self.stop_file = work / "probe.stop"
-        self.stop_file.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "simworld.agents", "probe", "--source", net.CLIENT_IP]
-        command += ["--server", net.TWIN_IP, "--stop-file", str(self.stop_file)]
-        command += ["--max-seconds", "300"]  # bounded even if the test never stops it
-        self.process = subprocess.Popen(
-            boot.world.exec(*command), stdout=subprocess.PIPE, text=True, cwd=REPO,
-            env=net.WORLD_ENV,
-        )  # fmt: skip
-
-    def stop(self) -> dict[str, Any]:
-        self.stop_file.touch()
-        out, _ = self.process.communicate(timeout=60)
-        result: dict[str, Any] = json.loads(out)
-        return result
 
 
 def test_a_config_change_is_applied_in_place_without_refusing_a_session(
@@ -100,7 +60,8 @@ def test_a_config_change_is_applied_in_place_without_refusing_a_session(
     boot.world.standin.reconfigure(data_451_messages=100_000)  # every message deferred
     for message_id in BACKLOG:
         assert boot.submit(net.CLIENT_IP, message_id).accepted
-    wait_until(lambda: set(BACKLOG) <= message_ids(boot), 60, "the backlog queued", interval=1)
+    queued = boot.queued_message_ids
+    wait_until(lambda: set(BACKLOG) <= queued(), 60, "the backlog queued", interval=1)
     machine, master = boot_id(boot), postfix_master(boot)
     assert ADDED_NETWORK not in postconf(boot, "mynetworks")
 
@@ -129,7 +90,7 @@ def test_a_config_change_is_applied_in_place_without_refusing_a_session(
     assert ADDED_NETWORK in postconf(boot, "mynetworks")
     assert postconf(boot, "message_size_limit") == "20480000"
     # The backlog still queued, every client session answered.
-    assert set(BACKLOG) <= message_ids(boot)
+    assert set(BACKLOG) <= boot.queued_message_ids()
     assert probed["sessions"] >= 5
     assert probed["refused"] == 0, probed["reasons"]
     code, report = boot.verify()
@@ -161,7 +122,7 @@ def test_a_change_the_verifier_rejects_leaves_the_previous_configuration(
     )
     assert "10.0.8.0/24" not in boot.run("cat", "/etc/cmc-relay/main.cf").stdout
     assert change.sha256 not in boot.run("cat", "/etc/cmc-relay/bundle.sha256").stdout
-    assert set(BACKLOG) <= message_ids(boot)
+    assert set(BACKLOG) <= boot.queued_message_ids()
     assert probed["refused"] == 0, probed["reasons"]
     code, report = boot.verify()
     assert code == 0, report
