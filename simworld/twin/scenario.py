@@ -279,29 +279,31 @@ def first_boot(boot: TwinBoot, findings: Findings, say: Say) -> None:
 
 def first_deferred(
     boot: TwinBoot, findings: Findings, minute: float, wanted: float | None = None
-) -> tuple[float, list[Series]]:
+) -> tuple[int, float, list[Series]]:
     """The twin's first DeferredMessages sample in a minute from ``minute`` on (the first equal
-    to ``wanted``, if given), and every series moto holds; waits up to SAMPLE_WAIT seconds."""
+    to ``wanted``, if given): its minute, its value, and every series moto holds; waits up to
+    SAMPLE_WAIT seconds."""
 
-    def sampled() -> tuple[float, list[Series]] | None:
+    def sampled() -> tuple[int, float, list[Series]] | None:
         series = boot.metric_samples(findings.booted_at)
         for one in series:
             if one.name == DEFERRED.name and one.dimensions[INSTANCE_DIMENSION] == boot.instance_id:
                 for m in sorted(one.minutes):
                     value = one.minutes[m][DEFERRED.statistic]
                     if m >= minute and wanted in (None, value):
-                        return value, series
+                        return m, value, series
         return None
 
     what = f"a {DEFERRED.name} sample" + (f" of {wanted:g}" if wanted is not None else "")
     return wait_until(sampled, SAMPLE_WAIT, f"{what} in moto", interval=5)
 
 
-def twin_alarms(boot: TwinBoot, series: list[Series]) -> list[Verdict]:
-    """The component's alarms on the twin (TWIN_THRESHOLDS), at its newest sample."""
+def twin_alarms(boot: TwinBoot, series: list[Series], at: int | None = None) -> list[Verdict]:
+    """The component's alarms on the twin (TWIN_THRESHOLDS), at minute ``at`` (default: the
+    newest sample of any metric)."""
     specs = host_alarms(DEFAULT_MONITORING, TWIN_THRESHOLDS, boot.instance_id)
     newest = max((minute for one in series for minute in one.minutes), default=0)
-    return evaluate_all(specs, series, newest)
+    return evaluate_all(specs, series, newest if at is None else at)
 
 
 def queue_while_down(boot: TwinBoot, findings: Findings, say: Say) -> None:
@@ -315,11 +317,13 @@ def queue_while_down(boot: TwinBoot, findings: Findings, say: Say) -> None:
     findings.queued_before_reboot = queued = queue_length(boot)
     say(f"service down; {len(QUEUED)} submitted ({codes}); {queued} message(s) queued")
 
-    _, series = first_deferred(boot, findings, down_at - down_at % 60, wanted=len(QUEUED))
+    minute, _, series = first_deferred(boot, findings, down_at - down_at % 60, len(QUEUED))
     findings.samples_while_down = series
     findings.deferred_seconds = took = time.time() - down_at
     say(f"CloudWatch (moto): {DEFERRED.name} = {len(QUEUED)} after {took:.0f}s")
-    findings.alarms_while_down = verdicts = twin_alarms(boot, series)
+    # At the backlog's minute: the reader reads one metric after another while the publisher
+    # goes on, so another metric may already show a later minute without a deferred datapoint.
+    findings.alarms_while_down = verdicts = twin_alarms(boot, series, at=minute)
     for verdict in verdicts:
         say(f"  alarm {verdict.describe()}")
 
@@ -391,7 +395,7 @@ def rotation(boot: TwinBoot, findings: Findings, say: Say) -> None:
 def metrics_after_delivery(boot: TwinBoot, findings: Findings, say: Say) -> None:
     """The first sample of a minute after the backlog's delivery: the deferred queue empty."""
     after = findings.delivered_at - findings.delivered_at % 60 + 60
-    value, findings.samples_at_end = first_deferred(boot, findings, after)
+    _, value, findings.samples_at_end = first_deferred(boot, findings, after)
     findings.deferred_after_delivery = value
     say(f"CloudWatch (moto): {DEFERRED.name} = {value:g} after the delivery")
 
