@@ -371,8 +371,8 @@ class TwinBoot:
             if line.strip():
                 queue_id = json.loads(line)["queue_id"]
                 text = self.run("postcat", "-hq", queue_id).stdout
-                found |= {line.split(":", 1)[1].strip() for line in text.splitlines()
-                          if line.lower().startswith("message-id:")}  # fmt: skip
+                found |= {header.split(":", 1)[1].strip() for header in text.splitlines()
+                          if header.lower().startswith("message-id:")}  # fmt: skip
         return found
 
     def messages(self, message_id: str) -> list[MessageRecord]:
