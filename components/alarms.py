@@ -4,13 +4,17 @@ hold (metrics, thresholds, graphs) is decided by ``components/monitoring.py``.""
 
 import json
 from collections.abc import Mapping
+from typing import Final
 
 import pulumi
 import pulumi_aws as aws
 
-from cmc_relay.components.args import MonitoringOptions
+from cmc_relay.components.args import AlarmThresholds, MonitoringOptions
 from cmc_relay.components.fleet import Checked, Host
 from cmc_relay.components.monitoring import (
+    REBOOT_ALARM,
+    RECOVER_ALARM,
+    UNHEALTHY_TARGETS,
     AlarmSpec,
     dashboard_body,
     dashboard_name,
@@ -22,35 +26,40 @@ from cmc_relay.components.monitoring import (
     recovery_alarm,
 )
 from cmc_relay.components.policies import alarm_topic_key_policy, monitoring_policy
-from cmc_relay.userdata.metrics import Monitoring
+from cmc_relay.userdata.metrics import DEFAULT_MONITORING, Monitoring
 
 
 def monitoring_role_policy(
     parent: pulumi.Resource,
     name: str,
     profile: aws.iam.InstanceProfile,
-    monitoring: Monitoring,
+    monitoring: pulumi.Output[Monitoring],
     log_group: aws.cloudwatch.LogGroup,
 ) -> aws.iam.RolePolicy:
     """Publishing the relay's metrics and shipping its mail log."""
     return aws.iam.RolePolicy(
         f"{name}-monitoring",
         role=profile.role,
-        policy=log_group.arn.apply(
-            lambda arn: json.dumps(monitoring_policy(monitoring.namespace, arn))
+        policy=pulumi.Output.all(monitoring, log_group.arn).apply(
+            lambda values: json.dumps(monitoring_policy(values[0].namespace, values[1]))
         ),
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+# Which alarms a host has, and their names, no argument changes; their namespace and
+# thresholds may be Outputs, known at deployment.
+HOST_ALARMS: Final = tuple(s.suffix for s in host_alarms(DEFAULT_MONITORING, AlarmThresholds(), ""))
 
 
 def relay_alarms(
     parent: pulumi.Resource,
     name: str,
     hosts: list[Host],
-    balancer_alarm: AlarmSpec | None,
+    balancer_alarm: pulumi.Output[AlarmSpec] | None,
     options: MonitoringOptions,
     checked: pulumi.Output[Checked],
-    monitoring: Monitoring,
+    monitoring: pulumi.Output[Monitoring],
     tags: pulumi.Input[Mapping[str, str]],
     partition: str,
     region: str,
@@ -67,19 +76,29 @@ def relay_alarms(
     reboot = reboot_action(partition, region)
     # A host's alarms come once it works: its setup has published a first sample by then,
     # so the silent alarm (missing data breaching) does not fire while it boots.
-    specs: list[tuple[str, AlarmSpec, list[pulumi.Resource]]] = []
+    specs: list[tuple[str, str, pulumi.Output[AlarmSpec], list[pulumi.Resource]]] = []
     for host in hosts:
         if options.alarms:
-            checks = host_alarms(monitoring, options.thresholds, host.instance.id)
-            specs += [(host.name, spec, [host.ready]) for spec in checks]
-        specs.append((host.name, recovery_alarm(host.instance.id, recover), [host.ready]))
-        specs.append((host.name, reboot_alarm(host.instance.id, reboot), [host.ready]))
+            checks = pulumi.Output.all(checked, monitoring, host.instance.id).apply(
+                lambda values: {
+                    spec.suffix: spec
+                    for spec in host_alarms(values[1], _thresholds(values[0]), values[2])
+                }
+            )
+            specs += [(host.name, suffix, checks[suffix], [host.ready]) for suffix in HOST_ALARMS]
+        for suffix, spec in (
+            (RECOVER_ALARM, host.instance.id.apply(lambda i: recovery_alarm(i, recover))),
+            (REBOOT_ALARM, host.instance.id.apply(lambda i: reboot_alarm(i, reboot))),
+        ):
+            specs.append((host.name, suffix, spec, [host.ready]))
     if options.alarms and balancer_alarm is not None:
-        specs.append((name, balancer_alarm, [host.ready for host in hosts]))
-    for owner, spec, after in specs:
+        specs.append((name, UNHEALTHY_TARGETS, balancer_alarm, [host.ready for host in hosts]))
+    for owner, suffix, spec, after in specs:
         aws.cloudwatch.MetricAlarm(
-            f"{owner}-{spec.suffix}-alarm",
-            alarm_description=f"CMC relay {monitoring.relay}: {spec.description}",
+            f"{owner}-{suffix}-alarm",
+            alarm_description=pulumi.Output.all(monitoring, spec).apply(
+                lambda values: f"CMC relay {values[0].relay}: {values[1].description}"
+            ),
             namespace=spec.namespace,
             metric_name=spec.metric_name,
             dimensions=spec.dimensions,
@@ -89,12 +108,20 @@ def relay_alarms(
             comparison_operator=spec.comparison_operator,
             threshold=spec.threshold,
             treat_missing_data=spec.treat_missing_data,
-            alarm_actions=[*spec.repair_actions, *notify],
+            alarm_actions=pulumi.Output.all(spec, *notify).apply(
+                lambda values: [*values[0].repair_actions, *values[1:]]
+            ),
             ok_actions=notify,
             tags=tags,
             opts=child.merge(pulumi.ResourceOptions(depends_on=after)),
         )
     return topic_arn
+
+
+def _thresholds(checked: Checked) -> AlarmThresholds:
+    thresholds = checked.options.monitoring.thresholds
+    assert thresholds is not None  # checked: every value is known
+    return thresholds
 
 
 def _alarm_topic(
@@ -141,16 +168,17 @@ def relay_dashboard(
     parent: pulumi.Resource,
     name: str,
     hosts: list[Host],
-    monitoring: Monitoring,
+    monitoring: pulumi.Output[Monitoring],
+    relay: str,
     partition: str,
     region: str,
 ) -> pulumi.Output[str]:
     """The relay's dashboard, graphs per host; its console URL."""
     board = aws.cloudwatch.Dashboard(
         f"{name}-dashboard",
-        dashboard_name=dashboard_name(monitoring),
-        dashboard_body=pulumi.Output.all(*[host.instance.id for host in hosts]).apply(
-            lambda ids: json.dumps(dashboard_body(monitoring, ids, region))
+        dashboard_name=dashboard_name(relay),
+        dashboard_body=pulumi.Output.all(monitoring, *[host.instance.id for host in hosts]).apply(
+            lambda values: json.dumps(dashboard_body(values[0], values[1:], region))
         ),
         opts=pulumi.ResourceOptions(parent=parent),
     )

@@ -17,6 +17,7 @@ import pulumi
 from cmc_relay.components.arguments import ARGUMENTS, CONFIG_KEYS, COUNTED_LISTS, KNOWN_WHEN_RUN
 from cmc_relay.components.image import AMI_ID, check_image_refresh
 from cmc_relay.userdata.metrics import DEFAULT_NAMESPACE
+from cmc_relay.userdata.os_profiles import OS_PROFILES
 from cmc_relay.userdata.settings import (
     DEFAULT_OS,
     DEFAULT_SMTP_PORT,
@@ -83,12 +84,8 @@ class RelayHostArgs(TypedDict, total=False):
     Every argument takes a ``pulumi.Input`` (a value, or an Output of another resource or a
     StackReference, secret or not) except these plain ones, which decide which resources
     exist, or name them, when the program runs: ``plan``, ``auth_mode``, ``os``,
-    ``instance_type`` and ``image_refresh`` (the image pin's name), ``smtp_port``,
-    ``verification``, ``egress``, ``replicas``, ``drain_on_delete``, ``alarms``,
-    ``metrics_namespace`` and the alarm thresholds (``alarm_deferred_threshold``,
-    ``alarm_oldest_message_minutes``, ``alarm_bounced_threshold``,
-    ``alarm_refused_threshold``, ``alarm_queue_free_percent``,
-    ``alarm_reboot_required_days``, ``alarm_sent_threshold``); and ``reboot_window`` (the hosts'
+    ``instance_type`` and ``image_refresh`` (the image pin's name), ``verification``,
+    ``egress``, ``replicas``, ``drain_on_delete``, ``alarms``; and ``reboot_window`` (the hosts'
     tags). ``allowed_cidrs``, ``allowed_security_group_ids``,
     ``ssh_allowed_cidrs`` and ``subnet_ids`` are plain lists
     (one rule or host per element) whose elements may be Outputs. Values known only at
@@ -110,7 +107,7 @@ class RelayHostArgs(TypedDict, total=False):
     """Pro plan only, required there: SUBDOMAIN of SUBDOMAIN.smtps.jp."""
     smtp_host: pulumi.Input[str]
     """Overrides the plan's SMTP host."""
-    smtp_port: int
+    smtp_port: pulumi.Input[int]
     """Port of the service's relay endpoint (default 10025)."""
     auth_mode: str
     """sasl (default, SMTP AUTH with the API user) or ip (Pro IP address authentication)."""
@@ -211,7 +208,7 @@ class RelayHostArgs(TypedDict, total=False):
     client_connection_limit: pulumi.Input[int]
     """Connections one client address may hold at once (default 20, at most 100; 0: no
     limit); over it, 421."""
-    metrics_namespace: str
+    metrics_namespace: pulumi.Input[str]
     """CloudWatch namespace of the hosts' metrics (default CMCRelay; not AWS/...)."""
     log_retention_days: pulumi.Input[int]
     """Days CloudWatch Logs keeps the mail log (default 30; a value CloudWatch Logs accepts)."""
@@ -224,20 +221,20 @@ class RelayHostArgs(TypedDict, total=False):
     """SNS topic the alarms notify; without it and alarm_email they notify nobody."""
     alarm_email: pulumi.Input[str]
     """Instead of alarm_topic_arn: the component creates a topic with this e-mail subscribed."""
-    alarm_deferred_threshold: int
+    alarm_deferred_threshold: pulumi.Input[int]
     """Alarm when a host's deferred queue holds more messages for 10 minutes (default 100)."""
-    alarm_oldest_message_minutes: int
+    alarm_oldest_message_minutes: pulumi.Input[int]
     """Alarm when a host's oldest queued message is older, in minutes (default 30)."""
-    alarm_bounced_threshold: int
+    alarm_bounced_threshold: pulumi.Input[int]
     """Alarm when a host bounces this many messages in 5 minutes (default 1)."""
-    alarm_refused_threshold: int
+    alarm_refused_threshold: pulumi.Input[int]
     """Alarm when the service refuses this many of a host's sessions in 5 minutes (default 5)."""
-    alarm_queue_free_percent: int
+    alarm_queue_free_percent: pulumi.Input[int]
     """Alarm when less of the queue's file system than this is free for 5 minutes, in percent
     (default 20; 1-99)."""
-    alarm_reboot_required_days: int
+    alarm_reboot_required_days: pulumi.Input[int]
     """Alarm when installed updates have waited this many days for a reboot (default 3; 1-7)."""
-    alarm_sent_threshold: int
+    alarm_sent_threshold: pulumi.Input[int]
     """Alarm when a host sends more than this many messages in 5 minutes (default 5000)."""
 
 
@@ -282,15 +279,17 @@ _ALARM_ARGS: Final = ("alarm_topic_arn", "alarm_email", *_THRESHOLD_ARGS)
 
 @dataclass(frozen=True)
 class MonitoringOptions:
-    """The validated metrics, mail log and alarm arguments."""
+    """The validated metrics, mail log and alarm arguments (see ``HostOptions``: from
+    ``check_args``, ``namespace`` may be an unchecked Output, and ``thresholds`` None while one
+    of them is)."""
 
-    namespace: str = DEFAULT_NAMESPACE
+    namespace: pulumi.Input[str] = DEFAULT_NAMESPACE
     log_retention_days: pulumi.Input[int] = DEFAULT_LOG_RETENTION_DAYS
     log_kms_key_arn: pulumi.Input[str] | None = None
     alarms: bool = True
     alarm_topic_arn: pulumi.Input[str] | None = None
     alarm_email: pulumi.Input[str] | None = None
-    thresholds: AlarmThresholds = field(default_factory=AlarmThresholds)
+    thresholds: AlarmThresholds | None = field(default_factory=AlarmThresholds)
 
 
 @dataclass(frozen=True)
@@ -299,11 +298,11 @@ class HostOptions:
 
     From ``check_args`` before the values are known, a field typed ``pulumi.Input`` may hold
     an unchecked Output; from ``validate_args`` every field is a checked plain value. The
-    settings the resources need before (``os``, ``smtp_port``, ...) are plain either way.
+    settings the resources need before (``os``, ``replicas``, ...) are plain either way.
     """
 
     os: OsName = DEFAULT_OS
-    smtp_port: int = DEFAULT_SMTP_PORT
+    smtp_port: pulumi.Input[int] = DEFAULT_SMTP_PORT
     uses_sasl: bool = True
     allowed_cidrs: tuple[pulumi.Input[str], ...] = ()
     inbound_tls_secret_arn: pulumi.Input[str] | None = None
@@ -430,13 +429,16 @@ def check_args(args: Mapping[str, Any]) -> tuple[RelaySettings | None, HostOptio
     ephemeral = args.get("ephemeral", False)
     if known(ephemeral):
         require_bool("ephemeral", ephemeral)
+    smtp_port = args.get("smtp_port", DEFAULT_SMTP_PORT)
+    if known(smtp_port):
+        checked_service_port(smtp_port, args.get("os", DEFAULT_OS))
     verification, ssh_public_key, ssh_allowed_cidrs = verification_options(args)
     replicas, egress, nat_gateway_ips = fleet_options(args, settings, plan)
     drain_on_delete, drain_timeout_seconds = drain_options(args, replicas)
     queue_volume_gb, discard_queue_on_destroy = queue_options(args)
     options = HostOptions(
         os=args.get("os", DEFAULT_OS),
-        smtp_port=args.get("smtp_port", DEFAULT_SMTP_PORT),
+        smtp_port=smtp_port,
         uses_sasl=uses_sasl,
         allowed_cidrs=allowed_networks(args["allowed_cidrs"], settings),
         inbound_tls_secret_arn=args.get("inbound_tls_secret_arn"),
@@ -516,13 +518,8 @@ def relay_settings(args: Mapping[str, Any]) -> RelaySettings | None:
 def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
     """Where the metrics and the mail log go, and which alarms notify whom."""
     namespace = args.get("metrics_namespace", DEFAULT_NAMESPACE)
-    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace) or not namespace.strip():
-        raise ConfigError(
-            "metrics_namespace",
-            f"{namespace!r} is not a CloudWatch namespace (up to 255 of A-Z a-z 0-9 . - _ / # :)",
-        )
-    if namespace.startswith("AWS/"):
-        raise ConfigError("metrics_namespace", f"{namespace!r}: AWS/ is reserved for AWS services")
+    if known(namespace):
+        checked_namespace(namespace)
     retention = args.get("log_retention_days", DEFAULT_LOG_RETENTION_DAYS)
     if known(retention) and (isinstance(retention, bool) or retention not in LOG_RETENTION_DAYS):
         raise ConfigError(
@@ -549,13 +546,13 @@ def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
         )
     if known(topic_arn) and topic_arn is not None:
         checked_topic_arn(topic_arn)
-    thresholds = AlarmThresholds(
-        **{
-            field_name: require_int(name, args[name], low, high)
-            for name, (field_name, low, high) in _THRESHOLD_ARGS.items()
-            if args.get(name) is not None
-        }
-    )
+    set_thresholds = {name: args[name] for name in _THRESHOLD_ARGS if args.get(name) is not None}
+    checked = {
+        field_name: require_int(name, set_thresholds[name], low, high)
+        for name, (field_name, low, high) in _THRESHOLD_ARGS.items()
+        if name in set_thresholds and known(set_thresholds[name])
+    }
+    thresholds = AlarmThresholds(**checked) if len(checked) == len(set_thresholds) else None
     return MonitoringOptions(
         namespace=namespace,
         log_retention_days=retention,
@@ -565,6 +562,29 @@ def monitoring_options(args: Mapping[str, Any]) -> MonitoringOptions:
         alarm_email=parse_email("alarm_email", email) if known(email) and email else email,
         thresholds=thresholds,
     )
+
+
+def checked_service_port(port: int, os: OsName) -> None:
+    """The service's port has an outbound rule of its own: not one the host opens anyway."""
+    opened = OS_PROFILES[os].package_ports
+    if port in opened:
+        raise ConfigError(
+            "smtp_port",
+            f"{port} is open already, for HTTPS APIs and package mirrors "
+            f"({', '.join(map(str, opened))}); give the service's SMTP relay port",
+        )
+
+
+def checked_namespace(namespace: object) -> str:
+    """A CloudWatch namespace of the user's (AWS/ is AWS's own)."""
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace) or not namespace.strip():
+        raise ConfigError(
+            "metrics_namespace",
+            f"{namespace!r} is not a CloudWatch namespace (up to 255 of A-Z a-z 0-9 . - _ / # :)",
+        )
+    if namespace.startswith("AWS/"):
+        raise ConfigError("metrics_namespace", f"{namespace!r}: AWS/ is reserved for AWS services")
+    return namespace
 
 
 def checked_topic_arn(arn: object) -> str:

@@ -70,8 +70,6 @@ class Argument:
 
 
 _GRAPH = "it decides which resources the component creates"
-_NAMES = "it is part of resource names and security group rules"
-_ALARM = "the alarms are defined when the program runs"
 _IMAGE_ARCH = "its architecture is part of the image pin's name"
 _IMAGE = "it names the image pin resource, which is replaced when it changes"
 _REBOOT = "it sets each host's reboot tags and metadata when the program runs"
@@ -84,7 +82,7 @@ ARGUMENTS: Final[tuple[Argument, ...]] = (
     Argument("plan", "string", "trial", PLANS, known_when_run=_GRAPH),
     Argument("subdomain", "string"),
     Argument("smtp_host", "string"),
-    Argument("smtp_port", "integer", 10025, known_when_run=_NAMES),
+    Argument("smtp_port", "integer", 10025),
     Argument("auth_mode", "string", "sasl", AUTH_MODES, known_when_run=_GRAPH),
     Argument("credentials_secret_arn", "string"),
     Argument("api_user", "string"),
@@ -133,32 +131,19 @@ ARGUMENTS: Final[tuple[Argument, ...]] = (
     Argument("client_message_rate_limit", "integer", 1000),
     Argument("client_recipient_rate_limit", "integer", 5000),
     Argument("client_connection_limit", "integer", 20),
-    Argument(
-        "metrics_namespace",
-        "string",
-        "CMCRelay",
-        known_when_run="it names the log group, the dashboard and every alarm's metrics",
-    ),
+    Argument("metrics_namespace", "string", "CMCRelay"),
     Argument("log_retention_days", "integer", 30),
     Argument("log_kms_key_arn", "string"),
     Argument("alarms", "boolean", True, known_when_run=_GRAPH),
     Argument("alarm_topic_arn", "string"),
     Argument("alarm_email", "string"),
-    Argument(
-        "alarm_deferred_threshold", "integer", 100, known_when_run=_ALARM, presence_matters=True
-    ),
-    Argument(
-        "alarm_oldest_message_minutes", "integer", 30, known_when_run=_ALARM, presence_matters=True
-    ),
-    Argument("alarm_bounced_threshold", "integer", 1, known_when_run=_ALARM, presence_matters=True),
-    Argument("alarm_refused_threshold", "integer", 5, known_when_run=_ALARM, presence_matters=True),
-    Argument(
-        "alarm_queue_free_percent", "integer", 20, known_when_run=_ALARM, presence_matters=True
-    ),
-    Argument(
-        "alarm_reboot_required_days", "integer", 3, known_when_run=_ALARM, presence_matters=True
-    ),
-    Argument("alarm_sent_threshold", "integer", 5000, known_when_run=_ALARM, presence_matters=True),
+    Argument("alarm_deferred_threshold", "integer", 100, presence_matters=True),
+    Argument("alarm_oldest_message_minutes", "integer", 30, presence_matters=True),
+    Argument("alarm_bounced_threshold", "integer", 1, presence_matters=True),
+    Argument("alarm_refused_threshold", "integer", 5, presence_matters=True),
+    Argument("alarm_queue_free_percent", "integer", 20, presence_matters=True),
+    Argument("alarm_reboot_required_days", "integer", 3, presence_matters=True),
+    Argument("alarm_sent_threshold", "integer", 5000, presence_matters=True),
 )
 BY_NAME: Final = {argument.name: argument for argument in ARGUMENTS}
 # argument name -> stack config key, for error messages and the stack's config reading.

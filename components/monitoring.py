@@ -35,21 +35,30 @@ QUEUE_DISK_MINUTES: Final = 5
 REBOOT_PERIOD_SECONDS: Final = 3600
 INSTANCE_CHECK_MINUTES: Final = 3
 EC2_NAMESPACE: Final = "AWS/EC2"
+# The suffixes of the alarms that are not on the relay's own metrics.
+RECOVER_ALARM: Final = "recover"
+REBOOT_ALARM: Final = "reboot"
+UNHEALTHY_TARGETS: Final = "unhealthy-targets"
 NLB_NAMESPACE: Final = "AWS/NetworkELB"
 
 
-def relay_monitoring(namespace: str, project: str, stack: str, name: str) -> Monitoring:
-    """Where one relay reports. The Relay dimension names project, stack and component, so
-    relays of several stacks in one account and namespace keep their metrics apart."""
-    return Monitoring(
-        namespace=namespace,
-        relay=f"{project}/{stack}/{name}",
-        log_group=_NOT_IN_LOG_GROUP.sub("-", f"/cmc-relay/{project}/{stack}/{name}")[:512],
-    )
+def relay_dimension(project: str, stack: str, name: str) -> str:
+    """The Relay dimension's value: project, stack and component, so relays of several stacks
+    in one account and namespace keep their metrics apart."""
+    return f"{project}/{stack}/{name}"
 
 
-def dashboard_name(monitoring: Monitoring) -> str:
-    return _NOT_IN_DASHBOARD.sub("-", monitoring.relay)[:255]
+def mail_log_group(relay: str) -> str:
+    return _NOT_IN_LOG_GROUP.sub("-", f"/cmc-relay/{relay}")[:512]
+
+
+def relay_monitoring(namespace: str, relay: str) -> Monitoring:
+    """Where one relay reports: ``relay`` is its ``relay_dimension``."""
+    return Monitoring(namespace=namespace, relay=relay, log_group=mail_log_group(relay))
+
+
+def dashboard_name(relay: str) -> str:
+    return _NOT_IN_DASHBOARD.sub("-", relay)[:255]
 
 
 # The AWS console's domain in each partition.
@@ -213,7 +222,7 @@ def recovery_alarm(instance_id: pulumi.Input[str], recover: str) -> AlarmSpec:
     """EC2's system status check failing for 2 minutes: its action recovers the instance onto
     other hardware, with its ID, addresses and volumes (AWS's recommended settings)."""
     return AlarmSpec(
-        "recover",
+        RECOVER_ALARM,
         "The EC2 system status check failed: recovering the instance",
         namespace=EC2_NAMESPACE,
         metric_name="StatusCheckFailed_System",
@@ -237,7 +246,7 @@ def reboot_alarm(instance_id: pulumi.Input[str], reboot: str) -> AlarmSpec:
     alarm's 2 minutes, so a hardware fault, which fails both checks, is recovered rather than
     rebooted; longer than a routine reboot, which fails the check for a minute or so."""
     return AlarmSpec(
-        "reboot",
+        REBOOT_ALARM,
         "The EC2 instance status check failed: rebooting the instance",
         namespace=EC2_NAMESPACE,
         metric_name="StatusCheckFailed_Instance",
@@ -260,7 +269,7 @@ def unhealthy_targets_alarm(
 ) -> AlarmSpec:
     """With several hosts: the balancer finds one unhealthy for 5 minutes."""
     return AlarmSpec(
-        "unhealthy-targets",
+        UNHEALTHY_TARGETS,
         f"A relay host failed the balancer's health checks for {SILENT_MINUTES} minutes",
         namespace=NLB_NAMESPACE,
         metric_name="UnHealthyHostCount",

@@ -83,24 +83,43 @@ def security_group(
         "SSH for post-boot verification from",
         child,
     )
-    egress = {
-        options.smtp_port: "the service's SMTP relay port",
-        **{port: "HTTPS APIs and package mirrors" for port in package_ports},
-    }
-    rules: list[pulumi.Resource] = [
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-out-{port}",
-            security_group_id=group.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            cidr_ipv4=_WORLD_IPV4,
-            description=purpose,
-            opts=child,
-        )
-        for port, purpose in egress.items()
+    service_port = checked.apply(lambda c: c.options.smtp_port)
+    # Named after its port until 0.2.0, when the port had to be known when the program ran.
+    named_before = service_port.apply(lambda port: pulumi.Alias(name=f"{name}-out-{port}"))
+    rules = [
+        _egress(
+            f"{name}-out-service",
+            group,
+            service_port,
+            "the service's SMTP relay port",
+            child.merge(pulumi.ResourceOptions(aliases=[named_before])),
+        ),
+        *(
+            _egress(f"{name}-out-{port}", group, port, "HTTPS APIs and package mirrors", child)
+            for port in package_ports
+        ),
     ]
     return group, rules
+
+
+def _egress(
+    rule_name: str,
+    group: aws.ec2.SecurityGroup,
+    port: pulumi.Input[int],
+    purpose: str,
+    opts: pulumi.ResourceOptions,
+) -> pulumi.Resource:
+    """Out to ``port`` anywhere (the service and AWS's APIs have no fixed addresses)."""
+    return aws.vpc.SecurityGroupEgressRule(
+        rule_name,
+        security_group_id=group.id,
+        ip_protocol="tcp",
+        from_port=port,
+        to_port=port,
+        cidr_ipv4=_WORLD_IPV4,
+        description=purpose,
+        opts=opts,
+    )
 
 
 def _cidr_ingress(

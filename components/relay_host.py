@@ -36,7 +36,12 @@ from cmc_relay.components.fleet import (
 )
 from cmc_relay.components.host import host_name, relay_host, verification_reports
 from cmc_relay.components.image import image_pin_name, pin_command, pinned_image
-from cmc_relay.components.monitoring import relay_monitoring, unhealthy_targets_alarm
+from cmc_relay.components.monitoring import (
+    mail_log_group,
+    relay_dimension,
+    relay_monitoring,
+    unhealthy_targets_alarm,
+)
 from cmc_relay.components.network import (
     SMTP_PORT,
     balancer,
@@ -122,12 +127,13 @@ class RelayHost(pulumi.ComponentResource):
         # known; else when they are.
         host = args.get("host_name", DEFAULT_HOST_NAME)
         name_in_zone = record_name(self, options.dns_zone, host)
-        monitoring = relay_monitoring(
-            options.monitoring.namespace, pulumi.get_project(), pulumi.get_stack(), name
+        relay = relay_dimension(pulumi.get_project(), pulumi.get_stack(), name)
+        monitoring = checked.apply(
+            lambda c: relay_monitoring(str(c.options.monitoring.namespace), relay)
         )
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-mail-log",
-            name=monitoring.log_group,
+            name=mail_log_group(relay),
             retention_in_days=checked.apply(lambda c: c.options.monitoring.log_retention_days),
             kms_key_id=checked.apply(lambda c: c.options.monitoring.log_kms_key_arn),
             tags=tags,
@@ -140,12 +146,12 @@ class RelayHost(pulumi.ComponentResource):
         )
         drain = options.drain_on_delete
         # Every file of the host; a change reaches running hosts in place (host.py's apply).
-        bundle = pulumi.Output.all(secret_arn, checked).apply(
+        bundle = pulumi.Output.all(secret_arn, checked, monitoring).apply(
             lambda values: render_bundle(
                 values[1].settings,
                 checked_secret_arn(values[0]) if values[0] is not None else None,
                 drain,
-                monitoring=monitoring,
+                monitoring=values[2],
                 queue_device=QUEUE_DEVICE,
             )
         )
@@ -201,7 +207,9 @@ class RelayHost(pulumi.ComponentResource):
         if options.replicas > 1:
             load_balancer, targets = balancer(self, name, fleet, subnet_ids, hosts, tags)
             address = load_balancer.dns_name
-            balancer_alarm = unhealthy_targets_alarm(load_balancer.arn_suffix, targets.arn_suffix)
+            balancer_alarm = pulumi.Output.all(load_balancer.arn_suffix, targets.arn_suffix).apply(
+                lambda suffixes: unhealthy_targets_alarm(*suffixes)
+            )
         else:
             address = first.instance.private_ip
         record = endpoint_record(self, name, fleet, name_in_zone, hosts, load_balancer, tags)
@@ -238,7 +246,9 @@ class RelayHost(pulumi.ComponentResource):
                 region,
             )
         )
-        self.dashboard_url = relay_dashboard(self, name, hosts, monitoring, partition, region)
+        self.dashboard_url = relay_dashboard(
+            self, name, hosts, monitoring, relay, partition, region
+        )
         self.image_id = pulumi.Output.from_input(fleet.ami)
         self.latest_image_id = pulumi.Output.from_input(latest_image)
         self.register_outputs(

@@ -81,6 +81,7 @@ class Registered:
     # Input name -> URNs its value came from: the engine replaces a dependent whose
     # replace-forcing input comes from a resource deleted before its replacement.
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)  # the names (or URNs) it was known by
 
 
 @dataclass
@@ -261,6 +262,7 @@ class RecordingMonitor(MockMonitor):
                     property_dependencies={
                         name: list(deps.urns) for name, deps in request.propertyDependencies.items()
                     },
+                    aliases=[alias.spec.name or alias.urn for alias in request.aliases],
                 )
             )
         return response

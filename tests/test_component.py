@@ -14,7 +14,8 @@ import yaml
 from cmc_relay.components import TYPE_TOKEN, RelayHost
 from cmc_relay.components.policies import ssm_agent_policy
 from cmc_relay.components.relay_host import payload_bucket_prefix
-from cmc_relay.userdata.settings import ConfigError
+from cmc_relay.userdata.os_profiles import OS_PROFILES
+from cmc_relay.userdata.settings import DEFAULT_OS, ConfigError
 from tests.pulumi_harness import (
     CREATED_SECRET_ARN,
     LOOKED_UP_AMI,
@@ -105,9 +106,20 @@ def test_egress_only_where_the_host_needs_it(os_name: str, ports: set[int]) -> N
     assert all(r.inputs["ipProtocol"] == "tcp" for r in egress)
 
 
-def test_egress_follows_the_configured_service_port() -> None:
-    egress = relay(smtp_port=2525).of_type(EGRESS)
-    assert 2525 in {r.inputs["fromPort"] for r in egress}
+@pytest.mark.parametrize("port", [10025, 2525])
+def test_egress_follows_the_configured_service_port(port: int) -> None:
+    recorder = relay(smtp_port=port)
+    rule = recorder.by_name("relay-out-service")
+    assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (port, port)
+    assert rule.inputs["description"] == "the service's SMTP relay port"
+    # Until 0.2.0 the rule was named after its port: an existing stack keeps its rule.
+    assert rule.aliases == [f"relay-out-{port}"]
+    assert len(recorder.of_type(EGRESS)) == 1 + len(OS_PROFILES[DEFAULT_OS].package_ports)
+
+
+def test_the_service_port_cannot_be_one_the_host_opens_anyway() -> None:
+    with pytest.raises(ConfigError, match=r"smtp_port \(config smtpPort\): 443 is open already"):
+        relay(smtp_port=443)
 
 
 def test_role_can_use_ssm_and_read_exactly_the_one_secret() -> None:

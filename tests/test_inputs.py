@@ -40,6 +40,8 @@ PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVlcmlmaWNhdGlvbi10ZXN0LWtleQ
 API_KEY = "api-key-marker-Zq81"  # distinctive, so a leak anywhere is found
 INSTANCE = "aws:ec2/instance:Instance"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+DASHBOARD = "aws:cloudwatch/dashboard:Dashboard"
 BASE: dict[str, Any] = {
     "vpc_id": "vpc-team",
     "subnet_id": "subnet-team",
@@ -75,6 +77,37 @@ def ingress_networks(recorder: Recorder, port: int) -> set[str]:
     }
 
 
+# A value for each alarm threshold argument, none of them the default.
+THRESHOLDS: dict[str, int] = {
+    "alarm_deferred_threshold": 150,
+    "alarm_oldest_message_minutes": 45,
+    "alarm_bounced_threshold": 2,
+    "alarm_refused_threshold": 7,
+    "alarm_queue_free_percent": 25,
+    "alarm_reboot_required_days": 2,
+    "alarm_sent_threshold": 4000,
+}
+
+
+def assert_alarms_take(recorder: Recorder, namespace: str) -> None:
+    """Each host alarm has THRESHOLDS' value (in the alarm's unit), says it, and watches
+    ``namespace``."""
+    alarms = {r.name: revealed(r.inputs) for r in recorder.of_type(ALARM)}
+    expected = {  # alarm -> (threshold, evaluation periods, what its description says)
+        "relay-deferred-alarm": (150, 10, "More than 150 messages"),
+        "relay-oldest-message-alarm": (45 * 60, 1, "more than 45 minutes"),
+        "relay-bounced-alarm": (2, 1, "2 or more messages bounced"),
+        "relay-refused-alarm": (7, 1, "refused 7 or more"),
+        "relay-queue-disk-alarm": (25, 5, "Less than 25%"),
+        "relay-reboot-required-alarm": (1, 2 * 24, "2 days"),
+        "relay-sent-alarm": (4000, 1, "More than 4000 messages"),
+    }
+    for name, (threshold, periods, said) in expected.items():
+        alarm = alarms[name]
+        assert (alarm["threshold"], alarm["evaluationPeriods"]) == (threshold, periods), name
+        assert said in alarm["alarmDescription"] and alarm["namespace"] == namespace, name
+
+
 def later(anchor: pulumi.Output[Any], value: Any) -> pulumi.Output[Any]:
     """``value``, known only once ``anchor``'s resource exists (at deployment)."""
     return anchor.apply(lambda _: value)
@@ -88,8 +121,7 @@ def test_outputs_of_other_resources_reach_the_resources_and_the_payload() -> Non
         vpc = aws.ec2.Vpc("team", cidr_block="10.30.0.0/16")
         key = aws.kms.Key("relay")
         office = aws.ec2.Eip("office")  # the first Eip: 203.0.113.25
-        RelayHost(
-            "relay",
+        relay(
             {
                 "vpc_id": vpc.id,
                 "subnet_id": later(vpc.id, "subnet-team"),
@@ -125,11 +157,24 @@ def test_outputs_of_other_resources_reach_the_resources_and_the_payload() -> Non
                 "client_message_rate_limit": later(vpc.id, 321),
                 "client_recipient_rate_limit": later(vpc.id, 654),
                 "client_connection_limit": later(vpc.id, 17),
+                "smtp_port": later(vpc.id, 2525),
+                "metrics_namespace": later(vpc.id, "Team/Mail"),
+                **{name: later(vpc.id, value) for name, value in THRESHOLDS.items()},
             },
         )
 
     recorder = run_program(program)
     assert revealed(recorder.one("aws:ebs/volume:Volume").inputs)["size"] == 25
+    service_rule = revealed(recorder.by_name("relay-out-service").inputs)
+    assert (service_rule["fromPort"], service_rule["toPort"]) == (2525, 2525)
+    assert recorder.by_name("relay-out-service").aliases == ["relay-out-2525"]  # its old name
+    assert_alarms_take(recorder, "Team/Mail")
+    host_policy = json.loads(revealed(recorder.by_name("relay-monitoring").inputs["policy"]))
+    assert "Team/Mail" in json.dumps(host_policy)
+    board = json.loads(revealed(recorder.one(DASHBOARD).inputs["dashboardBody"]))
+    assert {line[0] for w in board["widgets"] for line in w["properties"]["metrics"]} == {
+        "Team/Mail"
+    }
     guard = revealed(recorder.by_name("relay-queue-guard").inputs)
     assert guard["delete"] == f"echo {shlex.quote(QUEUE_DISCARDED)}"
     assert ingress_networks(recorder, 25) == {"10.30.0.0/16", "10.40.0.0/16"}
@@ -168,6 +213,8 @@ def test_outputs_of_other_resources_reach_the_resources_and_the_payload() -> Non
         r"/@(example\.com|example\.org)$/ OK",
         "ops@example.net",
         f"CMC_INBOUND_TLS_SECRET_ARN={CERT_ARN}",
+        "]:2525",  # the next hop
+        '{"namespace":"Team/Mail"',  # the metrics publisher's configuration
         "OnUnitActiveSec=11min",
         "smtpd_client_message_rate_limit = 321",
         "smtpd_client_recipient_rate_limit = 654",
@@ -239,10 +286,16 @@ def test_a_secret_output_of_every_kind_keeps_its_secrecy() -> None:
                 "rewrite_domains": secret(["corp.internal"]),
                 "sender_domain": secret("example.com"),
                 "tags": secret({"team": "mail"}),
+                "alarm_sent_threshold": secret(4000),
+                "smtp_port": secret(2525),
             },
         )
 
     recorder = run_program(program)
+    sent = recorder.by_name("relay-sent-alarm").inputs
+    assert is_secret(sent["threshold"]) and revealed(sent["threshold"]) == 4000
+    service_rule = recorder.by_name("relay-out-service").inputs
+    assert is_secret(service_rule["fromPort"]) and revealed(service_rule["fromPort"]) == 2525
     instance = recorder.one(INSTANCE).inputs
     assert is_secret(instance["userDataBase64"]) and is_secret(instance["tags"])
     assert revealed(instance["tags"]) == {"Name": "relay", "team": "mail"}
@@ -315,6 +368,10 @@ BAD = [
     ({"client_message_rate_limit": -1}, "client_message_rate_limit"),
     ({"client_recipient_rate_limit": 10**9}, "client_recipient_rate_limit"),
     ({"client_connection_limit": 500}, "client_connection_limit"),
+    ({"smtp_port": 70000}, "smtp_port"),
+    ({"smtp_port": 443}, "smtp_port"),  # open already, for HTTPS
+    ({"metrics_namespace": "AWS/EC2"}, "metrics_namespace"),
+    ({"alarm_queue_free_percent": 100}, "alarm_queue_free_percent"),
 ]
 
 
@@ -391,9 +448,6 @@ def test_known_values_are_still_checked_before_any_resource() -> None:
         ("os", "debian-12", "package mirror rules"),
         ("plan", "standard", "it decides which resources"),
         ("alarms", False, "it decides which resources"),
-        ("smtp_port", 2525, "resource names"),
-        ("metrics_namespace", "Team", "names the log group"),
-        ("alarm_bounced_threshold", 3, "alarms are defined when the program runs"),
     ],
 )
 def test_arguments_that_shape_the_resources_refuse_an_output(

@@ -18,6 +18,7 @@ from cmc_relay.components.monitoring import (
     dashboard_body,
     dashboard_name,
     dashboard_url,
+    relay_dimension,
     relay_monitoring,
 )
 from cmc_relay.components.policies import alarm_topic_key_policy, monitoring_policy
@@ -417,10 +418,10 @@ def test_the_dashboard_url_is_in_the_partition_s_console(
 
 
 def test_names_are_what_cloudwatch_accepts() -> None:
-    monitoring = relay_monitoring("CMCRelay", "my.project", "dev:eu", "relay one")
+    monitoring = relay_monitoring("CMCRelay", relay_dimension("my.project", "dev:eu", "relay one"))
     assert monitoring.relay == "my.project/dev:eu/relay one"  # dimension values take anything
     assert monitoring.log_group == "/cmc-relay/my.project/dev-eu/relay-one"
-    assert dashboard_name(monitoring) == "my-project-dev-eu-relay-one"
+    assert dashboard_name(monitoring.relay) == "my-project-dev-eu-relay-one"
 
 
 def test_stack_config_keys_reach_the_alarms_log_group_and_outputs() -> None:

@@ -313,7 +313,7 @@ def test_every_host_drains_through_systems_manager_before_it_is_deleted(replicas
         assert drain.inputs["addPreviousOutputInEnv"] is False
         # Deleted before what the drain needs: instance, address, permissions, egress.
         for needed in (f"{host}-instance", f"{host}-eip-association", "relay-ssm-agent",
-                       "relay-read-credentials", "relay-out-10025", "relay-out-443"):  # fmt: skip
+                       "relay-read-credentials", "relay-out-service", "relay-out-443"):  # fmt: skip
             assert recorder.by_name(needed).urn in drain.dependencies, needed
         # The old host is drained and gone before its replacement takes its address.
         assert recorder.by_name(f"{host}-instance").delete_before_replace is True

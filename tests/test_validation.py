@@ -483,6 +483,7 @@ def test_monitoring_defaults_are_the_documented_ones() -> None:
     assert (monitoring.alarm_topic_arn, monitoring.alarm_email) == (None, None)
     assert monitoring.log_kms_key_arn is None
     thresholds = monitoring.thresholds
+    assert thresholds is not None  # every value known
     assert (thresholds.deferred_messages, thresholds.oldest_message_minutes) == (100, 30)
     assert (thresholds.bounced, thresholds.refused) == (1, 5)
     _, options = validate_args(with_(alarm_email="Ops@Example.COM"))
