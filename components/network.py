@@ -84,7 +84,7 @@ def security_group(
         child,
     )
     service_port = checked.apply(lambda c: c.options.smtp_port)
-    # Named after its port until 0.2.0, when the port had to be known when the program ran.
+    # Named after its port up to 0.2.0, when the port had to be known when the program ran.
     named_before = service_port.apply(lambda port: pulumi.Alias(name=f"{name}-out-{port}"))
     rules = [
         _egress(

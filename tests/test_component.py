@@ -112,7 +112,7 @@ def test_egress_follows_the_configured_service_port(port: int) -> None:
     rule = recorder.by_name("relay-out-service")
     assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (port, port)
     assert rule.inputs["description"] == "the service's SMTP relay port"
-    # Until 0.2.0 the rule was named after its port: an existing stack keeps its rule.
+    # Up to 0.2.0 the rule was named after its port: an existing stack keeps its rule.
     assert rule.aliases == [f"relay-out-{port}"]
     assert len(recorder.of_type(EGRESS)) == 1 + len(OS_PROFILES[DEFAULT_OS].package_ports)
 
