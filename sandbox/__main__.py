@@ -3,9 +3,11 @@
 Builds (or reuses) the twin, boots it with systemd as PID 1 from the payload `pulumi up` would
 render, relays a message, refuses an outsider, runs the on-host verifier, reboots, verifies
 again, has cron's mail to root reach operatorEmail (its sender rewritten), shows what an operator
-would see in (moto's) CloudWatch (the newest sample of every metric, the alarms' states) and
-tears everything down (also on failure or Ctrl-C). Every stage is printed as it ends, with the
-time since start; the run's time is set against its targets at the end.
+would see in (moto's) CloudWatch (the newest sample of every metric, the alarms' states),
+applies a config change in place, replaces the host by a second twin of its stack that takes
+over its queue volume (a loop device) with deferred mail on it, and tears everything down (also
+on failure or Ctrl-C). Every stage is printed as it ends, with the time since start; the change
+in place, the replacement's refused window and the run are set against their targets.
 
 exit: 0 passed, 1 a step failed (named), 2 this machine cannot run the sandbox, 130 interrupted
 """
@@ -22,7 +24,9 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TextIO
 
+from cmc_relay.userdata.render import QUEUE_DEVICE
 from cmc_relay.userdata.settings import DEFAULT_OS
+from simworld.queue_volume import Volume
 from simworld.twin import scenario
 from simworld.twin.build import BuildError
 from simworld.twin.machine import BootError
@@ -95,11 +99,19 @@ def judge_in_place(findings: scenario.Findings) -> None:
         raise StepFailed(f"the change restarted the host or Postfix, or is not live: {seen}")
 
 
-def run(boot: TwinBoot, report: Report) -> tuple[float, float]:
+def judge_replacement(findings: scenario.Findings) -> None:
+    seen = findings.replaced
+    if seen is None or seen.verify.get("ok") is not True:
+        raise StepFailed(f"the replacement was not verified: {seen.verify if seen else 'not run'}")
+    if set(seen.deliveries.values()) != {1}:
+        raise StepFailed(f"the queued messages were not delivered once each: {seen.deliveries}")
+
+
+def run(boot: TwinBoot, volume: Volume, report: Report) -> tuple[float, float]:
     """Every step, reported as it completes; returns the build's share of the time and the
     time to a relay verified again after its reboot (what the targets bound)."""
     findings = scenario.Findings(os=boot.image.os)
-    scenario.first_boot(boot, findings, report.line)
+    scenario.first_boot(boot, findings, report.line, volume)
     report.line(f"secret: only in {', '.join(findings.secret_places)} on the host")
     scenario.reboot(boot, findings, report.line)
     scenario.cron_mail(boot, findings, report.line)
@@ -108,6 +120,8 @@ def run(boot: TwinBoot, report: Report) -> tuple[float, float]:
     relay_seconds = report.elapsed()
     scenario.change_in_place(boot, findings, report.line)  # a later `pulumi up`, in place
     judge_in_place(findings)
+    scenario.replacement(boot, volume, findings, report.line)  # a `pulumi up` that replaces it
+    judge_replacement(findings)
     assert boot.twin is not None
     return (0.0 if boot.twin.cached else boot.twin.build_seconds), relay_seconds
 
@@ -143,10 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.line(f"the {args.os} twin differs from EC2 in:")
     for deviation in DEVIATIONS:
         report.line(f"  - {deviation}")
-    boot = TwinBoot(args.os, password)
+    boot = TwinBoot(args.os, password, queue_device=QUEUE_DEVICE)
+    volume = Volume(boot.work / "queue.img", size_mb=128)
     outcome, build_seconds, relay_seconds = 0, 0.0, 0.0
     try:
-        build_seconds, relay_seconds = run(boot, report)
+        build_seconds, relay_seconds = run(boot, volume, report)
     except KeyboardInterrupt:
         report.line("interrupted")
         outcome = 130
@@ -157,7 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut teardown
         boot.close()
-        report.line("teardown: twin powered off, overlay unmounted, namespaces deleted")
+        volume.remove()  # once no twin holds it
+        report.line(
+            "teardown: twin powered off, overlay unmounted, namespaces deleted, volume detached"
+        )
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     if outcome == 0:

@@ -31,9 +31,12 @@ def sandbox_command(password_file: Path) -> list[str]:
 
 
 def assert_nothing_left() -> None:
-    """No twin, namespace, mount or work directory of a twin is left on this machine."""
+    """No twin, namespace, mount, loop device or work directory of a twin is left on this
+    machine."""
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "cmctwin" not in namespaces
+    loops = subprocess.run(["losetup", "--all"], capture_output=True, text=True).stdout
+    assert "cmc-twin-" not in loops
     assert "cmc-twin" not in Path("/proc/self/mountinfo").read_text()
     assert not list(Path("/var/tmp").glob("cmc-twin-*"))
     for entry in Path("/proc").iterdir():
@@ -74,11 +77,15 @@ def test_sandbox_boots_relays_reboots_verifies_and_cleans_up(password_file: Path
         "  silent: OK",
         "in-place change, allowedCidrs + 10.0.9.0/24: cmc-relay-apply",
         "same boot True, same Postfix master True, network live True",
-        "teardown: twin powered off",
+        f"service deferring; {len(scenario.REPLACED)} submitted ({{250}}), queued on the volume",
+        "took its queue volume; clients refused for ",
+        f"s (target {scenario.REPLACEMENT_TARGET}s: ",
+        f"the queued messages delivered: {[1] * len(scenario.REPLACED)} times",
+        "teardown: twin powered off, overlay unmounted, namespaces deleted, volume detached",
     ):
         assert step in output
-    # First boot, after the reboot, and the verification of the change in place.
-    assert output.count("checks passed") == 3
+    # First boot, after the reboot, the change in place, and the replacement.
+    assert output.count("checks passed") == 4
     assert "time: " in output and "target " in output
     assert result.stdout.rstrip().endswith("PASS")
     assert MARK not in output
@@ -173,6 +180,16 @@ def passing_findings() -> scenario.Findings:
     found.first.verify_exit = found.after_reboot.verify_exit = 0
     found.samples_at_end = [Series("DeferredMessages", {}, {0: {"Maximum": 0.0}})]
     return found
+
+
+def test_the_judge_fails_a_replacement_that_delivered_a_message_twice() -> None:
+    found = passing_findings()
+    deliveries = dict.fromkeys(scenario.REPLACED, 1)
+    found.replaced = scenario.ReplacedHost(None, {"ok": True}, deliveries)  # type: ignore[arg-type]
+    cli.judge_replacement(found)
+    deliveries[scenario.REPLACED[0]] = 2
+    with pytest.raises(cli.StepFailed, match="not delivered once each"):
+        cli.judge_replacement(found)
 
 
 def test_the_judge_fails_a_run_whose_metrics_never_arrived() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -80,6 +81,31 @@ UDEVADM: Final = """\
 case "$1" in control|trigger|settle|test-builtin) exit 0 ;; esac
 exec /usr/bin/udevadm "$@"
 """
+# A container's systemd ignores fstab's device entries and no udev makes the volume's node: at
+# a reboot the twin makes the node and mounts it itself, where fstab's entry mounts it on EC2.
+QUEUE_MOUNT_UNIT: Final = "var-spool-postfix.mount"
+QUEUE_MOUNT: Final = {
+    "cmc-twin-queue-device.service": """\
+# cmc-relay image twin: the queue volume's device node (no udev in a container).
+[Unit]
+DefaultDependencies=no
+ConditionPathExists=!{device}
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/mknod -m 0660 {device} b {major} {minor}
+""",
+    QUEUE_MOUNT_UNIT: """\
+# cmc-relay image twin: fstab's LABEL=cmc-relay-queue entry, which systemd ignores in a container.
+[Unit]
+Requires=cmc-twin-queue-device.service
+After=cmc-twin-queue-device.service
+[Mount]
+What={device}
+Where=/var/spool/postfix
+Type=ext4
+Options=defaults
+""",
+}
 # Every way the twin's boot differs from an EC2 instance's, as the report lists them.
 DEVIATIONS: Final = (
     "systemd-nspawn container, not a VM: no kernel, bootloader or udev of the image; the NIC "
@@ -107,6 +133,10 @@ DEVIATIONS: Final = (
     "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up",
     "CloudWatch is moto's, which stores the metrics but evaluates no alarm: the component's "
     "alarm definitions are judged on moto's datapoints by simworld.alarm_check",
+    "the queue volume is a loop device whose node the test makes in the twin's /dev once the "
+    "setup waits for it (no udev, so no NVMe or by-label links); systemd ignores fstab's "
+    "device entries in a container, so at a reboot two units of the twin's make the node and "
+    "mount it (/etc/systemd/system/var-spool-postfix.mount), as fstab's entry does on EC2",
 )
 
 
@@ -307,9 +337,18 @@ class TwinBoot:
 
     def attach_volume(self, device: Path) -> None:
         """The queue volume (a loop device of this machine) attached to the running instance
-        as ``queue_device``, as EC2 attaches it once the instance runs."""
+        as ``queue_device``, as EC2 attaches it once the instance runs; mounted again at a
+        reboot by QUEUE_MOUNT's units (DEVIATIONS), as fstab's entry does on EC2."""
         assert self.machine is not None and self.queue_device is not None
         self.machine.attach_device(device, self.queue_device)
+        rdev = device.stat().st_rdev
+        node = {"device": self.queue_device, "major": os.major(rdev), "minor": os.minor(rdev)}
+        for name, text in QUEUE_MOUNT.items():
+            self.machine.write(f"/etc/systemd/system/{name}", text.format(**node))
+        wants = self.machine.root / "etc/systemd/system/local-fs.target.wants"
+        wants.mkdir(exist_ok=True)
+        (wants / QUEUE_MOUNT_UNIT).unlink(missing_ok=True)
+        (wants / QUEUE_MOUNT_UNIT).symlink_to(f"../{QUEUE_MOUNT_UNIT}")
 
     def stop(self, timeout: float = 120) -> bool:
         """EC2's stop: a clean power-off (systemd stops Postfix, unmounts the file systems);

@@ -96,3 +96,41 @@ def test_a_volume_of_something_else_is_not_formatted(rig: Rig) -> None:
         assert "something other than an ext4 cmc-relay-queue" in refused.stderr
         assert run("blkid", "-o", "value", "-s", "LABEL", device).stdout.strip() == "data"
         assert queue_source(rig.postfix) == ""
+
+
+def test_mail_the_root_disks_spool_took_before_the_volume_came_is_carried_onto_it(
+    rig: Rig, secrets: Secrets
+) -> None:
+    """A replacement's Postfix, started by its package, answers on the root disk's spool before
+    its setup mounts the volume holding the old host's queue over it: what it took there (and
+    what sendmail dropped with Postfix stopped) is carried into the volume's queue, and each
+    message of both is delivered once. The root disk keeps no copy: a second run on it (the
+    volume taken off again) carries nothing."""
+    old_host_mails, root_disk_mails = new_mails(4), new_mails(3)
+    dropped = new_mails(1)  # into maildrop: postdrop writes there with Postfix stopped
+    rig.queue_deferred(old_host_mails)
+    root = rig.postfix.config_dir.parent
+    with contextlib.ExitStack() as stack, loop_device(root / "queue.img") as device:
+        adopted = take_queue_volume(rig.postfix, device)
+        assert adopted.returncode == 0, adopted.stderr
+        release_queue_volume(rig.postfix)
+
+        # The replacement's Postfix runs on its root disk's spool, as its package started it.
+        replacement = add_relay(stack, rig, root / "replacement", 1, secrets)
+        replacement.queue_deferred(root_disk_mails)
+        replacement.postfix.stop()
+        replacement.sendmail(dropped[0])
+        taken = take_queue_volume(replacement.postfix, device)
+        assert taken.returncode == 0, taken.stderr
+        carried = len(root_disk_mails) + len(dropped)
+        assert f"carried {carried} messages from the root disk's spool" in taken.stdout
+        replacement.postfix.start()
+        assert queue_count(replacement) == (1, f"{len(old_host_mails) + carried} messages queued")
+        rig.standin.up()
+        replacement.postfix.flush()
+        replacement.delivered_once([*old_host_mails, *root_disk_mails, *dropped])
+
+        release_queue_volume(replacement.postfix)
+        again = take_queue_volume(replacement.postfix, device)
+        assert again.returncode == 0, again.stderr
+        assert "carried 0 messages from the root disk's spool" in again.stdout

@@ -53,15 +53,18 @@ from cmc_relay.userdata.render import QUEUE_DEVICE
 from simworld.netns_rig import wait_until
 from simworld.queue_volume import QUEUE_LABEL, Volume
 from simworld.twin import world as net
-from simworld.twin.session import Prober, TwinBoot
+from simworld.twin.scenario import WAITING, attach_when_asked, replace_host, setup_log, tail
+from simworld.twin.session import TwinBoot
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)"),
 ]
 MESSAGES: Final = tuple(f"<replaced-{n}@twin.test>" for n in range(6))
-SETUP_LOG: Final = "/var/log/cloud-init-output.log"
-WAITING: Final = f"cmc-relay-queue-volume: waiting for the queue volume {QUEUE_DEVICE}"
+# Mail on B's root disk while its setup waits for the volume: sendmail's, which postdrop puts in
+# maildrop with Postfix stopped; the volume's script carries it onto the volume.
+DROPPED: Final = "<dropped-on-b@twin.test>"
+CARRIED: Final = "cmc-relay-queue-volume: carried 1 messages from the root disk's spool"
 FORMATTING: Final = "cmc-relay-queue-volume: formatting the new queue volume"
 MOUNTED: Final = f"queue on {QUEUE_DEVICE} ({QUEUE_LABEL}), mounted on /var/spool/postfix"
 SECRET_FILES: Final = {"/etc/postfix/relay_password", "/etc/postfix/relay_password.db"}
@@ -69,12 +72,11 @@ SECRET_FILES: Final = {"/etc/postfix/relay_password", "/etc/postfix/relay_passwo
 
 @dataclass
 class Stack:
-    """The stack's twin (A, then B), its queue volume and the probes running against it."""
+    """The stack's twin (A, then B) and its queue volume."""
 
     boot: TwinBoot
     volume: Volume
     started: float = field(default_factory=time.monotonic)
-    probers: list[Prober] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -91,31 +93,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with contextlib.ExitStack() as teardown:
             teardown.callback(volume.remove)  # last: once no twin holds it
             teardown.callback(boot.close, keep=tmp_path_factory.mktemp("twin-replace"))
-            for prober in stack.probers:
-                teardown.callback(prober.kill)
-
-
-def setup_log(boot: TwinBoot) -> str:
-    return boot.run("cat", SETUP_LOG).stdout
-
-
-def attach_when_asked(boot: TwinBoot, volume: Volume, timeout: float = 600) -> float:
-    """Once the instance's setup waits for its queue volume, attach it; returns when the
-    setup began to wait (epoch seconds, as near as a poll each second tells)."""
-
-    def asking() -> bool:
-        if boot.run("test", "-e", "/run/cloud-init/result.json").returncode == 0:
-            raise AssertionError(f"cloud-init ended without waiting for the volume:\n{tail(boot)}")
-        return WAITING in setup_log(boot)
-
-    wait_until(asking, timeout, "the setup waiting for the queue volume", interval=1)
-    asked = time.time()
-    boot.attach_volume(volume.attach())
-    return asked
-
-
-def tail(boot: TwinBoot) -> str:
-    return "\n".join(setup_log(boot).splitlines()[-20:])
 
 
 def queue_source(boot: TwinBoot) -> str:
@@ -135,11 +112,6 @@ def verified(boot: TwinBoot) -> dict[str, Any]:
 def booted_clean(boot: TwinBoot) -> None:
     assert boot.cloud_init_status()["status"] == "done", tail(boot)
     assert boot.failed_units() == []
-
-
-def first_answered(outcomes: list[list[Any]], since: float) -> float | None:
-    """The start of the first session from ``since`` on that the server answered."""
-    return next((at for at, ok in outcomes if ok and at >= since), None)
 
 
 def body_of(message_id: str) -> str:
@@ -171,8 +143,7 @@ def test_a_replaced_host_hands_its_queue_to_the_next_and_every_message_arrives_o
     assert FORMATTING in setup_log(boot)
     assert queue_source(boot) == QUEUE_DEVICE
     verified(boot)
-    old_address, old_instance = boot.address, boot.instance_id
-    assert world.resolve(name) == [old_address]
+    assert world.resolve(name) == [boot.address]
 
     # The service defers: the mail waits in A's queue, on the volume.
     world.standin.reconfigure(data_451_messages=100_000)
@@ -184,68 +155,49 @@ def test_a_replaced_host_hands_its_queue_to_the_next_and_every_message_arrives_o
 
     # The replacement, probed from the application network at both addresses.
     new_address = net.INSTANCE_IPS[boot.instance + 1]
-    for address in (old_address, new_address):
-        stack.probers.append(Prober(boot, tmp_path, address, interval=0.25, max_seconds=900))
-    time.sleep(2)  # sessions before the stop too
-    stop_started = time.time()
-    clean = boot.stop()
-    stopped = time.time()
-    assert clean, "A did not power off by itself"
-    # Nothing holds the device once A's mount namespace is gone (as EC2 detaches a volume
-    # only once the instance has stopped).
-    wait_until(lambda: not volume.in_use(), 10, "the volume released by A", interval=0.2)
-    volume.detach()
-    detached = time.time()
-    boot.next_instance()
-    boot.prepare()
-    new_started = time.time()
-    boot.start()
-    asked = attach_when_asked(boot, volume)
-    attached = time.time()
-    boot.boot()
-    booted = time.time()
-    time.sleep(2)
-    old_probe, new_probe = (prober.stop() for prober in stack.probers)
+    dropped = f"Subject: on the root disk\nMessage-ID: {DROPPED}\n\nwritten while B waits\n"
+
+    def drop_on_root_disk() -> None:
+        boot.run("/usr/sbin/sendmail", "-i", "someone@example.com", input=dropped, check=True)
+
+    replaced = replace_host(boot, volume, tmp_path, meanwhile=drop_on_root_disk)
+    assert replaced.clean_stop, "A did not power off by itself"
 
     # Twin B: a new instance of the same stack, with A's mail on A's volume.
-    assert boot.instance_id != old_instance and boot.address == new_address
+    assert boot.instance_id != replaced.old_instance and boot.address == new_address
     booted_clean(boot)
     log = setup_log(boot)
-    assert WAITING in log and MOUNTED in log
+    assert f"{WAITING} {QUEUE_DEVICE}" in log and MOUNTED in log and CARRIED in log
     assert FORMATTING not in log, "B formatted the volume it was given"
     assert queue_source(boot) == QUEUE_DEVICE
-    assert set(MESSAGES) <= boot.queued_message_ids()
+    assert {*MESSAGES, DROPPED} <= boot.queued_message_ids()
     report = verified(boot)
     world.point(name, boot.address)  # the record follows the verified replacement
     wait_until(lambda: world.resolve(name) == [new_address], 10, f"{name} resolving to B")
 
     # The service returns: each message once, as it was submitted.
     world.standin.reconfigure(data_451_messages=0)
-    for message_id in MESSAGES:
+    for message_id in (*MESSAGES, DROPPED):
         boot.wait_for_message(message_id, timeout=120)
     time.sleep(12)  # a duplicate would come with the next retry (backoff 5-10 s)
     delivered = {m: [r.body_sha256 for r in boot.messages(m)] for m in MESSAGES}
     received = {m: [r.data for r in boot.messages(m)] for m in MESSAGES}
     assert delivered == {m: [sha256_as_received(b)] for m, b in bodies.items()}, received
-    assert not set(MESSAGES) & boot.queued_message_ids()
+    assert len(boot.messages(DROPPED)) == 1
+    assert not {*MESSAGES, DROPPED} & boot.queued_message_ids()
     assert set(boot.secret_places()) <= SECRET_FILES
 
-    serving = first_answered(new_probe["outcomes"], attached)
-    assert serving is not None, f"B never answered a client after the attach: {new_probe}"
-    figures = {
-        "refused_window_s": round(serving - stop_started, 1),
-        "a_stop_s": round(stopped - stop_started, 1),
-        "detach_s": round(detached - stopped, 1),
-        "b_boot_to_setup_waiting_s": round(asked - new_started, 1),
-        "attach_to_serving_s": round(serving - attached, 1),
-        "ec2_order_window_s": round(detached - stop_started + serving - attached, 1),
-        "b_boot_to_serving_s": round(serving - new_started, 1),
-        "b_boot_to_booted_s": round(booted - new_started, 1),
+    assert replaced.serving() is not None, f"B never answered a client: {replaced.new_probe}"
+    old_probe, new_probe = replaced.old_probe, replaced.new_probe
+    figures: dict[str, float] = {
+        **replaced.figures(),
         "a_answered_after_stop_began": sum(
-            1 for at, ok in old_probe["outcomes"] if ok and at >= stop_started
+            1 for at, ok in old_probe["outcomes"] if ok and at >= replaced.stop_started
         ),
         "a_refused_sessions": old_probe["refused"],
-        "b_answered_before_volume": sum(1 for at, ok in new_probe["outcomes"] if ok and at < asked),
+        "b_answered_before_volume": sum(
+            1 for at, ok in new_probe["outcomes"] if ok and at < replaced.asked
+        ),
         "b_refused_sessions": new_probe["refused"],
         "b_verifier_checks_passed": sum(check["ok"] for check in report["checks"]),
         "messages": len(MESSAGES),
@@ -259,6 +211,7 @@ def test_a_replaced_host_hands_its_queue_to_the_next_and_every_message_arrives_o
         f"waiting for the volume {figures['b_boot_to_setup_waiting_s']}s, attach to B "
         f"serving {figures['attach_to_serving_s']}s); in EC2's order (B booted first) "
         f"{figures['ec2_order_window_s']}s; B boot to serving {figures['b_boot_to_serving_s']}s"
-        f"; every message delivered once; {name} -> {new_address}\n"
+        f"; every message delivered once, and the one dropped on B's root disk while it waited"
+        f"; {name} -> {new_address}\n"
         f"figures: {json.dumps(figures)} ({tmp_path / 'replacement.json'})"
     )
