@@ -62,6 +62,19 @@ def test_timers_the_bundle_no_longer_ships_are_named(tmp_path: Path) -> None:
     assert apply.stale_timers(ip, tmp_path) == ["cmc-relay-fetch-secret.timer"]
 
 
+def test_timers_the_bundle_adds_are_named_until_enabled(tmp_path: Path) -> None:
+    """rebootWindow set on a running host: its timer must be enabled, as the setup does."""
+    installed = members(SETTINGS)
+    bootstrap.install(installed, tmp_path)
+    wants = tmp_path / "etc/systemd/system/timers.target.wants"
+    wants.mkdir(parents=True)
+    for timer in apply.new_timers(installed, tmp_path):  # as the first boot's setup left them
+        (wants / timer).symlink_to(f"../{timer}")
+    assert apply.new_timers(installed, tmp_path) == []
+    windowed = members(replace(SETTINGS, reboot_window="Sun 03:00"))
+    assert apply.new_timers(windowed, tmp_path) == ["cmc-relay-reboot.timer"]
+
+
 def test_settings_a_new_main_cf_drops_are_named() -> None:
     """postconf -e only sets: unsetting senderDomain must remove sender_canonical_maps."""
     with_policy = "myhostname = a\n# note\nsender_canonical_maps = regexp:/x\n\n"

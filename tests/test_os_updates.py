@@ -85,7 +85,7 @@ def test_systemd_takes_the_window(window: str) -> None:
 @contextlib.contextmanager
 def metadata_with_index(index: str | None) -> Iterator[str]:
     """The IMDS stand-in on loopback; the instance has the index tag unless None."""
-    facts = {
+    facts: dict[str, Any] = {
         "mac": "0e:c2:7e:00:00:0c",
         "region": "ap-northeast-1",
         "role": "relay-role",
@@ -99,10 +99,9 @@ def metadata_with_index(index: str | None) -> Iterator[str]:
         "vpc_cidr": "10.0.0.0/16",
         "user_data_base64": "",
     }
-    tree = imds.instance_tree(facts)
     if index is not None:
-        tree["meta-data"]["tags"] = {"instance": {"Name": "relay-2", INDEX_TAG: index}}
-    with imds.on_loopback(tree) as url:
+        facts["tags"] = {"Name": "relay-2", INDEX_TAG: index}
+    with imds.on_loopback(imds.instance_tree(facts)) as url:
         yield url
 
 

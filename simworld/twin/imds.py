@@ -39,7 +39,8 @@ Tree = Mapping[str, Any]  # a directory: name -> str/bytes (a leaf) or another d
 
 
 def instance_tree(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The metadata tree of one instance from its config (see ``main``)."""
+    """The metadata tree of one instance from its config (see ``main``); with ``tags`` (key:
+    value) its tags are in ``meta-data/tags/instance/``, as with instance tags enabled."""
     mac, region, role = config["mac"], config["region"], config["role"]
     zone, iam = f"{region}a", f"arn:aws:iam::{config['account_id']}"
     document = {
@@ -89,6 +90,8 @@ def instance_tree(config: Mapping[str, Any]) -> dict[str, Any]:
             "security-credentials": {role: ""},  # filled per request (fresh expiry)
         },
     }
+    if "tags" in config:  # instance_metadata_tags = "enabled": the instance's tags, by key
+        meta_data["tags"] = {"instance": dict(config["tags"])}
     return {
         "meta-data": meta_data,
         "user-data": base64.b64decode(config["user_data_base64"]),

@@ -171,12 +171,17 @@ class Machine:
 
     def reboot(self, timeout: float = 120) -> None:
         """``systemctl reboot`` in the twin, and nspawn started again on the same root."""
-        assert self.process is not None
         self.run(["systemctl", "reboot"], check=False)
+        self.rebooted(timeout)
+
+    def rebooted(self, timeout: float = 120) -> None:
+        """Once the twin reboots (by itself or as asked), nspawn started again on the same
+        root: nspawn ends when its container reboots, where EC2 starts the instance again."""
+        assert self.process is not None
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise BootError(f"the twin did not shut down within {timeout:g} s") from None
+            raise BootError(f"the twin did not reboot within {timeout:g} s") from None
         if code != REBOOT_EXIT:
             raise BootError(f"systemd-nspawn exited {code} on reboot, not {REBOOT_EXIT}")
         self.boot()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cmc_relay.components.host import HOST_INDEX_TAG
 from cmc_relay.userdata.metrics import DEFAULT_MONITORING
 from cmc_relay.userdata.render import (
     POINTER_KEY,
@@ -130,7 +131,11 @@ DEVIATIONS: Final = (
     "its fingerprint instead of AWS's",
     "the CloudWatch agent stand-in ships no log: its ctl validates and keeps the config as "
     "fetch-config does and (re)starts a unit that stays up",
-    "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up",
+    "IMDS, DHCP and the VPC resolver are stand-ins; the instance id and AMI id are made up; "
+    "with a rebootWindow the instance's only tag in its metadata is cmc-relay-host-index",
+    "a reboot ends systemd-nspawn (exit 133) and the harness starts it again on the same root "
+    "(Machine.rebooted), where EC2 restarts the instance itself: a reboot the host asks for "
+    "(the maintenance window's) waits for the test to expect it",
     "CloudWatch is moto's, which stores the metrics but evaluates no alarm: the component's "
     "alarm definitions are judged on moto's datapoints by simworld.alarm_check",
     "the queue volume is a loop device whose node the test makes in the twin's /dev once the "
@@ -161,10 +166,12 @@ class TwinBoot:
         password: str,
         refresh_minutes: int = 1,
         queue_device: str | None = None,
+        reboot_window: str | None = None,
     ) -> None:
         """``queue_device``: the bundle's queue volume device (``QUEUE_DEVICE``, as the
         component renders it), which the test then attaches (``attach_volume``); None keeps
-        the queue on the root disk."""
+        the queue on the root disk. ``reboot_window``: rebootWindow (the instance then has
+        its index tag in its metadata, ``host_index``)."""
         self.image = TWINS[os_name]
         self.queue_device = queue_device
         self.password = password
@@ -176,6 +183,7 @@ class TwinBoot:
             sender_domain=SENDER_DOMAIN,
             allowed_sender_domains=(SENDER_DOMAIN, CLIENT_SENDER.partition("@")[2]),
             operator_email=OPERATOR_EMAIL,
+            reboot_window=reboot_window,
         )
         self.work = Path(tempfile.mkdtemp(prefix=f"cmc-twin-{os_name}-", dir="/var/tmp"))
         self.tag = f"cmctwin{secrets.token_hex(3)}"  # names the namespaces and the machine
@@ -183,6 +191,7 @@ class TwinBoot:
         self.world: net.World | None = None
         self.machine: Machine | None = None
         self.instance = 0  # which of the stack's instances (net.INSTANCE_IPS) runs now
+        self.host_index = 0  # its place among the relay's hosts (its index tag)
         self.retired: list[Machine] = []  # the instances before it, stopped
         self.aws: subprocess.Popen[str] | None = None
         self.agent: AgentPackages | None = None
@@ -306,6 +315,13 @@ class TwinBoot:
             "subnet_cidr": net.SUBNET_CIDR,
             "vpc_cidr": net.VPC_CIDR,
             "user_data_base64": base64.b64encode(self.user_data).decode(),
+            # With a maintenance window the component tags the instance with its index and
+            # enables instance tags in its metadata.
+            **(
+                {"tags": {HOST_INDEX_TAG: str(self.host_index)}}
+                if self.settings.reboot_window is not None
+                else {}
+            ),
         }
 
     def prepare(self) -> None:
@@ -370,6 +386,13 @@ class TwinBoot:
     def reboot(self, timeout: float = 600) -> str:
         assert self.machine is not None
         self.machine.reboot()
+        return self.machine.wait_booted(timeout)
+
+    def rebooted(self, within: float, timeout: float = 600) -> str:
+        """Once the instance reboots by itself (within ``within`` seconds), its next boot:
+        systemd's state once start-up is over."""
+        assert self.machine is not None
+        self.machine.rebooted(within)
         return self.machine.wait_booted(timeout)
 
     # --- what the booted host shows -------------------------------------------------------

@@ -102,3 +102,12 @@ def test_a_token_needs_a_valid_ttl(base: tuple[str, Path], ttl: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         token(url, ttl)
     assert refused.value.code == 400
+
+
+def test_instance_tags_only_when_enabled() -> None:
+    """EC2 serves ``tags/instance/`` only with instance tags in metadata enabled (a ``tags``
+    fact here): each key a leaf holding its value."""
+    assert "tags" not in imds.instance_tree(FACTS)["meta-data"]
+    tree = imds.instance_tree({**FACTS, "tags": {"Name": "relay", "cmc-relay-host-index": "1"}})
+    assert imds.lookup(tree, "meta-data/tags/instance/") == (200, b"Name\ncmc-relay-host-index")
+    assert imds.lookup(tree, "meta-data/tags/instance/cmc-relay-host-index") == (200, b"1")
