@@ -18,6 +18,7 @@ CHANGELOG = REPO / "CHANGELOG.md"
 # Release notes do not change once released. A new entry that lands here (a merge that put it
 # under an old heading) belongs under "## [Unreleased]".
 RELEASED_NOTES_SHA256 = {
+    "0.3.0": "ae6f6e667e58eb35f0548e4a1dfefe005f729d7009e30fa02fd95b9d390a14d9",
     "0.2.0": "d49996e7ce8fd251c1f300708431bd4576adbaaab3046d0798300b23cf883abb",
     "0.1.0": "7880035756e3cb1118d8cd584c77c6f46578322900482fd6fb6b29d514c387bd",
 }
