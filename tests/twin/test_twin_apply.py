@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,21 +29,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="twins need root (namespaces, nspawn)"),
 ]
 BACKLOG = tuple(f"<backlog-{i}@twin.test>" for i in range(3))
-
-
-@pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwinBoot]:
-    boot = TwinBoot("debian-13", secrets.token_urlsafe(18))
-    try:
-        boot.build()
-        boot.start_world()
-        boot.render()
-        boot.prepare()
-        boot.boot()
-        assert boot.cloud_init_status()["status"] == "done"
-        yield boot
-    finally:
-        boot.close(keep=tmp_path_factory.mktemp("twin-apply"))
 
 
 def postconf(boot: TwinBoot, name: str) -> str:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -57,21 +55,6 @@ def test_a_window_starts_at_the_first_whole_minute_after_the_lead() -> None:
     assert window_after(late) == ("daily 00:01", datetime(2026, 12, 8, 0, 1, tzinfo=UTC))
     exact = datetime(2026, 12, 7, 9, 29, 15, tzinfo=UTC)
     assert window_after(exact)[0] == "daily 09:30"
-
-
-@pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwinBoot]:
-    boot = TwinBoot("debian-13", secrets.token_urlsafe(18))
-    try:
-        boot.build()
-        boot.start_world()
-        boot.render()
-        boot.prepare()
-        boot.boot()
-        assert boot.cloud_init_status()["status"] == "done"
-        yield boot
-    finally:
-        boot.close(keep=tmp_path_factory.mktemp("twin-reboot-window"))
 
 
 def move_window(boot: TwinBoot) -> datetime:
