@@ -124,8 +124,10 @@ def test_mail_the_root_disks_spool_took_before_the_volume_came_is_carried_onto_i
         assert taken.returncode == 0, taken.stderr
         carried = len(root_disk_mails) + len(dropped)
         assert f"carried {carried} messages from the root disk's spool" in taken.stdout
-        replacement.postfix.start()
+        # Counted with Postfix stopped: once it runs, pickup turns the maildrop file into an
+        # incoming one, and for a moment both are there.
         assert queue_count(replacement) == (1, f"{len(old_host_mails) + carried} messages queued")
+        replacement.postfix.start()
         rig.standin.up()
         replacement.postfix.flush()
         replacement.delivered_once([*old_host_mails, *root_disk_mails, *dropped])
