@@ -30,20 +30,36 @@ def sandbox_command(password_file: Path) -> list[str]:
     return [sys.executable, "-m", "sandbox", "--password-file", str(password_file)]
 
 
-def assert_nothing_left() -> None:
-    """No twin, namespace, mount, loop device or work directory of a twin is left on this
-    machine."""
+def twin_traces() -> set[str]:
+    """What of a twin is on this machine now: namespaces, loop devices, mounts, work
+    directories and booted machines."""
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "cmctwin" not in namespaces
     loops = subprocess.run(["losetup", "--all"], capture_output=True, text=True).stdout
-    assert "cmc-twin-" not in loops
-    assert "cmc-twin" not in Path("/proc/self/mountinfo").read_text()
-    assert not list(Path("/var/tmp").glob("cmc-twin-*"))
+    traces = {
+        f"namespace {line.split()[0]}" for line in namespaces.splitlines() if "cmctwin" in line
+    }
+    traces |= {f"loop {line}" for line in loops.splitlines() if "cmc-twin-" in line}
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    traces |= {f"mount {line}" for line in mounts if "cmc-twin" in line}
+    traces |= {f"directory {path}" for path in Path("/var/tmp").glob("cmc-twin-*")}
     for entry in Path("/proc").iterdir():
         try:
-            assert b"systemd-nspawn\0--boot" not in (entry / "cmdline").read_bytes()
+            if b"systemd-nspawn\0--boot" in (entry / "cmdline").read_bytes():
+                traces.add(f"machine pid {entry.name}")
         except (NotADirectoryError, FileNotFoundError, ProcessLookupError):
             continue
+    return traces
+
+
+@pytest.fixture
+def traces_before() -> set[str]:
+    """A twin's traces already here (another run's on this machine) are not this test's."""
+    return twin_traces()
+
+
+def assert_nothing_left(traces_before: set[str]) -> None:
+    """The run left no twin, namespace, mount, loop device or work directory behind."""
+    assert twin_traces() - traces_before == set()
 
 
 @pytest.fixture
@@ -56,7 +72,9 @@ def password_file(tmp_path: Path) -> Path:
 
 @pytest.mark.integration
 @needs_root
-def test_sandbox_boots_relays_reboots_verifies_and_cleans_up(password_file: Path) -> None:
+def test_sandbox_boots_relays_reboots_verifies_and_cleans_up(
+    password_file: Path, traces_before: set[str]
+) -> None:
     result = subprocess.run(
         sandbox_command(password_file), cwd=REPO, capture_output=True, text=True, timeout=900
     )
@@ -89,12 +107,14 @@ def test_sandbox_boots_relays_reboots_verifies_and_cleans_up(password_file: Path
     assert "time: " in output and "target " in output
     assert result.stdout.rstrip().endswith("PASS")
     assert MARK not in output
-    assert_nothing_left()
+    assert_nothing_left(traces_before)
 
 
 @pytest.mark.integration
 @needs_root
-def test_ctrl_c_during_the_boot_tears_everything_down(password_file: Path) -> None:
+def test_ctrl_c_during_the_boot_tears_everything_down(
+    password_file: Path, traces_before: set[str]
+) -> None:
     process = subprocess.Popen(
         sandbox_command(password_file),
         cwd=REPO,
@@ -117,13 +137,14 @@ def test_ctrl_c_during_the_boot_tears_everything_down(password_file: Path) -> No
     assert process.wait(timeout=120) == 130, output
     assert "interrupted; cleaned up" in output
     assert MARK not in output
-    assert_nothing_left()
+    assert_nothing_left(traces_before)
 
 
 @pytest.mark.integration
 @needs_root
 def test_a_failed_boot_is_reported_and_cleaned_up(
     password_file: Path,
+    traces_before: set[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -149,7 +170,7 @@ def test_a_failed_boot_is_reported_and_cleaned_up(
     assert "failed unit: cloud-final.service" in output
     assert output.rstrip().endswith("FAIL")
     assert MARK not in output
-    assert_nothing_left()
+    assert_nothing_left(traces_before)
 
 
 def test_without_root_it_stops_with_a_clear_message(
