@@ -25,6 +25,7 @@ import pytest
 import trustme
 
 from cmc_relay.userdata.render import agent_pins, aws_ssm_agent_key
+from simworld.twin.aws_agents import agent_packages, stop_gpg_agent
 from tests.host_scripts import SCRIPTS, load_script
 
 SCRIPT = SCRIPTS / "cmc-relay-install-agent"
@@ -161,7 +162,21 @@ def make_signer(home: Path, name: str) -> dict[str, Any]:
         text=True,
     ).stdout
     fpr = next(line.split(":")[9] for line in fingerprint.splitlines() if line[:4] == "fpr:")
+    stop_gpg_agent(home)
     return {"key": key, "deb": deb, "sig": Path(f"{deb}.sig"), "tampered": tampered, "fpr": fpr}
+
+
+def gpg_agents_of(home: Path) -> list[str]:
+    """PIDs of gpg-agents running for ``home``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (NotADirectoryError, FileNotFoundError, ProcessLookupError):
+            continue
+        if argv and argv[0].endswith(b"gpg-agent") and str(home).encode() in argv:
+            pids.append(entry.name)
+    return pids
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +188,15 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def other_signer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Another throwaway key: its signatures are valid, but it is not the pinned key."""
     return make_signer(tmp_path_factory.mktemp("gnupg-other"), "other")
+
+
+@needs_gpg
+def test_signing_leaves_no_gpg_agent_running(signer: dict[str, Any], tmp_path: Path) -> None:
+    """gpg starts an agent per home; the test keys' and the twin's stand-in packages' end."""
+    assert gpg_agents_of(signer["deb"].parent) == []
+    agent_packages(tmp_path)
+    assert len(list((tmp_path / "aws-agents").glob("*.deb.sig"))) == 2  # it signed both
+    assert gpg_agents_of(tmp_path / "aws-agents" / "gnupg") == []
 
 
 @needs_gpg

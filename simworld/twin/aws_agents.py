@@ -144,6 +144,12 @@ def _gpg(home: Path, *args: str) -> str:
     return result.stdout
 
 
+def stop_gpg_agent(home: Path) -> None:
+    """gpg leaves an agent running per home it used; this ends the one ``home`` started."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                   capture_output=True, check=False)  # fmt: skip
+
+
 def _control(package: str, arch: str) -> str:
     return (
         f"Package: {package}\nVersion: {VERSION}\nArchitecture: {arch}\n"
@@ -185,6 +191,14 @@ def agent_packages(cache: Path, arch: str = "amd64") -> AgentPackages:
     """The signed stand-in packages, built once into ``cache``."""
     home = cache / "aws-agents"
     gnupg, key_file = home / "gnupg", home / "public-key.asc"
+    try:
+        return _signed_packages(home, gnupg, key_file, arch)
+    finally:
+        stop_gpg_agent(gnupg)
+
+
+def _signed_packages(home: Path, gnupg: Path, key_file: Path, arch: str) -> AgentPackages:
+    """agent_packages' work, with gpg's agent ended by the caller whatever happens."""
     if not key_file.exists():
         gnupg.mkdir(parents=True, exist_ok=True, mode=0o700)
         _gpg(gnupg, "--passphrase", "", "--quick-gen-key", "cmc-relay twin AWS agent stand-ins",
