@@ -25,7 +25,8 @@ import pytest
 import trustme
 
 from cmc_relay.userdata.render import agent_pins, aws_ssm_agent_key
-from simworld.twin.aws_agents import agent_packages, stop_gpg_agent
+from simworld.rig.process import command_lines
+from simworld.twin.aws_agents import agent_packages, ending_gpg_agent
 from tests.host_scripts import SCRIPTS, load_script
 
 SCRIPT = SCRIPTS / "cmc-relay-install-agent"
@@ -144,39 +145,36 @@ def make_signer(home: Path, name: str) -> dict[str, Any]:
     if not (GPG and shutil.which("gpgv")):
         pytest.skip("gpg/gpgv missing")
     home.chmod(0o700)
-    gpg = [GPG, "--homedir", str(home), "--batch", "--quiet", "--passphrase", ""]
-    uid = f"{name} <{name}@example.invalid>"
-    subprocess.run([*gpg, "--quick-gen-key", uid, "rsa2048", "sign", "1d"], check=True)
-    key = subprocess.run(
-        [*gpg, "--armor", "--export", uid], check=True, capture_output=True
-    ).stdout.decode()
-    deb = home / "agent.deb"
-    deb.write_bytes(os.urandom(4096))
-    subprocess.run([*gpg, "--detach-sign", "-o", f"{deb}.sig", str(deb)], check=True)
-    tampered = home / "tampered.deb"
-    tampered.write_bytes(deb.read_bytes()[:-1] + b"\0")
-    fingerprint = subprocess.run(
-        [*gpg, "--with-colons", "--fingerprint", uid],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    with ending_gpg_agent(home):
+        gpg = [GPG, "--homedir", str(home), "--batch", "--quiet", "--passphrase", ""]
+        uid = f"{name} <{name}@example.invalid>"
+        subprocess.run([*gpg, "--quick-gen-key", uid, "rsa2048", "sign", "1d"], check=True)
+        key = subprocess.run(
+            [*gpg, "--armor", "--export", uid], check=True, capture_output=True
+        ).stdout.decode()
+        deb = home / "agent.deb"
+        deb.write_bytes(os.urandom(4096))
+        subprocess.run([*gpg, "--detach-sign", "-o", f"{deb}.sig", str(deb)], check=True)
+        tampered = home / "tampered.deb"
+        tampered.write_bytes(deb.read_bytes()[:-1] + b"\0")
+        fingerprint = subprocess.run(
+            [*gpg, "--with-colons", "--fingerprint", uid],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     fpr = next(line.split(":")[9] for line in fingerprint.splitlines() if line[:4] == "fpr:")
-    stop_gpg_agent(home)
     return {"key": key, "deb": deb, "sig": Path(f"{deb}.sig"), "tampered": tampered, "fpr": fpr}
 
 
 def gpg_agents_of(home: Path) -> list[str]:
     """PIDs of gpg-agents running for ``home``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (NotADirectoryError, FileNotFoundError, ProcessLookupError):
-            continue
-        if argv and argv[0].endswith(b"gpg-agent") and str(home).encode() in argv:
-            pids.append(entry.name)
-    return pids
+    home_argument = str(home).encode()
+    return [
+        pid
+        for pid, line in command_lines().items()
+        if (argv := line.split(b"\0"))[0].endswith(b"gpg-agent") and home_argument in argv
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 from cmc_relay.userdata.settings import DEFAULT_OS, RelaySettings
 from sandbox import __main__ as cli
 from simworld.alarm_check import Series
+from simworld.rig.process import command_lines
 from simworld.standin import MessageRecord
 from simworld.twin import build as twin_build
 from simworld.twin import prereq, scenario
@@ -42,12 +43,11 @@ def twin_traces() -> set[str]:
     mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     traces |= {f"mount {line}" for line in mounts if "cmc-twin" in line}
     traces |= {f"directory {path}" for path in Path("/var/tmp").glob("cmc-twin-*")}
-    for entry in Path("/proc").iterdir():
-        try:
-            if b"systemd-nspawn\0--boot" in (entry / "cmdline").read_bytes():
-                traces.add(f"machine pid {entry.name}")
-        except (NotADirectoryError, FileNotFoundError, ProcessLookupError):
-            continue
+    traces |= {
+        f"machine pid {pid}"
+        for pid, line in command_lines().items()
+        if b"systemd-nspawn\0--boot" in line
+    }
     return traces
 
 

@@ -27,6 +27,18 @@ def run(*cmd: str | Path, timeout: float = 60, **kwargs: Any) -> subprocess.Comp
     return result
 
 
+def command_lines() -> dict[str, bytes]:
+    """Every running process's command line (its /proc cmdline, NUL-separated), by PID;
+    those that exit meanwhile are left out."""
+    lines = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            lines[entry.name] = (entry / "cmdline").read_bytes()
+        except (NotADirectoryError, FileNotFoundError, ProcessLookupError):
+            continue
+    return lines
+
+
 def wait_until(
     ready: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
 ) -> T:

@@ -12,11 +12,13 @@ differ (a listed deviation).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -144,10 +146,15 @@ def _gpg(home: Path, *args: str) -> str:
     return result.stdout
 
 
-def stop_gpg_agent(home: Path) -> None:
-    """gpg leaves an agent running per home it used; this ends the one ``home`` started."""
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-                   capture_output=True, check=False)  # fmt: skip
+@contextlib.contextmanager
+def ending_gpg_agent(home: Path) -> Iterator[None]:
+    """gpg starts an agent for each home it uses, which would outlive the run: the one of
+    ``home`` is ended when the block is left, however it is left."""
+    try:
+        yield
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       capture_output=True, check=False)  # fmt: skip
 
 
 def _control(package: str, arch: str) -> str:
@@ -191,27 +198,20 @@ def agent_packages(cache: Path, arch: str = "amd64") -> AgentPackages:
     """The signed stand-in packages, built once into ``cache``."""
     home = cache / "aws-agents"
     gnupg, key_file = home / "gnupg", home / "public-key.asc"
-    try:
-        return _signed_packages(home, gnupg, key_file, arch)
-    finally:
-        stop_gpg_agent(gnupg)
-
-
-def _signed_packages(home: Path, gnupg: Path, key_file: Path, arch: str) -> AgentPackages:
-    """agent_packages' work, with gpg's agent ended by the caller whatever happens."""
-    if not key_file.exists():
-        gnupg.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _gpg(gnupg, "--passphrase", "", "--quick-gen-key", "cmc-relay twin AWS agent stand-ins",
-             "ed25519", "sign", "never")  # fmt: skip
-        key_file.write_text(_gpg(gnupg, "--armor", "--export"))
-    debs = {}
-    for agent, stand_in in STAND_INS.items():
-        debs[agent] = deb = home / f"{stand_in.package}.deb"
-        signature = deb.with_name(deb.name + ".sig")
-        if not (deb.exists() and signature.exists()):
-            _build(stand_in, arch, deb)
-            signature.unlink(missing_ok=True)
-            _gpg(gnupg, "--output", str(signature), "--detach-sign", str(deb))
-    colons = _gpg(gnupg, "--with-colons", "--fingerprint")
+    with ending_gpg_agent(gnupg):
+        if not key_file.exists():
+            gnupg.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _gpg(gnupg, "--passphrase", "", "--quick-gen-key",
+                 "cmc-relay twin AWS agent stand-ins", "ed25519", "sign", "never")  # fmt: skip
+            key_file.write_text(_gpg(gnupg, "--armor", "--export"))
+        debs = {}
+        for agent, stand_in in STAND_INS.items():
+            debs[agent] = deb = home / f"{stand_in.package}.deb"
+            signature = deb.with_name(deb.name + ".sig")
+            if not (deb.exists() and signature.exists()):
+                _build(stand_in, arch, deb)
+                signature.unlink(missing_ok=True)
+                _gpg(gnupg, "--output", str(signature), "--detach-sign", str(deb))
+        colons = _gpg(gnupg, "--with-colons", "--fingerprint")
     fingerprint = next(line.split(":")[9] for line in colons.splitlines() if line[:4] == "fpr:")
     return AgentPackages(debs, key_file, fingerprint)
